@@ -17,6 +17,7 @@ from eib.core import EibError, repo_root
 # %%
 from fastcore.test import test_eq, test_fail
 
+
 # %% [markdown]
 # ## The chapters
 #
@@ -35,10 +36,12 @@ def pages(root: str | Path | None = None) -> list[str]:
     "The page sources of the website, in reading order, relative to the repository root."
     return [str(x) for x in quarto_config(root)["project"]["render"]]
 
+
 # %%
 ps = pages()
 test_eq(ps[0], "index.qmd")
 test_eq(all((repo_root() / p).exists() for p in ps if "*" not in p), True)  # api/*.qmd is written at build time
+
 
 # %% [markdown]
 # ## Running a chapter
@@ -65,11 +68,13 @@ def skipped(cell, flags=("slow",)) -> bool:
     d = _directives(cell.get("source", ""))
     return d.get("eval", "").lower() == "false" or any(f in d for f in flags)
 
+
 # %%
 test_eq(_directives("#| export\n#| eval: false\nx = 1"), {"export": "", "eval": "false"})
 test_eq(skipped({"cell_type": "code", "source": "#| slow\ntrain()"}), True)
 test_eq(skipped({"cell_type": "code", "source": "x = 1"}), False)
 test_eq(skipped({"cell_type": "markdown", "source": "# title"}), True)
+
 
 # %%
 #| export
@@ -93,6 +98,7 @@ def execute_notebook(src: str | Path, dst: str | Path, flags=("slow",)) -> float
     write_nb(nb, dst)
     return time.time() - t0
 
+
 # %%
 with tempfile.TemporaryDirectory() as d:
     d = Path(d)
@@ -107,6 +113,7 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(Path(eval(out.cells[2].outputs[0]["data"]["text/plain"])).resolve(), d.resolve())
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1/0")]), d / "b.ipynb")
     test_fail(lambda: execute_notebook(d / "b.ipynb", d / "out" / "b.ipynb"), contains="b.ipynb")
+
 
 # %% [markdown]
 # ## Rendering
@@ -125,8 +132,10 @@ def renderer() -> list[str]:
     sd = Path(sys.executable).parent / "smalldocs"
     return [str(sd) if sd.exists() else "smalldocs", "render"]
 
+
 # %%
 test_eq(Path(renderer()[0]).name in ("quarto", "smalldocs"), True)
+
 
 # %%
 #| export
@@ -143,6 +152,7 @@ def write_api_pages(stage: str | Path, quiet: bool = False) -> list[Path]:
     lines += [f"- [`eib.{p.stem}`]({p.name})" for p in mods]
     (stage / "api" / "index.qmd").write_text("\n".join(lines) + "\n")
     return mods
+
 
 # %%
 #| export
@@ -177,6 +187,7 @@ def build_site(out: str | Path = "_site", execute: bool = False, root: str | Pat
     shutil.rmtree(tmp, ignore_errors=True)
     return out
 
+
 # %% [markdown]
 # ## Is the library in step with its notebooks?
 #
@@ -207,10 +218,12 @@ def check_sync(root: str | Path | None = None) -> list[str]:
                 if not (root / rel).exists() or not filecmp.cmp(p, root / rel, shallow=False): changed.append(str(rel))
         return changed
 
+
 # %%
 with tempfile.TemporaryDirectory() as d:
     (Path(d) / "settings.ini").write_text("[DEFAULT]\n")
     test_fail(lambda: build_site(root=d), contains="_quarto.yml")
+
 
 # %% [markdown]
 # ## Command line
