@@ -1,0 +1,78 @@
+"""`eib-prepare` and the feature store as a user meets them: a real console script, exit status 2 and one
+line on a user error, an interrupted build that resumes, and emotion2vec (a tiny random-weight model built
+from funasr's own class) encoded by two spawned worker processes."""
+import os, signal, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+PREPARE = [str(Path(sys.executable).parent / "eib-prepare")]
+
+
+def _corpus(root: Path, n: int, seconds: float = 1.0) -> Path:
+    "`n` clips of noise in manifest layout, 3 speakers, two emotions."
+    rng, rows = np.random.default_rng(0), []
+    (root / "wav").mkdir(parents=True)
+    for i in range(n):
+        sf.write(root / "wav" / f"u{i:03d}.wav", rng.normal(0, 0.05, int(16000 * seconds)), 16000, subtype="PCM_16")
+        rows.append(dict(path=f"wav/u{i:03d}.wav", speaker=f"s{i % 3}", emotion=("happy", "sad")[i % 2]))
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+def test_user_error_exits_2_with_one_line(tmp_path):
+    r = subprocess.run(PREPARE + ["--dataset", "emodb", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.startswith("eib-prepare: error: emodb: no data at") and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    r = subprocess.run(PREPARE + ["--dataset", "emodb", "--encoder", "mfcc"], capture_output=True, text=True)
+    assert r.returncode == 2 and "invalid choice: 'mfcc'" in r.stderr
+
+
+@pytest.mark.parametrize("sig,workers", [(signal.SIGINT, 1), (signal.SIGTERM, 2)])
+def test_interrupted_build_resumes(tmp_path, sig, workers):
+    from eib.core import EibError
+    from eib.features import load_store
+    _corpus(tmp_path / "c", 40)
+    cmd = PREPARE + ["--dataset", "manifest", "--root", str(tmp_path / "c"), "--out", str(tmp_path / "s"), "--workers", str(workers)]
+    feats = tmp_path / "s" / "c" / "features"
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,  # Ctrl-C as in a terminal
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    t0 = time.time()
+    while len(list(feats.glob("*.npy"))) < 3 and time.time() - t0 < 120: time.sleep(0.05)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "run the same command again to resume" in err
+    done = sorted(feats.glob("*.npy"))
+    assert 3 <= len(done) < 40
+    assert not [f for f in feats.iterdir() if f.suffix != ".npy"]          # no partial files
+    man = pd.read_csv(tmp_path / "s" / "c" / "manifest.csv", keep_default_na=False)
+    assert set(man["id"]) == {f.stem for f in done}                      # the manifest lists what is on disk
+    with pytest.raises(EibError, match="incomplete"):
+        load_store(tmp_path / "s" / "c")
+    mtimes = {f.name: f.stat().st_mtime_ns for f in done}
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"{len(done)} already encoded, {40 - len(done)} to encode" in r.stdout
+    assert {f.name: f.stat().st_mtime_ns for f in done} == mtimes      # kept, not recomputed
+    st = load_store(tmp_path / "s" / "c")
+    assert len(st) == 40 and st.meta["complete"] and st.meta["command"].startswith("eib-prepare --dataset manifest")
+    assert {st.frames(u).shape for u in st.ids()} == {(48, 130)}
+
+
+def test_emotion2vec_store_two_spawned_workers(tmp_path):
+    from eib.features import PLUS_LABELS, build_store, load_store, tiny_emotion2vec
+    _corpus(tmp_path / "c", 6, seconds=1.5)
+    model = tiny_emotion2vec(tmp_path / "e2v", labels=PLUS_LABELS)
+    p = build_store("manifest", tmp_path / "c", "emotion2vec_plus_base", out=tmp_path / "s", model_dir=model,
+                    workers=2, check_dim=False, progress=False)
+    st = load_store(p)
+    assert len(st) == 6 and st.dim == 32 and st.meta["labels"][:2] == ["angry", "disgusted"]
+    assert {st.frames(u).shape for u in st.ids()} == {(74, 32)}           # floor((24000 - 400) / 320) + 1
+    assert st.meta["encoder_version"].startswith("funasr-1.4.16/emotion2vec_plus_base/weights-")
+    with pytest.raises(Exception, match="holds emotion2vec_plus_base features, not compare"):
+        build_store("manifest", tmp_path / "c", "compare", out=tmp_path / "s", name="c", progress=False)
