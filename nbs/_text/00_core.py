@@ -97,6 +97,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0); os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush(); os.fsync(f.fileno())
@@ -128,6 +130,8 @@ with tempfile.TemporaryDirectory() as d:
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     test_eq(np.load(atomic_save_npy(Path(d) / "a.npy", a)), a)
     test_eq(sorted(x.name for x in Path(d).iterdir()), ["a.npy", "sub"])  # no temporary files left
+    um = os.umask(0); os.umask(um)
+    test_eq(p.stat().st_mode & 0o777, 0o666 & ~um)  # the usual permissions, not mkstemp's 0600
 
 
 # %% [markdown]
