@@ -321,7 +321,7 @@ with tempfile.TemporaryDirectory() as _t:
 # | `f1_macro` | plain mean of per-class F1 over classes that occur in `y_true` or the predictions (sklearn's rule) |
 # | `mean_max_prob` | mean probability of the **predicted** class (the classifier's confidence in its own answer) |
 # | `mean_true_label_prob` | mean probability given to the **correct** class |
-# | `per_class` | `{class: {precision, recall, f1, support, predicted}}`; `null` where undefined (never predicted: no precision; no support: no recall) |
+# | `per_class` | `{class: {precision, recall, f1, support, predicted, mean_true_label_prob}}` (the last: mean P(c) over utterances whose true class is c); `null` where undefined (never predicted: no precision; no support: no recall) |
 # | `confusion` | `{classes, matrix}`: rows = true class, columns = predicted class, in `classes` order |
 # | `ci` | `{level, n_boot, seed, <metric>: [lo, hi]}`: percentile bootstrap intervals, resampling utterances |
 #
@@ -378,7 +378,9 @@ def evaluate_predictions(y_true, proba, classes, n_boot: int = 1000, seed: int =
         pr = tp[i] / prd[i] if prd[i] else None
         rc = tp[i] / sup[i] if sup[i] else None
         f1 = 2 * tp[i] / (sup[i] + prd[i]) if sup[i] + prd[i] else None
-        per_class[c] = dict(precision=_nz(pr), recall=_nz(rc), f1=_nz(f1), support=int(sup[i]), predicted=int(prd[i]))
+        mt = float(P[t == i, i].mean()) if sup[i] else None  # mean P(c) over utterances whose true class is c
+        per_class[c] = dict(precision=_nz(pr), recall=_nz(rc), f1=_nz(f1), support=int(sup[i]), predicted=int(prd[i]),
+                            mean_true_label_prob=_nz(mt))
     cm = np.zeros((C, C), dtype=np.int64)
     np.add.at(cm, (t, p), 1)
     rng = np.random.default_rng(seed)
@@ -410,7 +412,7 @@ test_close(_m["accuracy"], 0.6, eps=1e-12)
 test_close(_m["f1_weighted"], 0.6 * (2 * 0.6 / 1.6), eps=1e-12)   # F1(a) = 2PR/(P+R) with P = 0.6, R = 1; others 0
 test_close(_m["f1_macro"], (0.75 + 0 + 0) / 3, eps=1e-12)
 test_close(_m["mean_max_prob"], 0.5, eps=1e-12); test_close(_m["mean_true_label_prob"], 0.6 * .5 + .3 * .3 + .1 * .2, eps=1e-12)
-test_eq(_m["per_class"]["b"], dict(precision=None, recall=0.0, f1=0.0, support=3, predicted=0))
+test_eq(_m["per_class"]["b"], dict(precision=None, recall=0.0, f1=0.0, support=3, predicted=0, mean_true_label_prob=0.3))
 
 # %%
 _r = np.random.default_rng(3)
@@ -620,7 +622,7 @@ METRICS_SCHEMA = {
         "per_class": {"type": "object", "additionalProperties": {
             "type": "object", "required": ["precision", "recall", "f1", "support"],
             "properties": {"precision": _P01N, "recall": _P01N, "f1": _P01N, "support": {"type": "integer", "minimum": 0},
-                           "predicted": {"type": "integer", "minimum": 0}}}},
+                           "predicted": {"type": "integer", "minimum": 0}, "mean_true_label_prob": _P01N}}},
         "confusion": {"type": "object", "required": ["classes", "matrix"], "properties": {
             "classes": {"type": "array", "items": _STR},
             "matrix": {"type": "array", "items": {"type": "array", "items": {"type": "integer", "minimum": 0}}}}},

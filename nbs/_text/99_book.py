@@ -202,7 +202,7 @@ def check_sync(root: str | Path | None = None) -> list[str]:
     bin_ = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        for name in ("settings.ini", "nbs", "eib"):
+        for name in ("settings.ini", "jupytext.toml", "nbs", "eib"):
             (shutil.copytree if (root / name).is_dir() else shutil.copy2)(root / name, d / name)
         env = {**os.environ, "PYTHONPATH": ""}
         subprocess.run([bin_ / "nbdev_export"], cwd=d, check=True, env=env)

@@ -1,0 +1,982 @@
+# %% [markdown]
+# # rate
+#
+# > Rate control on actual bits: find the λ that makes the real byte stream hit a target bits-per-frame, for every utterance at once.
+
+# %%
+#| default_exp rate
+
+# %%
+#| export
+from __future__ import annotations
+import math, struct, time, zlib
+from dataclasses import dataclass, field
+import numpy as np
+import pandas as pd
+import torch
+import constriction
+from eib.core import EibError
+from eib.entropy import EntropyModel, CodingModel, distortion_scale
+from eib.ecvq import ecvq_encode, auto_batch
+
+# %%
+from fastcore.test import test_eq, test_fail, test_close
+
+# %% [markdown]
+# ## What is counted
+#
+# A rate here is always the size of a real, decodable stream made by `eib.bitstream`, divided by the number of
+# frames. By default (`count="stream"`) everything is counted: the container header (magic, version, model
+# fingerprint, lengths, λ), the range coder's payload with its termination bits, and the CRC32 — a fixed cost of
+# 28 bytes plus 0–4 bytes of coder termination, i.e. about 1.1–1.7 BPF on a 3–4 s clip. `count="payload"` counts the range-coder
+# payload only (termination included, container excluded).
+#
+# The stream of an utterance depends only on its tokens and on the entropy model's integer frequencies of those
+# tokens. The range coder's state after a symbol depends only on that symbol's interval (left cumulative frequency,
+# frequency), so we keep those two integers per token and re-run the coder on 3-symbol distributions that give the
+# same interval: byte-for-byte the stream `eib.bitstream.compress` writes (tested below), at a fraction of the cost.
+
+# %%
+#| export
+_TOT = 1 << 24  # the coding model's frequencies sum to 2^24 (eib.entropy)
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n: return bytes(out)
+
+def _coder_payload(ck: np.ndarray, fk: np.ndarray) -> bytes:
+    "Range-coder payload for symbols with intervals (left `ck`, size `fk`) of 2^24, in coding order, trimmed like eib.bitstream."
+    ck, fk = np.asarray(ck, np.int64).ravel(), np.asarray(fk, np.int64).ravel()
+    P = np.stack([ck - 1, fk - 1, _TOT - ck - fk - 1], 1).astype(np.float64)
+    s = np.ones(len(ck), np.int32)
+    first, last = ck == 0, ck + fk == _TOT
+    P[first] = np.stack([fk[first] - 1, _TOT - fk[first] - 2, np.zeros(first.sum())], 1); s[first] = 0
+    P[last] = np.stack([ck[last] - 2, np.zeros(last.sum()), fk[last] - 1], 1); s[last] = 2
+    enc = constriction.stream.queue.RangeEncoder()
+    if len(s): enc.encode(s, constriction.stream.model.Categorical(perfect=False), P)
+    payload = enc.get_compressed().astype("<u4").tobytes()
+    cut = 0
+    while cut < 3 and cut < len(payload) and payload[-1 - cut] == 0: cut += 1
+    return payload[:len(payload) - cut]
+
+def _header_len(frames: int, dim: int, chunk: int, payload_len: int) -> int:
+    "Bytes before the payload in an eib.bitstream container."
+    return 3 + 1 + 4 + len(_varint(frames)) + len(_varint(dim)) + len(_varint(chunk)) + 8 + len(_varint(payload_len))
+
+def _stream_payload(ck: np.ndarray, fk: np.ndarray, chunk: int) -> bytes:
+    "Payload of a (T, L) token array with intervals `ck`, `fk`, coded chunk by chunk, position-major inside a chunk."
+    T = len(ck)
+    parts_c, parts_f = [], []
+    for a in range(0, T, chunk):
+        parts_c.append(ck[a:a + chunk].T.ravel()); parts_f.append(fk[a:a + chunk].T.ravel())
+    return _coder_payload(np.concatenate(parts_c) if parts_c else ck.ravel(), np.concatenate(parts_f) if parts_f else fk.ravel())
+
+
+# %% [markdown]
+# The 3-symbol trick reproduces the coder's output exactly (the coding model's frequencies are integers, so the
+# coder's own quantisation of `f - 1` gives back `f`):
+
+# %%
+def _full(f, sym):
+    enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(sym.astype(np.int32), constriction.stream.model.Categorical(perfect=False), (f - 1).astype(np.float64))
+    p = enc.get_compressed().astype("<u4").tobytes()
+    cut = 0
+    while cut < 3 and cut < len(p) and p[-1 - cut] == 0: cut += 1
+    return p[:len(p) - cut]
+
+from eib.entropy import logits_to_freqs
+_g = np.random.default_rng(0)
+for _ in range(20):
+    n = int(_g.integers(1, 200))
+    f = logits_to_freqs(torch.round(torch.from_numpy(_g.normal(size=(n, 129)) * _g.uniform(0.5, 8)) * 4096) / 4096).numpy()
+    sym = np.array([_g.choice(129, p=r / r.sum()) for r in f]); sym[0], sym[-1] = 0, 128  # first and last symbol too
+    ck, fk = (np.cumsum(f, 1) - f)[np.arange(n), sym], f[np.arange(n), sym]
+    test_eq(_coder_payload(ck, fk), _full(f, sym))
+
+# %% [markdown]
+# ## The batched engine
+#
+# One *pass* encodes, with `eib.ecvq.ecvq_encode` and the deterministic `CodingModel`, every frame of every
+# utterance that needs it, each at its utterance's λ (λ is a per-row tensor), and then range-codes each utterance.
+#
+# Most frames need no re-encoding between nearby λ: at every position, the chosen token stays the argmin of
+# `distortion + λ·bits` over an interval of λ that follows from the candidates' distortions and bits, and as long
+# as all earlier tokens of the frame are unchanged the frame's tokens stay the same for every λ inside the
+# intersection of its positions' intervals. The engine keeps, for each utterance, the tokens, the coder intervals
+# and this λ interval of every frame at the best λ found so far, and re-encodes only the frames whose interval does
+# not contain the new λ (with a safety margin of 10⁻⁶ relative). The costs and distortions are recomputed from the
+# same tensors `ecvq_encode` uses, inside its `on_step` hook, and the hook checks that it finds the same argmin.
+
+# %%
+#| export
+LAM_INF = 1e12  # stands for λ → ∞: the fewest-bits path (SKIP wherever SKIP is the likeliest symbol)
+
+def _unpack_codec(codec_or_pair):
+    "(rvq, model) from a `Codec`, a `(rvq, model)` pair, or an EibError."
+    if isinstance(codec_or_pair, (tuple, list)) and len(codec_or_pair) == 2: rvq, model = codec_or_pair
+    elif hasattr(codec_or_pair, "rvq") and hasattr(codec_or_pair, "model"): rvq, model = codec_or_pair.rvq, codec_or_pair.model
+    else: raise EibError(f"expected a Codec (eib.train.load_codec) or an (rvq, model) pair, got {type(codec_or_pair).__name__}")
+    if not isinstance(model, EntropyModel):
+        raise EibError(f"rate control measures real streams, which need the codec's EntropyModel; got {type(model).__name__} "
+                       "(an RVQ-only codec has no stream format)")
+    return rvq, model
+
+def _check_utterances(utterances, dim: int) -> list[np.ndarray]:
+    "Utterances as a list of float32 (T, dim) arrays, checked."
+    if isinstance(utterances, np.ndarray) and utterances.ndim == 2: utterances = [utterances]
+    if isinstance(utterances, dict): utterances = list(utterances.values())
+    try: utts = list(utterances)
+    except TypeError: raise EibError(f"utterances must be a list of (T, {dim}) arrays, got {type(utterances).__name__}") from None
+    if not utts: raise EibError("no utterances given")
+    out = []
+    for i, u in enumerate(utts):
+        a = np.asarray(u.numpy() if torch.is_tensor(u) else u)
+        if a.dtype == object or not np.issubdtype(a.dtype, np.number): raise EibError(f"utterance {i}: features must be numeric, got {a.dtype}")
+        if a.ndim != 2 or a.shape[1] != dim: raise EibError(f"utterance {i}: expected shape (T, {dim}), got {a.shape}")
+        if len(a) == 0: raise EibError(f"utterance {i} has no frames")
+        if not np.isfinite(a).all(): raise EibError(f"utterance {i} contains NaN or infinite values")
+        out.append(np.ascontiguousarray(a, dtype=np.float32))
+    return out
+
+
+# %% [markdown]
+# A state is one utterance encoded at one λ; the hook runs inside `ecvq_encode` at every position.
+
+# %%
+#| export
+@dataclass
+class _State:
+    "One utterance encoded at one λ: per frame tokens, coder intervals, λ-validity interval, ideal bits, distortion."
+    lam: float
+    tokens: np.ndarray  # (T, L) uint8
+    ck: np.ndarray  # (T, L) int32 left cumulative frequency of each token
+    fk: np.ndarray  # (T, L) int32 frequency of each token
+    lo: np.ndarray  # (T,) float64: the frame's tokens are the same for λ in (lo, hi)
+    hi: np.ndarray
+    ideal: np.ndarray  # (T,) float64 -log2 q
+    dist: np.ndarray  # (T,) float32 squared error (normalised space)
+    payload_len: int = 0
+    stream_len: int = 0
+    reencoded: int = 0
+    lam2: float = float("nan")  # a mixed state: its first `split` frames were coded at lam2
+    split: int = 0
+
+
+class _Hook:
+    "`on_step` hook: records each chosen token's coder interval and the λ interval over which it stays the argmin."
+    def __init__(self, rvq, z: torch.Tensor, lam: torch.Tensor, L: int):
+        c = rvq.cfg
+        self.G, self.M, self.d = c.groups, c.layers, c.group_dim
+        cb = rvq.codebooks.detach().float().cpu()
+        self.cb, self.cb2 = cb, (cb * cb).sum(-1)
+        self.cbz = torch.cat([cb, cb.new_zeros(c.groups, c.layers, 1, c.group_dim)], 2)
+        self.z, self.lam = z, lam
+        N = len(z)
+        self.ck, self.fk = torch.zeros(N, L, dtype=torch.int32), torch.zeros(N, L, dtype=torch.int32)
+        self.lo, self.hi = torch.full((N,), -math.inf, dtype=torch.float64), torch.full((N,), math.inf, dtype=torch.float64)
+        self.s, self.n, self.mismatch = 0, 0, 0
+
+    def __call__(self, p, f, k):
+        if p == 0:
+            self.s += self.n; self.n = len(k)
+            self.r = self.z[self.s:self.s + self.n].reshape(-1, self.G, self.d).clone()
+        s, n = self.s, self.n
+        g, m = divmod(p, self.M)
+        rg = self.r[:, g]
+        r2 = (rg * rg).sum(-1, keepdim=True)
+        dist = torch.cat([r2 - 2 * rg @ self.cb[g, m].T + self.cb2[g, m], r2], 1).double()  # as in ecvq_encode
+        b = 24 - torch.log2(f.double())  # eib.entropy.freqs_to_bits
+        lb = self.lam[s:s + n, None]
+        k1 = k[:, None]
+        bad = (dist + lb * b).argmin(-1) != k
+        db, dd = b - b.gather(1, k1), dist.gather(1, k1) - dist  # k stays best while λ·db >= dd for every candidate
+        ratio = dd / torch.where(db == 0, torch.ones_like(db), db)
+        lo = torch.where(db > 0, ratio, -math.inf).max(1).values
+        hi = torch.where(db < 0, ratio, math.inf).min(1).values
+        bad |= ((db == 0) & (dd > 0)).any(1)
+        lo[bad], hi[bad] = math.inf, -math.inf  # never reuse such a frame
+        self.mismatch += int(bad.sum())
+        self.lo[s:s + n] = torch.maximum(self.lo[s:s + n], lo)
+        self.hi[s:s + n] = torch.minimum(self.hi[s:s + n], hi)
+        cum = f.cumsum(1) - f
+        self.ck[s:s + n, p] = cum.gather(1, k1).squeeze(1).int()
+        self.fk[s:s + n, p] = f.gather(1, k1).squeeze(1).int()
+        self.r[:, g] -= self.cbz[g, m][k]
+
+
+# %%
+#| export
+def _inside(lam: float, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    "Frames whose cached tokens are certainly still the ECVQ choice at `lam`."
+    with np.errstate(invalid="ignore"):
+        ok_lo = np.isneginf(lo) | (lam > lo + 1e-6 * np.abs(lo) + 1e-12)
+        ok_hi = np.isposinf(hi) | (lam < hi - 1e-6 * np.abs(hi) - 1e-12)
+    return ok_lo & ok_hi
+
+
+class _Engine:
+    "Batched ECVQ + exact stream sizes for a fixed list of utterances, with a per-utterance cache at the best λ."
+    def __init__(self, rvq, model, utterances: list[np.ndarray], batch_size: int | None = None, cache: bool = True):
+        self.rvq, self.model = rvq, model
+        self.cm = CodingModel(model)
+        self.utts = utterances
+        self.T = np.array([len(u) for u in utterances])
+        self.off = np.concatenate([[0], np.cumsum(self.T)])
+        self.X = torch.from_numpy(np.concatenate(utterances, 0))
+        self.D, self.L = rvq.cfg.dim, rvq.cfg.positions
+        self.chunk = np.minimum(self.T, int(auto_batch(model)))  # eib.bitstream.compress's default chunk
+        self.batch = int(batch_size or auto_batch(model))
+        self.use_cache = cache
+        self.cache: list[_State | None] = [None] * len(utterances)
+        self.passes = self.frames_encoded = self.mismatch = 0
+        self._scale = None
+
+    def scale(self) -> float:
+        "λ scale of this data (eib.entropy.distortion_scale on a sample)."
+        if self._scale is None:
+            self._scale = float(distortion_scale(self.rvq, self.X.numpy(), max_frames=2048)) or 1.0
+        return self._scale
+
+    def _encode(self, rows: torch.Tensor, lam: torch.Tensor):
+        "ECVQ of frames `rows` (n, D) at per-row λ; returns (tokens, ideal bits, distortion, hook)."
+        z = self.rvq.normalise(rows)
+        hook = _Hook(self.rvq, z, lam, self.L)
+        res = ecvq_encode(self.rvq, self.cm, rows, lam, batch_size=self.batch, on_step=hook)
+        self.frames_encoded += len(rows); self.mismatch += hook.mismatch
+        return res, hook
+
+    def calibrate(self, lams: np.ndarray, max_frames: int) -> np.ndarray:
+        "Mean ideal bits per frame at each λ on a frame sample (one pass, all λ together)."
+        N = len(self.X)
+        idx = np.linspace(0, N - 1, min(N, max_frames)).round().astype(int)
+        rows = self.X[idx].repeat(len(lams), 1)
+        lam = torch.as_tensor(np.repeat(lams, len(idx)), dtype=torch.float64)
+        res = ecvq_encode(self.rvq, self.cm, rows, lam, batch_size=self.batch)
+        self.frames_encoded += len(rows); self.passes += 1
+        return res.bits.numpy().reshape(len(lams), len(idx)).mean(1)
+
+    def overhead_bits(self, u: int, bpf: float) -> float:
+        "Container + CRC + average termination, in bits, for utterance `u` at about `bpf` payload bits per frame."
+        plen = max(1, int(self.T[u] * bpf / 8))
+        return 8 * (_header_len(int(self.T[u]), self.D, int(self.chunk[u]), plen) + 4 + 2)
+
+    def evaluate(self, us, lams) -> list[_State]:
+        "One batched pass: utterance `us[i]` at λ `lams[i]`; returns a state per request (cache untouched)."
+        us, lams = np.asarray(us, int), np.asarray(lams, np.float64)
+        need = []
+        for u, lam in zip(us, lams):
+            c = self.cache[u]
+            need.append(np.arange(self.T[u]) if c is None or not self.use_cache else np.flatnonzero(~_inside(lam, c.lo, c.hi)))
+        n_rows = sum(len(x) for x in need)
+        if n_rows:
+            gidx = np.concatenate([self.off[u] + x for u, x in zip(us, need)])
+            lam_rows = torch.as_tensor(np.repeat(lams, [len(x) for x in need]), dtype=torch.float64)
+            res, hook = self._encode(self.X[torch.as_tensor(gidx)], lam_rows)
+        self.passes += 1
+        out, a = [], 0
+        for u, lam, rows in zip(us, lams, need):
+            c, n, b = self.cache[u], len(rows), a + len(rows)
+            if c is None or n == self.T[u]:
+                st = _State(float(lam), res.tokens[a:b].numpy().astype(np.uint8), hook.ck[a:b].numpy(), hook.fk[a:b].numpy(),
+                            hook.lo[a:b].numpy(), hook.hi[a:b].numpy(), res.bits[a:b].numpy(), res.distortion[a:b].numpy())
+            else:
+                st = _State(float(lam), c.tokens.copy(), c.ck.copy(), c.fk.copy(), c.lo.copy(), c.hi.copy(), c.ideal.copy(), c.dist.copy())
+                if n:
+                    st.tokens[rows] = res.tokens[a:b].numpy(); st.ck[rows] = hook.ck[a:b].numpy(); st.fk[rows] = hook.fk[a:b].numpy()
+                    st.lo[rows] = hook.lo[a:b].numpy(); st.hi[rows] = hook.hi[a:b].numpy()
+                    st.ideal[rows] = res.bits[a:b].numpy(); st.dist[rows] = res.distortion[a:b].numpy()
+            a = b
+            st.reencoded = n
+            out.append(self._size(u, st))
+        return out
+
+    def _size(self, u: int, st: _State) -> _State:
+        "Fill in the payload and stream lengths of `st` by running the range coder."
+        T, ch = int(self.T[u]), int(self.chunk[u])
+        st.payload_len = len(_stream_payload(st.ck, st.fk, ch))
+        st.stream_len = _header_len(T, self.D, ch, st.payload_len) + st.payload_len + 4
+        return st
+
+    def mix(self, u: int, A: _State, B: _State, k: int) -> _State:
+        "Frames [0, k) from state `A`, the rest from `B` (ECVQ with a per-frame λ: frames are coded independently)."
+        cat = lambda f: np.concatenate([getattr(A, f)[:k], getattr(B, f)[k:]])
+        st = _State(B.lam, *(cat(f) for f in ("tokens", "ck", "fk", "lo", "hi", "ideal", "dist")), lam2=A.lam, split=k)
+        return self._size(u, st)
+
+    def commit(self, u: int, st: _State):
+        "Make `st` the cached state of utterance `u`."
+        self.cache[u] = st
+
+    def stream_bytes(self, u: int, st: _State) -> bytes:
+        "The exact eib.bitstream container of utterance `u` at state `st`."
+        from eib.bitstream import MAGIC, VERSION, model_fingerprint
+        T, ch = int(self.T[u]), int(self.chunk[u])
+        payload = _stream_payload(st.ck, st.fk, ch)
+        head = (MAGIC + bytes([VERSION]) + bytes.fromhex(model_fingerprint(self.rvq, self.model)[:8]) + _varint(T)
+                + _varint(self.D) + _varint(ch) + struct.pack("<d", st.lam) + _varint(len(payload)))
+        body = head + payload
+        return body + struct.pack("<I", zlib.crc32(body))
+
+
+# %% [markdown]
+# The engine's streams are byte-for-byte those of `eib.bitstream.compress` at the same λ, also when most frames
+# come from the cache (a tiny codec with a random entropy model; the trained case is in the benchmark):
+
+# %%
+from eib.rvq import RVQConfig, fit_rvq
+from eib.entropy import EntropyConfig, EntropyModel
+from eib.bitstream import compress, decompress
+torch.manual_seed(0)
+_g = np.random.default_rng(0)
+_W = _g.normal(size=(6, 26)).astype(np.float32)
+utts = [(_g.normal(size=(int(T), 6)) @ _W + 0.3 * _g.normal(size=(int(T), 26))).astype(np.float32) for T in _g.integers(20, 60, 6)]
+rvq = fit_rvq(np.concatenate(utts), RVQConfig.for_dim(26, layers=2, codes=16), iters=3, progress=False)
+model = EntropyModel(EntropyConfig.for_rvq(rvq.cfg, "cpu", d_model=32, n_layers=1, n_heads=2, d_ff=64)).eval()
+E = _Engine(rvq, model, utts)
+for u, st in enumerate(E.evaluate(range(6), [0.3] * 6)): E.commit(u, st)
+for lam in (0.0, 0.3, 0.32, 1.0, LAM_INF):
+    for u, st in enumerate(E.evaluate(range(6), [lam] * 6)):
+        data = E.stream_bytes(u, st)
+        test_eq(data, compress(rvq, model, utts[u], lam))
+        test_eq(len(data), st.stream_len)
+test_eq(decompress(rvq, model, data)[0].numpy().astype(np.uint8), st.tokens)
+test_eq(E.mismatch, 0)
+
+# %% [markdown]
+# ## The search, one λ per unit
+#
+# A *unit* is what shares one λ: an utterance (`mode="utterance"`) or the whole set (`mode="set"`, whose rate is
+# total bits over total frames). Every unit searches in x = ln λ, and all units advance together: each iteration
+# proposes one x per unfinished unit, and one batched engine pass measures them all.
+#
+# * **Start.** Every point measured so far for the unit — at earlier targets too — is kept. A new target starts from
+#   the closest point on each side of it; with only one side known it predicts from a calibration curve (the set's
+#   rate against ln λ, measured once on a frame sample), scaled to pass through the unit's closest point: on RAVDESS
+#   this predicts the next target's ln λ better (median error 0.055) than a secant through the unit's own points (0.066).
+# * **Bracket.** One-sided steps grow ×1.5 each time they fail to cross the target; ln λ is clipped to
+#   [X0, X1] = ln(scale) ∓ 12, and the ends stand for λ = 0 (the largest rate) and λ = ∞ (`LAM_INF`, the smallest).
+# * **Refine.** With a bracket, Illinois regula falsi (the retained end's value is halved when one end is kept twice),
+#   kept 5% inside the bracket, and bisection when three steps did not halve it.
+# * **Stop.** `|rate − target| ≤ tol` on the real stream (`ok`); or the bracket is narrower than 0.01 in ln λ —
+#   rate(λ) jumps over the target there (`step`); or `max_iter` evaluations (`max_iter`); or an end is reached and
+#   the target lies beyond it (out of range). The answer is always the best point measured for this target.
+#
+# rate(λ) is a step function (token decisions flip one at a time) and can be locally non-monotonic (a flip changes
+# the context of the later positions); all the logic above uses only signs of rate − target and the best point, so
+# it needs no monotonicity, only a sign change somewhere in the bracket.
+#
+# * **Jumps.** Some steps are tall: identical frames (silence gives many in ComParE features) flip together at
+#   one λ. On RAVDESS test utterances we measured jumps of 5 BPF at a single λ, where no λ lands within 1 BPF.
+#   There (`step`, `max_iter`, or still open after 6 evaluations; utterance mode) the frames are split, with no further encoding: the first k frames
+#   take their tokens from the evaluation just above the target and the rest from the one just below — ECVQ with a
+#   per-frame λ, which `ecvq_encode` allows and the decoder never sees — with k found by bisection on the real stream
+#   size. Status `mixed`; `lam2`, `split` say which λ the first `split` frames used (the stream header records `lam`).
+#   `mix=False` keeps the single-λ answer.
+
+# %%
+#| export
+_SPAN = 12.0  # X0, X1 = ln(scale) -/+ _SPAN
+_XTOL = 1e-2  # a bracket narrower than this (in ln λ, 1% of λ) is a jump of rate(λ)
+_MIX_AFTER = 6  # evaluations after which a bracketed unit may be finished by splitting its frames
+_MAXSTEP = 4.0  # largest one-sided step in ln λ
+
+@dataclass
+class _Unit:
+    "Search state of one λ for one target."
+    target: float
+    tol: float
+    a: tuple | None = None  # (x, f) with f = rate - target > 0
+    b: tuple | None = None  # (x, f) with f < 0
+    fa: float = 0.0  # Illinois-scaled f at a, b
+    fb: float = 0.0
+    last: int = 0  # +1: the last update replaced a; -1: b
+    widths: list = field(default_factory=list)
+    best: tuple | None = None  # (x, f) of this target's best evaluation
+    n: int = 0
+    expand: int = 0
+    tried: list = field(default_factory=list)
+    status: str = ""
+    first: float | None = None  # forced first proposal (warm start)
+    side: int = 0  # sign of f at the base of the last one-sided step (0: the last step was not one-sided)
+
+    def seed(self, hist):
+        "Take the closest known point on each side of the target from earlier evaluations `hist` [(x, rate)]."
+        for x, r in hist:
+            f = r - self.target
+            if f > 0 and (self.a is None or f < self.a[1]): self.a, self.fa = (x, f), f
+            if f < 0 and (self.b is None or f > self.b[1]): self.b, self.fb = (x, f), f
+
+    def update(self, x: float, rate: float, X0: float, X1: float, max_iter: int):
+        "Record an evaluation and decide whether the unit is done."
+        f = rate - self.target
+        self.n += 1; self.tried.append(x)
+        if self.best is None or abs(f) < abs(self.best[1]): self.best = (x, f)
+        if abs(f) <= self.tol: self.status = "ok"; return
+        self.expand = self.expand + 1 if self.side and np.sign(f) == self.side else 0  # a one-sided step fell short
+        if f > 0:
+            if self.last == 1: self.fb /= 2
+            self.a, self.fa, self.last = (x, f), f, 1
+        else:
+            if self.last == -1: self.fa /= 2
+            self.b, self.fb, self.last = (x, f), f, -1
+        if self.a is not None and self.b is not None: self.widths.append(abs(self.a[0] - self.b[0]))
+        if x <= X0 and f < 0: self.status = "above_max"
+        elif x >= X1 and f > 0: self.status = "below_min"
+        elif self.widths and self.widths[-1] < _XTOL: self.status = "step"
+        elif self.n >= max_iter: self.status = "max_iter"
+
+    def propose(self, predict, x_guess, X0: float, X1: float) -> float:
+        "Next ln λ. `predict(x, rate, target)` -> ln λ where a unit through (x, rate) reaches target; `x_guess(target)` -> a cold start."
+        self.side = 0
+        if self.n == 0 and self.first is not None: return float(np.clip(self.first, X0, X1))
+        a, b = self.a, self.b
+        end = lambda p: p is not None and (p[0] <= X0 or p[0] >= X1)
+        if a is not None and b is not None and not end(a) and not end(b):  # Illinois regula falsi
+            xa, xb = a[0], b[0]
+            lo, hi = min(xa, xb), max(xa, xb); w = hi - lo
+            if len(self.widths) >= 4 and w > 0.5 * self.widths[-4]: x = (lo + hi) / 2
+            else: x = xb - self.fb * (xb - xa) / (self.fb - self.fa)
+            return float(np.clip(x, lo + 0.05 * w, hi - 0.05 * w))
+        sides = [p for p in (a, b) if p is not None and not end(p)]
+        if sides:
+            p = min(sides, key=lambda q: abs(q[1]))
+            self.side = int(np.sign(p[1]))
+            step = (predict(p[0], p[1] + self.target, self.target) - p[0]) * 1.5 ** self.expand
+            x = p[0] + float(np.clip(step, -_MAXSTEP, _MAXSTEP))
+        else: x = x_guess(self.target)
+        other = [q for q in (a, b) if q is not None and end(q)]
+        if other and sides:  # bracket between a measured point and an end: stay strictly inside
+            lo, hi = sorted((p[0], other[0][0])); w = hi - lo
+            x = float(np.clip(x, lo + 0.02 * w, hi - 0.02 * w))
+        x = float(np.clip(x, X0, X1))
+        if any(abs(x - t) < 1e-12 for t in self.tried):  # do not measure the same λ twice
+            x = float(np.clip(x + (-0.5 if self.a is None else 0.5), X0, X1))
+        return x
+
+
+# %% [markdown]
+# ## Results
+
+# %%
+#| export
+@dataclass
+class RateResult:
+    "One target's answer: per utterance λ, counted bits of the real stream, status, and the tokens at the answer."
+    target: np.ndarray  # (U,) target BPF of each utterance
+    lam: np.ndarray  # (U,) λ of the answer (0 = the λ → 0 end, LAM_INF = the λ → ∞ end)
+    bits: np.ndarray  # (U,) counted bits of each utterance's stream (see `count`)
+    frames: np.ndarray  # (U,)
+    ideal_bits: np.ndarray  # (U,) -log2 q of the tokens under the coding model
+    distortion: np.ndarray  # (U,) mean squared error per frame, normalised space, summed over dims
+    status: np.ndarray  # (U,) 'ok' | 'mixed' | 'step' | 'max_iter' | 'clamped_max' | 'clamped_min'
+    evals: np.ndarray  # (U,) evaluations of this utterance's λ for this target
+    passes: int  # batched encoder passes for this target (the controller's one calibration pass not included)
+    mode: str
+    count: str
+    tol: float
+    seconds: float = 0.0
+    frames_encoded: int = 0  # frames actually re-encoded (the rest came from the cache)
+    tokens: list = field(default_factory=list, repr=False)  # (U,) uint8 (T, L) token arrays at the answer
+    ids: list | None = None
+    lam2: np.ndarray | None = None  # (U,) status 'mixed': the λ of the first `split` frames (NaN otherwise)
+    split: np.ndarray | None = None  # (U,) frames coded at lam2 (0 unless mixed)
+
+    @property
+    def bpf(self) -> np.ndarray: return self.bits / self.frames
+    @property
+    def error(self) -> np.ndarray: return self.bpf - self.target
+    @property
+    def clamped(self) -> np.ndarray: return np.array([s.startswith("clamped") for s in self.status])
+    @property
+    def converged(self) -> np.ndarray: return np.isin(self.status, ("ok", "mixed"))
+    @property
+    def set_bpf(self) -> float: return float(self.bits.sum() / self.frames.sum())
+    @property
+    def set_target(self) -> float: return float((self.target * self.frames).sum() / self.frames.sum())
+    @property
+    def set_error(self) -> float: return self.set_bpf - self.set_target
+
+    def table(self) -> pd.DataFrame:
+        "One row per utterance."
+        return pd.DataFrame(dict(id=self.ids if self.ids is not None else range(len(self.lam)), target=self.target,
+                                 lam=self.lam, bpf=self.bpf, error=self.error, frames=self.frames, bits=self.bits,
+                                 ideal_bpf=self.ideal_bits / self.frames, distortion=self.distortion, status=self.status,
+                                 evals=self.evals, lam2=self.lam2, split=self.split))
+
+    def summary(self) -> dict:
+        "Set-level numbers: aggregate rate and error, error spread, statuses, passes."
+        e, inr = np.abs(self.error), ~self.clamped
+        return dict(target=self.set_target, set_bpf=self.set_bpf, set_error=self.set_error, passes=self.passes,
+                    utterances=len(e), ok=int(self.converged.sum()), clamped=int(self.clamped.sum()),
+                    within_1=float((e[inr] <= 1).mean()) if inr.any() else float("nan"),
+                    median_abs_error=float(np.median(e[inr])) if inr.any() else float("nan"),
+                    max_abs_error=float(e[inr].max()) if inr.any() else float("nan"),
+                    frames_encoded=self.frames_encoded, seconds=self.seconds)
+
+    def recon(self, rvq) -> list[np.ndarray]:
+        "Decoded frames (T, D) of every utterance at the answer."
+        return [rvq.decode(torch.from_numpy(t.astype(np.int64))).numpy() for t in self.tokens]
+
+
+# %% [markdown]
+# ## The controller
+#
+# `RateController` holds one codec and one list of utterances; every `solve` shares its engine (and cache) and the
+# history of every λ measured, so a list of targets solved in order starts each search from the previous answers.
+#
+# **Out-of-range targets.** The achievable range of an utterance (or of the set) runs from the rate at λ → ∞ (every
+# position takes its likeliest symbol, mostly SKIP, plus the container) to the rate at λ = 0 (nearest codes). A
+# target more than `tol` outside it either raises an `EibError` that states the range (`clamp=False`, the default of
+# `solve`/`solve_lambda`/`eib-compress --bpf`), or is answered with the nearest end and flagged `clamped_max` /
+# `clamped_min` (`clamp=True`, the default of `solve_many`, i.e. of rate sweeps). The ends are only measured when a
+# search runs into them; `achievable_range` measures them all (two passes).
+
+# %%
+#| export
+class RateController:
+    "λ searches on real stream sizes for a fixed list of utterances and one codec (a `Codec` or an `(rvq, model)` pair)."
+    def __init__(self, codec, utterances, count: str = "stream", batch_size: int | None = None, ids=None,
+                 calibrate: bool = True, cache: bool = True, _engine=None):
+        if count not in ("stream", "payload"): raise EibError(f"count must be 'stream' or 'payload', got {count!r}")
+        if _engine is None:
+            rvq, model = _unpack_codec(codec)
+            _engine = _Engine(rvq, model, _check_utterances(utterances, rvq.cfg.dim), batch_size, cache)
+        self.engine, self.count, self.use_cal = _engine, count, calibrate
+        self.T = np.asarray(_engine.T)
+        self.ids = None if ids is None else list(ids)
+        if self.ids is not None and len(self.ids) != len(self.T):
+            raise EibError(f"{len(self.ids)} ids for {len(self.T)} utterances")
+        c = math.log(_engine.scale())
+        self.X0, self.X1 = c - _SPAN, c + _SPAN
+        self.hist: dict = {}  # unit key (utterance index or 'set') -> [(ln λ, rate)]
+        self._cal = None
+        self.calibration_passes = 0
+
+    # -- λ <-> x
+    def lam(self, x: float) -> float:
+        "λ evaluated for ln λ = `x` (the ends stand for 0 and ∞)."
+        return 0.0 if x <= self.X0 else LAM_INF if x >= self.X1 else math.exp(x)
+
+    def x_of(self, lam: float) -> float:
+        return self.X0 if lam <= 0 else self.X1 if lam >= LAM_INF else float(np.clip(math.log(lam), self.X0, self.X1))
+
+    def _bits(self, st) -> int: return 8 * (st.stream_len if self.count == "stream" else st.payload_len)
+
+    # -- calibration: a set-level rate curve for cold starts and slopes
+    def calibration(self):
+        "(ln λ grid, mean BPF) measured once on a frame sample (ideal bits plus the average container cost)."
+        if self._cal is None:
+            xs = math.log(self.engine.scale()) + np.linspace(-7.0, 11.0, 14)
+            n = int(min(self.T.sum(), max(32, self.T.sum() // 4), 768))
+            r = np.asarray(self.engine.calibrate(np.exp(xs), n), dtype=np.float64)
+            mid = float(np.median(r))
+            ovh = np.mean([self.engine.overhead_bits(u, mid) / self.T[u] for u in range(len(self.T))]) if self.count == "stream" \
+                else float(np.mean(16.0 / self.T))
+            self._cal = (xs, np.minimum.accumulate(r + ovh))
+            self.calibration_passes += 1
+        return self._cal
+
+    def _x_guess(self, t: float) -> float:
+        if not self.use_cal: return math.log(self.engine.scale())
+        xs, r = self.calibration()
+        return float(np.interp(t, r[::-1], xs[::-1]))
+
+    def _slope_cal(self, r: float) -> float:
+        if not self.use_cal: return -10.0
+        xs, rr = self.calibration()
+        s = np.diff(rr) / np.diff(xs)
+        i = int(np.clip(np.searchsorted(-rr, -r) - 1, 0, len(s) - 1))
+        return float(min(s[i], -1e-3))
+
+    def _predict(self, x: float, r: float, t: float) -> float:
+        "ln λ at which a unit measured at (x, r) reaches `t`, if its rate curve is the calibration curve times r / curve(x)."
+        if not self.use_cal: return x + (t - r) / -10.0
+        xs, rr = self.calibration()
+        tc = t * max(float(np.interp(x, xs, rr)), 1e-9) / r
+        if rr.min() < tc < rr.max():
+            xp = self._x_guess(tc)
+            if (xp - x) * (t - r) < 0: return xp  # the right direction (rate falls as λ grows)
+        return x + (t - r) / self._slope_cal(tc)  # beyond the curve, or against it: follow the curve's slope
+
+    # -- the ends of the range
+    def _end_rates(self, units, members, keys, which: str) -> list[float]:
+        "Rate of each unit at the λ = 0 ('max') or λ = ∞ ('min') end, from history or one extra pass."
+        x = self.X0 if which == "max" else self.X1
+        out, todo = [], []
+        for k in units:
+            h = [r for px, r in self.hist.get(keys[k], []) if px == x]
+            out.append(h[-1] if h else None)
+            if not h: todo.append(k)
+        if todo:
+            us = [u for k in todo for u in members[k]]
+            sts = self.engine.evaluate(us, [self.lam(x)] * len(us))
+            i = 0
+            for k in todo:
+                m = members[k]; bits = sum(self._bits(s) for s in sts[i:i + len(m)]); i += len(m)
+                for u, s in zip(m, sts[i - len(m):i]): self.hist.setdefault(u, []).append((x, self._bits(s) / self.T[u]))
+                r = bits / self.T[m].sum()
+                self.hist.setdefault(keys[k], []).append((x, r))
+                out[units.index(k)] = r
+        return out
+
+    def achievable_range(self) -> pd.DataFrame:
+        "Smallest (λ → ∞) and largest (λ = 0) rate of every utterance, counted as `count`; the set's in `.attrs`."
+        U = len(self.T)
+        members, keys = [[u] for u in range(U)], list(range(U))
+        lo = self._end_rates(list(range(U)), members, keys, "min")
+        hi = self._end_rates(list(range(U)), members, keys, "max")
+        df = pd.DataFrame(dict(id=self.ids if self.ids is not None else range(U), frames=self.T, min_bpf=lo, max_bpf=hi))
+        df.attrs.update(set_min=float((df.min_bpf * df.frames).sum() / df.frames.sum()),
+                        set_max=float((df.max_bpf * df.frames).sum() / df.frames.sum()), count=self.count)
+        return df
+
+    def _out_of_range(self, bad, units, members, keys, mode, targets):
+        "The EibError for targets outside the achievable range (clamp=False)."
+        lo = self._end_rates(bad, members, keys, "min")
+        hi = self._end_rates(bad, members, keys, "max")
+        k = bad[0]
+        rng = f"{lo[0]:.2f}..{hi[0]:.2f} BPF"
+        if mode == "set": where = f"the set's achievable range {rng}"
+        elif len(units) == 1: where = f"the achievable range {rng} of this utterance"
+        else: where = (f"the achievable range of {len(bad)} of {len(units)} utterances (e.g. utterance "
+                       f"{self.ids[k] if self.ids is not None else k!r}: {rng})")
+        what = "the whole stream" if self.count == "stream" else "the payload"
+        return EibError(f"target {targets[k]:g} BPF is outside {where}, counting {what}; choose a target inside the range "
+                        "(from Python, clamp=True answers with the nearest end, flagged in the result)")
+
+    # -- the search
+    def solve(self, target_bpf, mode: str = "utterance", tol: float | None = None, max_iter: int = 12,
+              clamp: bool = False, warm_start=None, mix: bool = True) -> RateResult:
+        """Find λ per utterance (`mode="utterance"`) or one λ for the set (`mode="set"`) whose real stream rate is
+        within `tol` BPF of `target_bpf` (a number, or one per utterance in utterance mode)."""
+        t0, E = time.time(), self.engine
+        U = len(self.T)
+        if mode not in ("utterance", "set"): raise EibError(f"mode must be 'utterance' or 'set', got {mode!r}")
+        tol = (0.25 if mode == "utterance" else 0.1) if tol is None else float(tol)
+        if not tol > 0: raise EibError(f"tol must be positive, got {tol}")
+        if not isinstance(max_iter, (int, np.integer)) or max_iter < 1: raise EibError(f"max_iter must be a positive integer, got {max_iter!r}")
+        try: tg = np.asarray(target_bpf, dtype=np.float64)
+        except (TypeError, ValueError): raise EibError(f"target_bpf must be a number or a list of numbers, got {target_bpf!r}") from None
+        if mode == "set" and tg.ndim != 0: raise EibError("mode='set' takes one target for the whole set")
+        if tg.ndim == 0: tg = np.full(U, float(tg))
+        if tg.shape != (U,): raise EibError(f"target_bpf must be a number or one value per utterance ({U}), got shape {tg.shape}")
+        if not (np.isfinite(tg).all() and (tg > 0).all()): raise EibError("target BPF values must be finite and positive")
+        members = [[u] for u in range(U)] if mode == "utterance" else [list(range(U))]
+        keys = list(range(U)) if mode == "utterance" else ["set"]
+        units = [_Unit(float(tg[m[0]]), tol) for m in members]
+        self._warm(warm_start, units, members, keys, mode)
+        for k, un in enumerate(units):
+            un.seed(self.hist.get(keys[k], []))
+            if un.first is None: un.first = self._history_answer(un, keys[k])
+        if self.use_cal: self.calibration()  # once per controller, counted in `calibration_passes`
+        p0, f0 = E.passes, E.frames_encoded
+        sides = {}  # (unit, sign of rate - target) -> the states of the unit's latest evaluation on that side
+        while True:
+            act = [k for k, un in enumerate(units) if not un.status]
+            if not act: break
+            xs = {k: units[k].propose(self._predict, self._x_guess, self.X0, self.X1) for k in act}
+            us = [u for k in act for u in members[k]]
+            sts = E.evaluate(us, [self.lam(xs[k]) for k in act for _ in members[k]])
+            i = 0
+            for k in act:
+                m = members[k]; ss = sts[i:i + len(m)]; i += len(m)
+                bits = np.array([self._bits(s) for s in ss], dtype=np.float64)
+                rate = float(bits.sum() / self.T[m].sum())
+                self.hist.setdefault(keys[k], []).append((xs[k], rate))
+                if mode == "set":
+                    for u, b in zip(m, bits): self.hist.setdefault(u, []).append((xs[k], b / self.T[u]))
+                before = units[k].best
+                sides[k, rate > units[k].target] = ss
+                units[k].update(xs[k], rate, self.X0, self.X1, max_iter)
+                if units[k].best is not before:
+                    for u, s in zip(m, ss): E.commit(u, s)
+            if mix and mode == "utterance" and hasattr(E, "mix"):
+                for k in act:
+                    un = units[k]
+                    if (un.status in ("step", "max_iter") or (not un.status and un.n >= _MIX_AFTER)) \
+                            and (k, True) in sides and (k, False) in sides and self._mix(members[k][0], un, sides[k, True][0], sides[k, False][0]):
+                        un.status = "mixed"
+            bad = [k for k in act if units[k].status in ("above_max", "below_min")]
+            if bad and not clamp: raise self._out_of_range(bad, list(range(len(units))), members, keys, mode, tg)
+        status = np.empty(U, dtype=object); evals = np.zeros(U, int)
+        for k, un in enumerate(units):
+            s = {"above_max": "clamped_max", "below_min": "clamped_min"}.get(un.status, un.status)
+            for u in members[k]: status[u], evals[u] = s, un.n
+        sts = [E.cache[u] for u in range(U)]
+        return RateResult(target=tg, lam=np.array([s.lam for s in sts]), bits=np.array([self._bits(s) for s in sts], dtype=np.float64),
+                          frames=self.T.copy(), ideal_bits=np.array([float(s.ideal.sum()) for s in sts]),
+                          distortion=np.array([float(s.dist.mean()) for s in sts]), status=status.astype(str), evals=evals,
+                          passes=E.passes - p0, mode=mode, count=self.count, tol=tol, seconds=time.time() - t0,
+                          frames_encoded=E.frames_encoded - f0, tokens=[s.tokens for s in sts], ids=self.ids,
+                          lam2=np.array([s.lam2 for s in sts]), split=np.array([s.split for s in sts]))
+
+    def _mix(self, u: int, un: _Unit, A: _State, B: _State) -> bool:
+        """Where rate(λ) jumps over the target (`step`), code the first k frames at the λ above the target (state `A`)
+        and the rest at the λ below (`B`); k by bisection on the real stream size. Commits and returns True if it
+        lands within tolerance."""
+        T, E = int(self.T[u]), self.engine
+        rate = lambda st: self._bits(st) / T
+        lo, hi = 0, T  # rate(mix(lo)) < target <= rate(mix(hi)), roughly: frames differ one by one
+        cache = {}
+        get = lambda k: cache.setdefault(k, E.mix(u, A, B, k))
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if rate(get(mid)) < un.target: lo = mid
+            else: hi = mid
+        st = min((get(lo), get(hi)), key=lambda s: abs(rate(s) - un.target))
+        if abs(rate(st) - un.target) > un.tol or abs(rate(st) - un.target) >= abs(un.best[1]): return False
+        E.commit(u, st); un.best = (un.best[0], rate(st) - un.target)
+        return True
+
+    def _history_answer(self, un: _Unit, key):
+        "A known ln λ already within tolerance of the target, or an end the target lies beyond; else None."
+        h = self.hist.get(key, [])
+        if not h: return None
+        x, r = min(h, key=lambda p: abs(p[1] - un.target))
+        if abs(r - un.target) <= un.tol: return x
+        for px, pr in h:
+            if px <= self.X0 and pr < un.target - un.tol: return px
+            if px >= self.X1 and pr > un.target + un.tol: return px
+        return None
+
+    def _warm(self, warm_start, units, members, keys, mode):
+        "Seed the searches from a previous `RateResult` (its points join the history) or from λ values (first guesses)."
+        if warm_start is None: return
+        if isinstance(warm_start, RateResult):
+            if len(warm_start.lam) != len(self.T) or warm_start.count != self.count:
+                raise EibError("warm_start is a RateResult for other utterances or another count; pass λ values instead")
+            for u in range(len(self.T)): self.hist.setdefault(u, []).append((self.x_of(warm_start.lam[u]), float(warm_start.bpf[u])))
+            if mode == "set" and warm_start.mode == "set": self.hist.setdefault("set", []).append((self.x_of(warm_start.lam[0]), warm_start.set_bpf))
+            return
+        lam = np.asarray(warm_start, dtype=np.float64)
+        if lam.ndim == 0: lam = np.full(len(units), float(lam))
+        if lam.shape != (len(units),) or not np.isfinite(lam).all() or (lam < 0).any():
+            raise EibError(f"warm_start must be a RateResult, one λ, or one λ per {'utterance' if mode == 'utterance' else 'set'} "
+                           f"({len(units)}), all finite and >= 0")
+        for un, l in zip(units, lam): un.first = self.x_of(float(l))
+
+    def solve_many(self, targets, mode: str = "utterance", tol: float | None = None, max_iter: int = 12,
+                   clamp: bool = True, progress: bool = False, mix: bool = True) -> list[RateResult]:
+        "Solve a list of targets in the given order (ascending or descending is best), each starting from the last."
+        from tqdm.auto import tqdm
+        out = []
+        for t in tqdm(list(targets), desc="rate targets", disable=not progress):
+            out.append(self.solve(t, mode=mode, tol=tol, max_iter=max_iter, clamp=clamp, mix=mix))
+        return out
+
+
+# %% [markdown]
+# ### The search on a known, step-wise, locally non-monotonic rate function
+#
+# A stand-in engine with a rate function we choose lets us test the search alone: whole bytes (so rate(λ) is a
+# staircase), a wiggle that makes it locally non-monotonic, and utterances of very different lengths and levels.
+
+# %%
+#| export
+class _FakeEngine:
+    "Stand-in for `_Engine` with a given `bits(u, λ)` (for testing the search); streams are whole bytes."
+    def __init__(self, frames, bits_fn, scale: float = 1.0):
+        self.T, self.bits_fn, self._scale = np.asarray(frames), bits_fn, scale
+        self.cache, self.passes, self.frames_encoded, self.mismatch = [None] * len(self.T), 0, 0, 0
+    def scale(self): return self._scale
+    def calibrate(self, lams, max_frames):
+        self.passes += 1
+        return np.array([np.mean([self.bits_fn(u, l) / self.T[u] for u in range(len(self.T))]) for l in lams])
+    def overhead_bits(self, u, bpf): return 0.0
+    def evaluate(self, us, lams):
+        self.passes += 1
+        out = []
+        for u, l in zip(us, lams):
+            T = int(self.T[u]); nbytes = int(math.ceil(self.bits_fn(u, l) / 8))
+            self.frames_encoded += T
+            out.append(_State(float(l), np.zeros((T, 0), np.uint8), None, None, None, None, np.zeros(T), np.zeros(T, np.float32),
+                              payload_len=nbytes, stream_len=nbytes))
+        return out
+    def commit(self, u, st): self.cache[u] = st
+
+
+# %%
+def fake_bits(u, lam, T=None, lev=None):
+    "A staircase rate: 2 .. 230 BPF, smooth in ln λ, plus a wiggle (locally non-monotonic)."
+    x = math.log(lam) if lam > 0 else -50.0
+    bpf = 2 + 228 / (1 + math.exp(0.8 * (x - lev[u]))) + 0.6 * math.sin(9 * x)
+    return max(bpf, 2) * T[u]
+
+_g = np.random.default_rng(1)
+T_f, lev_f = _g.integers(40, 400, 50), _g.normal(0, 1, 50)
+bits_f = lambda u, l: fake_bits(u, l, T_f, lev_f)
+rc = RateController(None, None, _engine=_FakeEngine(T_f, bits_f))
+res = rc.solve_many([10, 15, 50, 100, 150, 200])
+for r in res:
+    test_eq(r.converged.all(), True)
+    assert np.abs(r.error).max() <= 0.25 and abs(r.set_error) <= 0.25, r.summary()
+print("passes per target:", [r.passes for r in res], "calibration passes:", rc.calibration_passes)
+assert np.median([r.passes for r in res]) <= 6
+
+# %% [markdown]
+# Set mode (one λ, aggregate rate), per-utterance targets, and a step too tall to land inside `tol` (the answer is
+# the best side of the jump, flagged `step`):
+
+# %%
+r = rc.solve(80, mode="set")
+test_eq(r.status[0], "ok"); assert abs(r.set_error) <= 0.1 and len(set(r.lam)) == 1
+r = rc.solve(np.linspace(20, 120, 50))
+test_eq(r.converged.all(), True); assert np.abs(r.error).max() <= 0.25
+r2 = RateController(None, None, _engine=_FakeEngine(T_f, bits_f)).solve(np.linspace(20, 120, 50), warm_start=r.lam)
+test_eq(r2.passes, 1); test_eq(r2.lam, r.lam)  # warm-started at known answers: one pass re-measures them
+
+jump = lambda u, l: (60 if l < 1.0 else 40) * 100  # rate jumps from 60 to 40 BPF at λ = 1
+r = RateController(None, None, _engine=_FakeEngine([100], jump)).solve(50, max_iter=40)
+test_eq(r.status[0], "step"); test_eq(abs(r.error[0]), 10)
+
+# %% [markdown]
+# Targets outside the range: an error that states the range, or the nearest end, flagged:
+
+# %%
+rc2 = RateController(None, None, _engine=_FakeEngine(T_f[:5], bits_f))
+test_fail(lambda: rc2.solve(300), contains="outside the achievable range")
+test_fail(lambda: rc2.solve(1), contains="outside the achievable range")
+r = rc2.solve(300, clamp=True)
+test_eq(list(r.status), ["clamped_max"] * 5); test_eq(r.clamped.all(), True); test_eq(r.lam, np.zeros(5))
+r = rc2.solve(1, clamp=True)
+test_eq(list(r.status), ["clamped_min"] * 5); test_eq(r.lam, np.full(5, LAM_INF))
+rg = rc2.achievable_range()
+assert (rg.min_bpf < 3).all() and (rg.max_bpf > 225).all() and rg.attrs["set_min"] < rg.attrs["set_max"]
+test_fail(lambda: rc2.solve(50, mode="other"), contains="mode must be")
+test_fail(lambda: rc2.solve([1, 2]), contains="one value per utterance")
+test_fail(lambda: rc2.solve(float("nan")), contains="finite and positive")
+
+
+# %% [markdown]
+# ## Functions
+#
+# `solve_lambda` and `solve_many` wrap a `RateController`; `compress_at_bpf` is the one-utterance form behind
+# `eib-compress FEATURES.npy OUT.eib --checkpoint DIR --bpf Y`: it returns `(λ, stream)`, the stream being exactly
+# what `eib.bitstream.compress` writes at that λ, and raises an `EibError` stating the achievable range when `Y` is
+# outside it.
+
+# %%
+#| export
+def solve_lambda(codec, utterances, target_bpf, mode: str = "utterance", count: str = "stream", tol: float | None = None,
+                 max_iter: int = 12, warm_start=None, clamp: bool = False, batch_size: int | None = None, ids=None,
+                 mix: bool = True) -> RateResult:
+    """λ for `target_bpf` (one number, or one per utterance) on the real streams of `utterances` (list of (T, D) arrays):
+    per utterance (`mode="utterance"`) or one λ for the set (`mode="set"`, total bits / total frames). `count="stream"`
+    counts the whole container, `"payload"` the range-coder payload only. Out-of-range targets: EibError, or the
+    nearest end flagged `clamped_*` with `clamp=True`."""
+    rc = RateController(codec, utterances, count=count, batch_size=batch_size, ids=ids)
+    return rc.solve(target_bpf, mode=mode, tol=tol, max_iter=max_iter, clamp=clamp, warm_start=warm_start, mix=mix)
+
+def solve_many(codec, utterances, targets, mode: str = "utterance", count: str = "stream", tol: float | None = None,
+               max_iter: int = 12, clamp: bool = True, batch_size: int | None = None, ids=None,
+               progress: bool = False, mix: bool = True) -> list[RateResult]:
+    "`solve_lambda` for each of `targets` in order, each search warm-started from the answers before it."
+    rc = RateController(codec, utterances, count=count, batch_size=batch_size, ids=ids)
+    return rc.solve_many(targets, mode=mode, tol=tol, max_iter=max_iter, clamp=clamp, progress=progress, mix=mix)
+
+def achievable_range(codec, utterances, count: str = "stream", ids=None) -> pd.DataFrame:
+    "Per utterance: the smallest (λ → ∞) and largest (λ = 0) real stream rate in BPF; the set's in `.attrs`."
+    return RateController(codec, utterances, count=count, ids=ids, calibrate=False).achievable_range()
+
+def compress_at_bpf(rvq, model, features, bpf: float, tol: float = 0.25) -> tuple[float, bytes]:
+    """(λ, stream): the `eib.bitstream` stream of one utterance `features` (T, D) whose whole size is within `tol`
+    of `bpf` bits per frame: byte-for-byte what `eib.bitstream.compress(rvq, model, features, λ)` writes, unless
+    rate(λ) jumps over the target (then some frames use a second λ, see `RateResult.lam2`; the stream decodes the same way)."""
+    rc = RateController((rvq, model), [features])
+    r = rc.solve(bpf, tol=tol, clamp=False)
+    return float(r.lam[0]), rc.engine.stream_bytes(0, rc.engine.cache[0])
+
+def lambda_for_bpf(rvq, model, features, bpf: float, tol: float = 0.25) -> float:
+    "λ at which `eib.bitstream.compress(rvq, model, features, λ)` gives `bpf` ± `tol` bits per frame (whole stream)."
+    return compress_at_bpf(rvq, model, features, bpf, tol)[0]
+
+
+# %% [markdown]
+# ## On a real codec
+#
+# A tiny codec trained here on the synthetic store (committed with the repository): 10 groups × 2 layers × 16 codes,
+# a one-layer entropy model. Every answer is checked against `eib.bitstream`: the stream at the answer's λ has
+# exactly the counted size and decodes to the returned tokens.
+
+# %%
+from eib.features import load_store
+from eib.entropy import train_entropy_model
+from eib.bitstream import stream_bpf, payload_bpf
+from eib.core import repo_root
+_st = load_store(repo_root() / "data_subset" / "synth")
+_ids = list(_st.manifest.id[:48])
+_x = [_st.frames(i) for i in _ids]
+torch.manual_seed(0)
+rvq_t = fit_rvq(np.concatenate(_x[8:]), RVQConfig.for_dim(130, layers=2, codes=16), iters=4, progress=False)
+model_t, _ = train_entropy_model(rvq_t, np.concatenate(_x[8:44]), np.concatenate(_x[44:]), rounds=1, epochs=8, max_steps=100,
+                                 config=dict(d_model=32, n_layers=1, n_heads=2, d_ff=64), progress=False)
+utt = _x[:8]
+rng_t = achievable_range((rvq_t, model_t), utt)
+rng_t.round(2)
+
+# %%
+rc_t = RateController((rvq_t, model_t), utt, ids=_ids[:8])
+lo_t, hi_t = rng_t.min_bpf.max(), rng_t.max_bpf.min()  # targets every utterance can reach
+for tgt in np.linspace(lo_t + 3, hi_t - 3, 3).round(1):
+    r = rc_t.solve(tgt)
+    test_eq(r.converged.all(), True)
+    assert np.abs(r.error).max() <= 0.25 and abs(r.set_error) <= 0.25, r.summary()
+    for i in (0, 5):
+        data = compress(rvq_t, model_t, utt[i], r.lam[i])
+        test_eq(len(data) * 8, r.bits[i]); test_close(stream_bpf(data), r.bpf[i], eps=1e-9)
+        test_eq(decompress(rvq_t, model_t, data)[0].numpy(), r.tokens[i].astype(np.int64))
+    print(tgt, r.summary()["set_bpf"], "passes", r.passes)
+test_eq(rc_t.engine.mismatch, 0)
+
+# %% [markdown]
+# One λ for the set, payload-only counting, out-of-range targets, and the one-utterance helper behind
+# `eib-compress --bpf`:
+
+# %%
+r = rc_t.solve((lo_t + hi_t) / 2, mode="set")
+test_eq(len(set(r.lam)), 1); assert abs(r.set_error) <= 0.1
+rp = RateController((rvq_t, model_t), utt[:3], count="payload").solve((lo_t + hi_t) / 2)
+test_eq(rp.converged.all(), True)
+for i in range(3):
+    data = compress(rvq_t, model_t, utt[i], rp.lam[i])
+    test_close(payload_bpf(data), rp.bpf[i], eps=1e-9); assert stream_bpf(data) > rp.bpf[i]
+test_fail(lambda: rc_t.solve(rng_t.max_bpf.max() + 5), contains="outside the achievable range")
+r = rc_t.solve(rng_t.max_bpf.max() + 5, clamp=True)
+test_eq(set(r.status), {"clamped_max"}); test_close(r.bpf, rng_t.max_bpf.values, eps=1e-9)
+_mid = float(rng_t.min_bpf[1] + rng_t.max_bpf[1]) / 2
+lam, data = compress_at_bpf(rvq_t, model_t, utt[1], _mid)
+test_eq(data, compress(rvq_t, model_t, utt[1], lam)); assert abs(stream_bpf(data) - _mid) <= 0.25
+test_fail(lambda: lambda_for_bpf(rvq_t, model_t, utt[1], 1.0), contains="outside the achievable range")
+
+# a mixed answer is a valid stream: frames [0, k) from one λ, the rest from another
+A, B = rc_t.engine.evaluate([2, 2], [0.05, 5.0])
+M = rc_t.engine.mix(2, A, B, 20)
+data = rc_t.engine.stream_bytes(2, M)
+test_eq(len(data), M.stream_len); assert B.stream_len < M.stream_len < A.stream_len
+test_eq(decompress(rvq_t, model_t, data)[0].numpy(), np.concatenate([A.tokens[:20], B.tokens[20:]]).astype(np.int64))
+
+# %% [markdown]
+# ## Measured
+#
+# `benchmarks/bench_rate.py --checkpoint <codec> --limit 48 --threads 1` on a seeded sample of 48 RAVDESS test
+# utterances (9126 frames, ComParE features), with a cpu-preset codec trained briefly on 120 training utterances,
+# one torch thread on a shared two-core machine, per-utterance control of the whole stream at every target
+# 10, 15, ..., 200, 220, 240 BPF:
+#
+# | | measured | bar |
+# |---|---|---|
+# | targets inside every utterance's range | 23 of 41 (set range 7.2–159.5 BPF; utterance maxima 125–200) | |
+# | worst set error at those targets | 0.039 BPF | ≤ 0.25 |
+# | utterances within 1 BPF, worst of those targets | 100% (all 1453 pairs: 99.93% within 0.25, max 0.57) | ≥ 98% |
+# | batched passes per target | median 4, max 6 (+1 calibration, +2 for the range) | median ≤ 6 |
+# | time for the whole list | 884 CPU-s, 1065 s wall: 0.54 s per utterance-target | |
+# | thesis scheme (linear bisection, one utterance at a time) | 7.6 s per utterance-target; 1 of 9 failed (λ = 32 too small) | |
+#
+# Ours is 13.8× faster per frame-target than the thesis scheme, but the 15-minute bar for the full test split
+# (67 517 frames) is not met here: projected ~110 CPU-minutes. Every target must re-encode the frames whose tokens
+# change (0.6–1.1 × the set per target, after the cache) and the exact coding model encodes only ~100–200 frames
+# per second per core on this machine.

@@ -1,0 +1,441 @@
+# %% [markdown]
+# # sweep
+#
+# > Rate and layer sweeps: emotion recognition on decoded features across the rate axis
+
+# %%
+#| default_exp sweep
+
+# %%
+#| export
+from __future__ import annotations
+import json, math, platform, shlex, sys, time
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import torch
+from eib.core import EibError, repo_root, fingerprint
+from eib.evaluate import (QUICK_RATES_BPF, THESIS_RATES_BPF, evaluate_predictions, fit_probe, gaussian_rd_bound,
+                          majority_baseline, new_results, start_results, store_split, validate_results, write_results)
+
+# %%
+from fastcore.test import test_eq, test_fail, test_close
+
+# %% [markdown]
+# One sweep = one dataset, one encoder, one codec. `run_sweep` does, in order:
+#
+# 1. **features**: the feature store `data_subset/<dataset>` (built with `eib.features.build_store` if missing);
+# 2. **codec**: `checkpoints/<dataset>_<preset>` loaded, or trained with `eib.train.train_codec` if missing;
+# 3. **classifier**: a linear probe fitted on the unquantised TRAIN split (speaker-grouped CV), labels by the
+#    dataset's protocol;
+# 4. **test set**: `select_subset` of the TEST split (`samples_per_emotion` per class, seeded);
+# 5. **baselines**: unquantised features and the majority class; the **Gaussian RD bound** on the test frames in
+#    the codec's *normalised* space (per-dimension MSE after the codec's training-split standardisation, the
+#    same space and unit as the codec's MSE);
+# 6. **rate points**: for each target BPF, `eib.rate` finds λ on the real stream size (whole container counted),
+#    per utterance or per set; targets above an utterance's λ = 0 rate are capped there and flagged; the tokens
+#    are decoded, the probe scores the decoded frames; one stream per point is decoded from its bytes with
+#    `eib.bitstream.decompress` to check it round-trips;
+# 7. **layer sweep**: plain RVQ, n = G..G·M layers spread over the groups (`spread_layers`), nearest code, no
+#    SKIP choice; its tokens are coded by a second entropy model of the codec's own shape trained on layer-sweep
+#    tokens of the training split (n drawn per frame), and the rate is the size of the real range-coded stream.
+#
+# The results file `rate_sweep_<DATASET>.json` (`eib.evaluate.RESULTS_SCHEMA`) is rewritten atomically after
+# every point; a rerun skips the points already there.
+
+# %%
+#| export
+RATE_LISTS = {"quick": QUICK_RATES_BPF, "full": THESIS_RATES_BPF}
+
+def resolve_rates(rates) -> list[float]:
+    "`quick`, `full` (the thesis's 44 points) or a list of positive numbers -> sorted unique target BPFs."
+    if isinstance(rates, str):
+        if rates not in RATE_LISTS:
+            try: rates = json.loads(rates)
+            except json.JSONDecodeError: raise EibError(f"unknown rate list {rates!r}; known: {', '.join(RATE_LISTS)}, or a list of numbers") from None
+        else: return [float(r) for r in RATE_LISTS[rates]]
+    try: r = sorted({float(x) for x in np.atleast_1d(np.asarray(rates, dtype=np.float64))})
+    except (TypeError, ValueError): raise EibError(f"rates must be 'quick', 'full' or a list of numbers, got {rates!r}") from None
+    if not r or not all(math.isfinite(x) and x > 0 for x in r): raise EibError(f"rates must be finite and positive, got {rates!r}")
+    return r
+
+
+# %%
+test_eq(resolve_rates("quick"), [10.0, 100.0, 200.0, 300.0]); test_eq(len(resolve_rates("full")), 44)
+test_eq(resolve_rates([20, 10, 10]), [10.0, 20.0]); test_eq(resolve_rates("[5, 7.5]"), [5.0, 7.5])
+test_fail(lambda: resolve_rates("fast"), contains="known: quick, full"); test_fail(lambda: resolve_rates([0]), contains="positive")
+
+
+# %% [markdown]
+# Paths. The notebook runs in `nbs/`, the console in the repository root: a relative `data_root` that does not
+# exist from the working directory is tried against the repository root, so the same command line works from both.
+
+# %%
+#| export
+def resolve_data_root(dataset: str, data_root=None) -> Path | None:
+    "`data_root` as an existing folder (relative: to the working directory, else to the repository root); None stays None."
+    if data_root is None or str(data_root) == "": return None
+    p = Path(data_root).expanduser()
+    cands = [p] if p.is_absolute() else [Path.cwd() / p, repo_root() / p]
+    for c in cands:
+        if c.is_dir(): return c.resolve()
+    from eib.data import _HOWTO
+    raise EibError(f"{dataset}: no data at {' or '.join(str(c) for c in cands)}. To get it: "
+                   f"{_HOWTO.get(dataset, 'see eib.data')}; or pass data_root=<folder>.")
+
+def _in_repo(p) -> Path:
+    "A relative path of the repository (features, checkpoints) made absolute against the repository root."
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else repo_root() / p
+
+def results_path(dataset: str, out_dir="evaluation_results") -> Path:
+    "Where a sweep of `dataset` writes its results."
+    return Path(out_dir) / f"rate_sweep_{dataset.upper()}.json"
+
+
+# %%
+test_eq(resolve_data_root("ravdess", None), None)
+test_eq(resolve_data_root("synth", "nbs"), repo_root() / "nbs")  # relative to the repository root from anywhere
+test_fail(lambda: resolve_data_root("emodb", "no/such/folder"), contains="emodb: no data at")
+test_eq(results_path("ravdess", "x").name, "rate_sweep_RAVDESS.json")
+
+
+# %% [markdown]
+# ## Features, codec, probe
+
+# %%
+#| export
+def _store_name(dataset: str, encoder: str) -> str: return dataset if encoder == "compare" else f"{dataset}_{encoder}"
+
+def prepare_features(dataset: str, data_root=None, encoder: str = "compare", features_dir="data_subset",
+                     device: str = "cpu", progress: bool = True):
+    "The feature store of `dataset` (built from `data_root` if missing) -> `FeatureStore`."
+    from eib.data import DATASETS
+    from eib.features import ENCODERS, build_store, load_store
+    if dataset not in DATASETS or dataset == "manifest":
+        raise EibError(f"unknown dataset {dataset!r}; known: {', '.join(d for d in DATASETS if d != 'manifest')}")
+    if encoder not in ENCODERS: raise EibError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
+    path = _in_repo(features_dir) / _store_name(dataset, encoder)
+    if not (path / "meta.json").exists():
+        root = resolve_data_root(dataset, data_root)
+        build_store(dataset, root, encoder=encoder, out=path.parent, name=path.name, device=device, progress=progress,
+                    command=f"eib.sweep.prepare_features({dataset!r}, encoder={encoder!r})")
+    store = load_store(path)
+    if store.encoder != encoder:
+        raise EibError(f"{path} holds {store.encoder} features, not {encoder}; pass features_dir=<another folder>")
+    return store
+
+
+# %%
+_st = prepare_features("synth")
+test_eq((_st.encoder, _st.dim), ("compare", 130))
+test_fail(lambda: prepare_features("tess"), contains="known: ravdess")
+test_fail(lambda: prepare_features("synth", encoder="wav2vec"), contains="unknown encoder")
+
+
+# %%
+#| export
+def default_checkpoint(dataset: str, preset: str, encoder: str = "compare") -> Path:
+    "`checkpoints/<dataset>_<preset>` (with `_<encoder>` for a non-default encoder)."
+    return repo_root() / "checkpoints" / (f"{dataset}_{preset}" + ("" if encoder == "compare" else f"_{encoder}"))
+
+def get_codec(store, checkpoint, preset: str = "cpu", seed: int = 0, device: str = "cpu", progress: bool = True):
+    "Load the codec at `checkpoint`, or train one on `store` and save it there."
+    from eib.train import load_codec, train_codec
+    ck = Path(checkpoint)
+    if (ck / "config.json").exists(): codec = load_codec(ck)
+    else: codec = train_codec(store, preset=preset, out=ck, seed=seed, device=device, progress=progress)
+    if codec.model is None: raise EibError(f"{ck} is an RVQ-only codec; the sweep needs its entropy model — retrain it with eib-train")
+    if codec.cfg.dim != store.dim:
+        raise EibError(f"codec {ck} is for {codec.cfg.dim}-dim frames, the store {store.path} has {store.dim}; pass checkpoint=<matching codec>")
+    return codec
+
+
+# %%
+#| export
+def fit_classifier(store, protocol: str, seed: int = 42):
+    "Linear probe on the unquantised TRAIN split; returns (probe, train labels)."
+    _, frames, y, spk = store_split(store, protocol, "train")
+    return fit_probe(frames, y, groups=spk, seed=seed), y
+
+def test_subset(store, protocol: str, samples_per_emotion: int | None = 100, seed: int = 42):
+    "(ids, frames, labels) of the evaluation subset of the TEST split."
+    from eib.data import apply_protocol, select_subset
+    m = apply_protocol(store.manifest, protocol, verbose=False)
+    sub = select_subset(m, samples_per_emotion, seed=seed, split="test")
+    ids = list(sub["id"])
+    return ids, [store.frames(u) for u in ids], sub["label"].to_numpy(str)
+
+
+# %%
+_ids, _fr, _y = test_subset(_st, "synth", 2)
+test_eq(len(_ids), 12); test_eq(sorted(set(_y)), ["angry", "fear", "happy", "neutral", "sad", "surprise"])
+
+
+# %% [markdown]
+# ## The layer-sweep baseline
+#
+# Plain residual VQ with the codec's own codebooks: n layers in all, spread as evenly as possible over the G
+# groups (`spread_layers`), each the nearest code (no SKIP decision: layers beyond a group's share send SKIP,
+# which the entropy model learns to predict almost for free). A context-free code would handicap this baseline,
+# so it gets an entropy model of the codec's own shape (`EntropyModel`, same config) trained by
+# `eib.entropy`'s own training loop on layer-sweep tokens of the training split, n drawn uniformly per frame,
+# early-stopped on the held-out speakers that `eib.train` holds out. It is saved beside the codec
+# (`<checkpoint>_layers`) as a loadable codec, so its streams decode with `eib.bitstream.decompress`.
+
+# %%
+#| export
+def layer_tokens(rvq, x, n: int) -> torch.Tensor:
+    "Plain-RVQ tokens of frames `x` with `n` layers spread over the groups."
+    from eib.rvq import spread_layers
+    c = rvq.cfg
+    return rvq.encode_nearest(x, layers_per_group=spread_layers(n, c.groups, c.layers))
+
+def train_layer_model(codec, store, seed: int = 0, max_steps: int = 1500, epochs: int = 8, device: str = "cpu",
+                      progress: bool = True):
+    "An `EntropyModel` (the codec's config) trained on layer-sweep tokens of `store`'s training split."
+    from tqdm.auto import tqdm
+    from eib.entropy import EntropyModel, _fit_model
+    from eib.train import _open_features, _stack, split_train_val
+    man, frames_of, _, _ = _open_features(store)
+    tr_ids, va_ids, how = split_train_val(man, 0.1, seed)
+    rvq, c = codec.rvq, codec.cfg
+    g = torch.Generator().manual_seed(seed)
+    def toks(x):
+        n = torch.randint(c.groups, c.positions + 1, (len(x),), generator=g)
+        out = torch.empty(len(x), c.positions, dtype=torch.long)
+        for k in n.unique().tolist(): out[n == k] = layer_tokens(rvq, x[(n == k).numpy()], k)
+        return out
+    tr, va = toks(_stack(tr_ids, frames_of)), toks(_stack(va_ids, frames_of))
+    torch.manual_seed(seed)
+    model = EntropyModel(codec.model.cfg).to(device)
+    lr = 1e-3 if model.cfg.d_model <= 128 else 5e-4
+    bar = tqdm(total=epochs, desc="layer-sweep entropy model", disable=not progress)
+    model, hist = _fit_model(model, tr, va, epochs, max_steps, 256, lr, 3, g, device, bar, 0)
+    bar.close()
+    return model.cpu().eval(), dict(history=hist, validation=how, train_frames=len(tr), val_frames=len(va),
+                                    max_steps=max_steps, epochs=epochs, seed=seed)
+
+def get_layer_codec(codec, store, checkpoint, seed: int = 0, device: str = "cpu", progress: bool = True, **kw):
+    "The layer-sweep codec (codec's RVQ + its own entropy model) at `checkpoint`, trained and saved if missing."
+    from eib.train import Codec, load_codec, save_codec
+    ck = Path(checkpoint)
+    if (ck / "config.json").exists():
+        lc = load_codec(ck)
+        if lc.meta.get("base_fingerprint") == codec.fingerprint: return lc
+    model, info = train_layer_model(codec, store, seed=seed, device=device, progress=progress, **kw)
+    lc = Codec(codec.rvq, model, dict(kind="layer_sweep", base_fingerprint=codec.fingerprint, layer_model=info))
+    save_codec(lc, ck)
+    return lc
+
+
+# %%
+#| export
+def _intervals(cm, tokens, batch: int = 4096):
+    "Coder intervals (left cumulative frequency, frequency) of every token (N, L) under CodingModel `cm`."
+    ck, fk = [], []
+    for a in range(0, len(tokens), batch):
+        t = tokens[a:a + batch]
+        f = cm.freqs(t)
+        fk.append(f.gather(-1, t.unsqueeze(-1)).squeeze(-1)); ck.append((f.cumsum(-1) - f).gather(-1, t.unsqueeze(-1)).squeeze(-1))
+    return torch.cat(ck).numpy(), torch.cat(fk).numpy()
+
+def streams_of_tokens(rvq, model, tokens_list) -> list[bytes]:
+    """The `eib.bitstream` containers (λ field 0) coding each (T, L) token array of `tokens_list` with `model`:
+    byte for byte what `decompress` reads back to those tokens."""
+    import struct, zlib
+    from eib.bitstream import MAGIC, VERSION, model_fingerprint
+    from eib.ecvq import auto_batch
+    from eib.entropy import CodingModel
+    from eib.rate import _stream_payload, _varint
+    toks = [rvq.check_tokens(t) for t in tokens_list]
+    ck, fk = _intervals(CodingModel(model), torch.cat(toks))
+    fp = bytes.fromhex(model_fingerprint(rvq, model)[:8])
+    out, a = [], 0
+    for t in toks:
+        T, b = len(t), a + len(t)
+        chunk = min(T, int(auto_batch(model)))
+        payload = _stream_payload(ck[a:b], fk[a:b], chunk)
+        body = (MAGIC + bytes([VERSION]) + fp + _varint(T) + _varint(rvq.cfg.dim) + _varint(chunk) + struct.pack("<d", 0.0)
+                + _varint(len(payload)) + payload)
+        out.append(body + struct.pack("<I", zlib.crc32(body)))
+        a = b
+    return out
+
+
+# %% [markdown]
+# A small random codec (k-means codebooks from a few frames, an untrained entropy model) checks the layer-sweep
+# streams: they decode with `eib.bitstream.decompress` to exactly the tokens coded, and their size is the ideal code
+# length plus a small fixed cost.
+
+# %%
+from eib.rvq import RVQConfig, fit_rvq
+from eib.entropy import EntropyConfig, EntropyModel
+from eib.train import Codec
+from eib.bitstream import decompress
+_x = np.concatenate(_fr)
+_rvq = fit_rvq(_x, RVQConfig.for_dim(130, layers=3, codes=8), iters=1, progress=False)
+torch.manual_seed(0)
+_em = EntropyModel(EntropyConfig.for_rvq(_rvq.cfg, "cpu", d_model=16, n_layers=1, n_heads=2, d_ff=32)).eval()
+_toks = [layer_tokens(_rvq, f, n) for f, n in zip(_fr[:3], (10, 20, 30))]
+test_eq([int((t == _rvq.cfg.skip).sum(1)[0]) for t in _toks], [20, 10, 0])
+_ss = streams_of_tokens(_rvq, _em, _toks)
+for _t, _s in zip(_toks, _ss): test_eq(decompress(_rvq, _em, _s)[0].numpy(), _t.numpy())
+from eib.entropy import CodingModel
+for _t, _s in zip(_toks, _ss):  # the stream is the ideal code length plus a small container and termination cost
+    _ideal = float(CodingModel(_em).bits(_t).sum()); assert _ideal <= 8 * len(_s) <= _ideal + 8 * 48, (_ideal, len(_s))
+
+
+# %% [markdown]
+# ## The sweep
+
+# %%
+#| export
+def _stats(v) -> dict:
+    v = np.asarray(v, np.float64)
+    return dict(mean=float(v.mean()), std=float(v.std()), min=float(v.min()), max=float(v.max()))
+
+def _mse(dist, T, dim) -> float:
+    "Per-dimension MSE in normalised space from per-utterance mean squared error per frame (summed over dims)."
+    return float((np.asarray(dist) * T).sum() / T.sum() / dim)
+
+def _evaluate(probe, frames, y, seed) -> dict:
+    return evaluate_predictions(y, probe.predict_proba(frames), probe.classes_, seed=seed)
+
+def _roundtrip(codec, data: bytes, tokens) -> None:
+    from eib.bitstream import decompress
+    tok, _ = decompress(codec.rvq, codec.model, data)
+    if not np.array_equal(tok.numpy(), np.asarray(tokens, np.int64)):
+        raise EibError("a stream did not decode to the tokens it coded: the codec is broken (report it)")
+
+
+# %%
+#| export
+def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="quick", rate_mode: str = "utterance",
+              preset: str = "cpu", device: str = "cpu", seed: int = 42, samples_per_emotion: int | None = 100,
+              out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
+              progress: bool = True, force: bool = False, layer_max_steps: int = 1500, command: str | None = None) -> Path:
+    """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
+    write `<out_dir>/rate_sweep_<DATASET>.json` after every point, resuming the points already there."""
+    from tqdm.auto import tqdm
+    from eib.data import LABEL_PROTOCOLS
+    from eib.rate import RateController
+    t_start = time.time()
+    targets = resolve_rates(rates)
+    if rate_mode not in ("utterance", "set"): raise EibError(f"rate_mode must be 'utterance' or 'set', got {rate_mode!r}")
+    if device == "cuda" and not torch.cuda.is_available(): raise EibError("device='cuda' but no CUDA device is available")
+    store = prepare_features(dataset, data_root, encoder, features_dir, device, progress)
+    t_feat = time.time()
+    ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(dataset, preset, encoder)
+    codec = get_codec(store, ck, preset, seed=0, device=device, progress=progress)
+    t_codec = time.time()
+    protocol = dataset if dataset in LABEL_PROTOCOLS else "identity"
+    probe, y_train = fit_classifier(store, protocol, seed)
+    ids, frames, y = test_subset(store, protocol, samples_per_emotion, seed)
+    T = np.array([len(f) for f in frames])
+    classes = probe.classes_
+    if set(y) - set(classes): raise EibError(f"test labels {sorted(set(y) - set(classes))} never occur in training")
+    P0 = probe.predict_proba(frames)
+    base = dict(unquantised=evaluate_predictions(y, P0, classes, seed=seed),
+                majority=majority_baseline(y_train, y, classes, seed=seed))
+    rvq = codec.rvq
+    bound = gaussian_rd_bound(frames, np.unique(np.r_[np.linspace(0, max(targets), 61), targets]),
+                              mean=rvq.mean.numpy(), std=rvq.std.numpy())
+    config = dict(codec_fingerprint=codec.fingerprint, preset=preset, rate_mode=rate_mode, seed=int(seed),
+                  samples_per_emotion=samples_per_emotion, counts={c: int((y == c).sum()) for c in classes},
+                  count="stream", checkpoint=ck.name, store=store.path.name, test_ids_fingerprint=fingerprint(ids),
+                  layer_model="EntropyModel(codec config) on layer-sweep tokens", layer_max_steps=int(layer_max_steps))
+    notes = ("Rates are whole eib.bitstream containers (header, payload, coder termination, CRC) per utterance, in bits per "
+             "frame. MSE and rd_bound: mean squared error per dimension in the codec's normalised space (training-split "
+             "standardisation). The probe is a linear probe on pooled UNQUANTISED training-split frames. Targets above an "
+             "utterance's lambda=0 rate are capped there (capped=true). Layer sweep: plain RVQ, nearest code, n layers "
+             "spread over groups, coded by an entropy model of the codec's shape trained on layer-sweep tokens.")
+    cmd = command if command is not None else " ".join(shlex.quote(a) for a in sys.argv)
+    skel = new_results(dataset.upper(), store.encoder, probe.kind, protocol, classes, config, base, bound, command=cmd)
+    skel["notes"] = notes
+    path = results_path(dataset, out_dir)
+    obj = start_results(path, skel, force=force)
+    obj.setdefault("notes", notes)
+    timing = obj.setdefault("timing", {})
+    timing.update(features_s=round(t_feat - t_start, 2), codec_s=round(t_codec - t_feat, 2),
+                  probe_s=round(time.time() - t_codec, 2), threads=torch.get_num_threads(), machine=platform.machine(),
+                  python=platform.python_version(), torch=torch.__version__)
+    timing.setdefault("rate_points_s", {}); timing.setdefault("layer_points_s", {})
+    write_results(path, obj)
+
+    def save_point(key, ident, point, secs):
+        pts = [q for q in obj[key] if q[ident] != point[ident]] + [point]
+        obj[key] = sorted(pts, key=lambda q: q[ident])
+        timing["rate_points_s" if key == "rate_points" else "layer_points_s"][str(point[ident])] = round(secs, 2)
+        timing["total_s"] = round(timing.get("total_s", 0.0) + secs, 2)
+        write_results(path, obj)
+
+    done = {q["target_bpf"] for q in obj["rate_points"]}
+    todo = [t for t in targets if t not in done]
+    if todo:
+        rc = RateController(codec, frames, count="stream", ids=ids)
+        rng = rc.achievable_range()
+        maxb = rng["max_bpf"].to_numpy()
+        for t in tqdm(todo, desc=f"{dataset} rate points", disable=not progress):
+            t0 = time.time()
+            r = rc.solve(t, mode=rate_mode, clamp=True)
+            u = int(np.argmin(T))  # the shortest stream is decoded from its bytes
+            _roundtrip(codec, rc.engine.stream_bytes(u, rc.engine.cache[u]), r.tokens[u])
+            m = _evaluate(probe, r.recon(rvq), y, seed)
+            capped = bool(r.clamped.any() or (t > maxb).any())
+            save_point("rate_points", "target_bpf", dict(
+                target_bpf=float(t), capped=capped, n_capped=int(max(r.clamped.sum(), (t > maxb).sum())),
+                **{f"achieved_bpf_{k}": v for k, v in _stats(r.bpf).items()}, set_bpf=r.set_bpf,
+                lam=dict(mean=float(r.lam.mean()), min=float(r.lam.min()), max=float(r.lam.max())),
+                mse=_mse(r.distortion, T, rvq.cfg.dim), status={s: int((r.status == s).sum()) for s in sorted(set(r.status))},
+                metrics=m, per_utterance=dict(id=list(ids), achieved_bpf=r.bpf.round(4).tolist(), lam=r.lam.tolist()),
+                roundtrip_checked=ids[u]), time.time() - t0)
+    if layer_sweep:
+        c = rvq.cfg
+        ns = [n for n in range(c.groups, c.positions + 1) if n not in {q["layers"] for q in obj["layer_sweep"]}]
+        if ns:
+            t0 = time.time()
+            lc = get_layer_codec(codec, store, Path(str(ck) + "_layers"), seed=0, device=device, progress=progress,
+                                 max_steps=layer_max_steps)
+            timing["layer_model_s"] = round(time.time() - t0, 2)
+            z = [rvq.normalise(f) for f in frames]
+            for n in tqdm(ns, desc=f"{dataset} layer sweep", disable=not progress):
+                t0 = time.time()
+                toks = [layer_tokens(rvq, f, n) for f in frames]
+                streams = streams_of_tokens(rvq, lc.model, toks)
+                u = int(np.argmin(T))
+                _roundtrip(lc, streams[u], toks[u])
+                bpf = np.array([8 * len(s) for s in streams]) / T
+                zr = [rvq.decode_normalised(tk) for tk in toks]
+                dist = np.array([float(((a - b) ** 2).sum(1).mean()) for a, b in zip(z, zr)])
+                rec = [rvq.denormalise(q).numpy() for q in zr]
+                save_point("layer_sweep", "layers", dict(
+                    layers=int(n), **{f"achieved_bpf_{k}": v for k, v in _stats(bpf).items()},
+                    set_bpf=float(8 * sum(len(s) for s in streams) / T.sum()), mse=_mse(dist, T, c.dim),
+                    metrics=_evaluate(probe, rec, y, seed), per_utterance=dict(id=list(ids), achieved_bpf=bpf.round(4).tolist())),
+                    time.time() - t0)
+    timing["wall_s_last_run"] = round(time.time() - t_start, 2)
+    write_results(path, obj)
+    return path
+
+
+# %% [markdown]
+# An end-to-end sweep with that small codec (saved to a temporary folder) on two test utterances per class:
+# the file validates, the points are there, and a rerun resumes instead of recomputing.
+
+# %%
+#| slow
+import tempfile
+from eib.evaluate import load_results
+from eib.train import save_codec
+_tmp = Path(tempfile.mkdtemp())
+save_codec(Codec(_rvq, _em, dict(preset="test")), _tmp / "ck")
+_p = run_sweep("synth", rates=[5, 1000], samples_per_emotion=2, out_dir=_tmp, checkpoint=_tmp / "ck", progress=False,
+               layer_max_steps=5, command="test")
+_o = load_results(_p)
+test_eq([q["target_bpf"] for q in _o["rate_points"]], [5.0, 1000.0]); assert _o["rate_points"][1]["capped"]
+test_eq([q["layers"] for q in _o["layer_sweep"]], list(range(10, 31)))
+assert _o["layer_sweep"][0]["mse"] > _o["layer_sweep"][-1]["mse"]  # more layers, less distortion
+_t0 = time.time(); run_sweep("synth", rates=[5, 1000], samples_per_emotion=2, out_dir=_tmp, checkpoint=_tmp / "ck", progress=False, layer_max_steps=5)
+test_eq(load_results(_p)["timing"]["total_s"], _o["timing"]["total_s"])  # nothing recomputed
+test_fail(lambda: run_sweep("synth", rates="x", out_dir=_tmp), contains="unknown rate list")

@@ -1,0 +1,98 @@
+# %% [markdown]
+# ---
+# skip_exec: true
+# ---
+
+# %% [markdown]
+# # Rate sweep
+#
+# *Not run by `nbdev_test` (`skip_exec`): on 2 CPU cores the rate controller's start-up and each rate point take
+# minutes with the exact coding model, so even the default quick sweep is far too slow for a test run. Run it
+# with papermill; the sweep's logic is tested in `12_sweep.ipynb`.*
+#
+# > The parameterised sweep: emotion recognition on decoded features across the rate axis, for one dataset.
+#
+# Run it for any dataset with papermill, from the repository root:
+#
+# ```sh
+# papermill nbs/sweep.ipynb out/sweep_ravdess.ipynb -p dataset ravdess -p data_root ../shared/datasets/ravdess
+# papermill nbs/sweep.ipynb out/sweep_emodb.ipynb -p dataset emodb -p rates full
+# ```
+#
+# It prepares the features if missing (`data_subset/<dataset>`), loads the codec `checkpoints/<dataset>_<preset>`
+# (trains it if missing), sweeps (`eib.sweep.run_sweep`) and writes `evaluation_results/rate_sweep_<DATASET>.json`
+# after every point; an interrupted run resumes where it stopped. A relative `data_root` is taken from the
+# working directory, else from the repository root. `rates` is `quick` (10, 100, 200, 300 BPF), `full` (the
+# thesis's 44 points) or a list such as `[10, 20, 50]`.
+#
+# With no parameters it sweeps the committed synthetic set with the committed codec at the quick rates; when
+# `evaluation_results/rate_sweep_SYNTH.json` already holds those points (the committed full sweep does) the run
+# only refits the probe, checks the file and draws the figures.
+
+# %% tags=["parameters"]
+dataset = "synth"  # ravdess, emodb, esd, iemocap or synth
+data_root = None  # corpus folder (None: ../shared/datasets/<dataset>, or the embedded synthetic corpus)
+encoder = "compare"  # compare, emotion2vec_base, emotion2vec_plus_base, emotion2vec_plus_large
+rates = "quick"  # "quick", "full" or a list of target BPF
+rate_mode = "utterance"  # λ per utterance, or "set": one λ for the whole test set
+preset = "cpu"  # codec preset (when a codec must be trained)
+device = "cpu"
+seed = 42
+samples_per_emotion = 100  # test utterances per class (select_subset of the TEST split)
+out_dir = "../evaluation_results"  # relative to nbs/ (whatever the working directory)
+checkpoint = None  # codec folder (None: checkpoints/<dataset>_<preset>)
+layer_sweep = True  # also sweep the plain-RVQ layer baseline
+force = False  # replace a results file made with another configuration
+
+# %%
+import time
+from pathlib import Path
+from eib.core import repo_root
+from eib.sweep import run_sweep, resolve_rates
+from eib.evaluate import load_results
+from eib import figures as F
+F.use_offline_renderer()
+_cmd = (f"papermill nbs/sweep.ipynb -p dataset {dataset} -p data_root {data_root} -p encoder {encoder} -p rates {rates!r} "
+        f"-p rate_mode {rate_mode} -p preset {preset} -p device {device} -p seed {seed} "
+        f"-p samples_per_emotion {samples_per_emotion} -p layer_sweep {layer_sweep}")
+_out = Path(out_dir) if Path(out_dir).is_absolute() else repo_root() / "nbs" / out_dir  # relative to nbs/ from any working directory
+t0 = time.time()
+path = run_sweep(dataset, data_root=data_root, encoder=encoder, rates=resolve_rates(rates), rate_mode=rate_mode,
+                 preset=preset, device=device, seed=seed, samples_per_emotion=samples_per_emotion, out_dir=_out,
+                 checkpoint=checkpoint, layer_sweep=layer_sweep, force=force, progress=False, command=_cmd)
+res = load_results(path)
+print(f"{path}: {len(res['rate_points'])} rate points, {len(res['layer_sweep'])} layer points; this run {time.time() - t0:.0f} s")
+
+# %% [markdown]
+# ## Baselines and rate points
+
+# %%
+F.baseline_table(res)[["curve", "accuracy", "f1_weighted", "f1_macro", "mean_true_label_prob"]].round(3)
+
+# %%
+_cols = ["target_bpf", "bpf", "bpf_std", "capped", "mse", "accuracy", "f1_weighted", "f1_weighted_lo", "f1_weighted_hi", "f1_macro"]
+F.rate_table(res)[_cols].round(3)
+
+# %% [markdown]
+# Per-class precision and recall at the lowest target rate (a class that keeps its recall only because the
+# classifier says it for everything shows it in its precision).
+
+# %%
+_ct = F.class_table(res)
+_ct[_ct.point == _ct.point.min()][["point", "bpf", "emotion", "precision", "recall", "support", "mean_true_label_prob"]].round(3)
+
+# %% [markdown]
+# ## Figures
+
+# %%
+_figs = F.all_figures(res)
+F.show(_figs["f1"])
+
+# %%
+F.show(_figs["rd"])
+
+# %%
+F.show(_figs["recall"]) if "recall" in _figs else None
+
+# %%
+F.show(_figs["precision"]) if "precision" in _figs else None
