@@ -1,4 +1,3 @@
-# %% [markdown]
 # ---
 # skip_exec: true
 # ---
