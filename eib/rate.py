@@ -249,13 +249,10 @@ class _Engine:
 
     def stream_bytes(self, u: int, st: _State) -> bytes:
         "The exact eib.bitstream container of utterance `u` at state `st`."
-        from eib.bitstream import MAGIC, VERSION, model_fingerprint
+        from eib.bitstream import model_fingerprint, pack_stream
         T, ch = int(self.T[u]), int(self.chunk[u])
         payload = _stream_payload(st.ck, st.fk, ch)
-        head = (MAGIC + bytes([VERSION]) + bytes.fromhex(model_fingerprint(self.rvq, self.model)[:8]) + _varint(T)
-                + _varint(self.D) + _varint(ch) + struct.pack("<d", st.lam) + _varint(len(payload)))
-        body = head + payload
-        return body + struct.pack("<I", zlib.crc32(body))
+        return pack_stream(model_fingerprint(self.rvq, self.model), T, self.D, ch, st.lam, payload)
 
 # %% ../nbs/09_rate.ipynb #db6985c9
 _SPAN = 12.0  # X0, X1 = ln(scale) -/+ _SPAN

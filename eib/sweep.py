@@ -163,21 +163,19 @@ def streams_of_tokens(rvq, model, tokens_list) -> list[bytes]:
     """The `eib.bitstream` containers (λ field 0) coding each (T, L) token array of `tokens_list` with `model`:
     byte for byte what `decompress` reads back to those tokens."""
     import struct, zlib
-    from eib.bitstream import MAGIC, VERSION, model_fingerprint
+    from eib.bitstream import model_fingerprint, pack_stream
     from eib.ecvq import auto_batch
     from eib.entropy import CodingModel
-    from eib.rate import _stream_payload, _varint
+    from eib.rate import _stream_payload
     toks = [rvq.check_tokens(t) for t in tokens_list]
     ck, fk = _intervals(CodingModel(model), torch.cat(toks))
-    fp = bytes.fromhex(model_fingerprint(rvq, model)[:8])
+    fp = model_fingerprint(rvq, model)
     out, a = [], 0
     for t in toks:
         T, b = len(t), a + len(t)
         chunk = min(T, int(auto_batch(model)))
         payload = _stream_payload(ck[a:b], fk[a:b], chunk)
-        body = (MAGIC + bytes([VERSION]) + fp + _varint(T) + _varint(rvq.cfg.dim) + _varint(chunk) + struct.pack("<d", 0.0)
-                + _varint(len(payload)) + payload)
-        out.append(body + struct.pack("<I", zlib.crc32(body)))
+        out.append(pack_stream(fp, T, rvq.cfg.dim, chunk, 0.0, payload))
         a = b
     return out
 

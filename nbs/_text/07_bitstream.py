@@ -161,6 +161,12 @@ def _check_lam(lam) -> float:
     if not math.isfinite(lam) or lam < 0: raise EibError(f"λ must be finite and non-negative, got {lam}")
     return lam
 
+def pack_stream(fp: str, frames: int, dim: int, chunk: int, lam: float, payload: bytes) -> bytes:
+    "The container around a coder `payload`: magic, version, fingerprint `fp` (hex), sizes, λ, length, CRC32."
+    body = (MAGIC + bytes([VERSION]) + bytes.fromhex(fp[:8]) + _varint(frames) + _varint(dim) + _varint(chunk)
+            + struct.pack("<d", lam) + _varint(len(payload)) + payload)
+    return body + struct.pack("<I", zlib.crc32(body))
+
 def compress_with_result(rvq, model, features, lam: float, batch_size: int | None = None) -> tuple[bytes, ECVQResult]:
     "Compress frames (T, D) at λ into a stream; also returns the ECVQ result (tokens, ideal bits, reconstruction)."
     x = _check_features(features, rvq.cfg.dim)
@@ -173,10 +179,7 @@ def compress_with_result(rvq, model, features, lam: float, batch_size: int | Non
     cut = 0
     while cut < 3 and cut < len(payload) and payload[-1 - cut] == 0: cut += 1
     payload = payload[:len(payload) - cut]
-    head = (MAGIC + bytes([VERSION]) + bytes.fromhex(model_fingerprint(rvq, model)[:8]) + _varint(len(x))
-            + _varint(rvq.cfg.dim) + _varint(chunk) + struct.pack("<d", lam) + _varint(len(payload)))
-    body = head + payload
-    return body + struct.pack("<I", zlib.crc32(body)), res
+    return pack_stream(model_fingerprint(rvq, model), len(x), rvq.cfg.dim, chunk, lam, payload), res
 
 def compress(rvq, model, features, lam: float, batch_size: int | None = None) -> bytes:
     "Compress frames (T, D) in the original feature space at λ into a self-checking byte stream."
