@@ -5,18 +5,29 @@ and peak memory for both entropy-model presets.
     .venv/bin/python benchmarks/bench_codec.py                       # synthetic 768-dim features
     .venv/bin/python benchmarks/bench_codec.py --features data_subset/ravdess
     .venv/bin/python benchmarks/bench_codec.py --checkpoint DIR      # a trained codec (eib-train) for the bit counts
+    .venv/bin/python benchmarks/bench_codec.py --threads 2           # both arms on 2 threads (only on an idle machine)
 
 Every number printed is measured in this run; the machine, thread count and input are printed with them.
+
+How the encode throughput is compared: the cached arm encodes one full batch of frames (`eib.ecvq.auto_batch`, the
+library's default batch: ~446 frames for the paper preset), the naive arm one utterance of --naive-frames frames
+(its per-frame rate barely depends on the length: its matrix products already have 30 x (p + 1) rows). The two arms
+alternate --repeats times and the ratio printed is the median of the paired ratios, because on a shared machine the
+speed of either arm drifts by 10-20% between runs. The default is one torch thread: with two threads on two cores
+that other jobs also use, every parallel region waits for a time slice, which slows the cached arm's many small
+operations far more than the naive arm's few large ones (measured 20-30x slower on this machine at load 6-8).
+The profile line splits the cached arm's time by operation: the matrix products of the linear layers, the
+attention over the key/value cache (36 x n_heads x frames tiny matrix-vector products per layer), and the rest.
 """
 from __future__ import annotations
-import argparse, math, os, platform, time
+import argparse, contextlib, math, os, platform, statistics, sys, time
 from pathlib import Path
 import numpy as np
 import torch
 from eib.core import EibError
 from eib.rvq import RVQConfig, fit_rvq
 from eib.entropy import EntropyConfig, EntropyModel, CodingModel, PRESETS, train_entropy_model, lambda_grid
-from eib.ecvq import ecvq_encode
+from eib.ecvq import ecvq_encode, auto_batch
 from eib.bitstream import compress_with_result, decompress, stream_info
 
 
@@ -90,6 +101,19 @@ def matmul_rate(c: EntropyConfig, n: int, dtype) -> float:
     return fl / (time.perf_counter() - t0)
 
 
+@contextlib.contextmanager
+def quiet_fds():
+    "Silence C-level writes to stdout/stderr (torch.profiler's own 'USDT ... profiler_start' lines)."
+    sys.stdout.flush(); sys.stderr.flush()
+    saved, null = (os.dup(1), os.dup(2)), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1); os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+        for fd in (*saved, null): os.close(fd)
+
+
 def peak_rss_mib(fn):
     "Run fn(); return (result, seconds, peak RSS MiB during it) using VmHWM reset via /proc/self/clear_refs."
     def hwm():
@@ -107,9 +131,12 @@ def main(argv=None):
     ap.add_argument("--features", default=None, help="a feature store folder (data_subset/<DS>), a .npy (T, D) file, or 'synth'")
     ap.add_argument("--checkpoint", default=None, help="trained codec folder; default: RVQ fitted here, cpu model trained briefly")
     ap.add_argument("--train-steps", type=int, default=15, help="training steps of the cpu model when no --checkpoint")
-    ap.add_argument("--frames", type=int, default=160, help="frames for the paper-preset throughput runs")
+    ap.add_argument("--frames", type=int, default=None, help="frames for the cached paper-preset arm (default: one full batch, auto_batch)")
+    ap.add_argument("--exact-frames", type=int, default=160, help="frames for the exact-coding-model arm and the decode runs")
     ap.add_argument("--naive-frames", type=int, default=30, help="frames of one utterance for the naive arm")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--repeats", type=int, default=3, help="paired (cached, naive) runs; the median ratio is reported")
+    ap.add_argument("--no-profile", action="store_true", help="skip the per-operation split of the cached arm")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for every arm (default 1: see above)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -137,27 +164,43 @@ def main(argv=None):
     lam = float(lambda_grid(rvq, fit)[4])
     print(f"λ = {lam:.4g} (middle of the lambda_grid)\n")
 
-    # 1. ECVQ encode throughput, paper preset: cached + batched vs naive
+    # 1. ECVQ encode throughput, paper preset: cached + batched vs naive, paired runs
     paper = EntropyModel(EntropyConfig.for_rvq(c, "paper")).eval()
     if trained is not None and trained.cfg.d_model == 256 and trained.cfg.n_layers == 6: paper = trained
-    x = test[:a.frames]
-    t0 = time.perf_counter(); ecvq_encode(rvq, paper, x, lam, exact=False); t_fast = time.perf_counter() - t0
-    t0 = time.perf_counter(); ecvq_encode(rvq, paper, x, lam, exact=True); t_exact = time.perf_counter() - t0
+    n_fast = a.frames or auto_batch(paper)
+    x = test[:n_fast]
+    if len(x) < n_fast: print(f"note: only {len(x)} test frames available for the cached arm (asked {n_fast})")
     u = utts[0][:a.naive_frames]
-    t0 = time.perf_counter(); naive_encode(rvq, paper, u, lam); t_naive = time.perf_counter() - t0
-    fps_fast, fps_exact, fps_naive = len(x) / t_fast, len(x) / t_exact, len(u) / t_naive
+    fast, naive = [], []
+    for _ in range(max(1, a.repeats)):
+        t0 = time.perf_counter(); ecvq_encode(rvq, paper, x, lam, exact=False, batch_size=len(x)); fast.append(len(x) / (time.perf_counter() - t0))
+        t0 = time.perf_counter(); naive_encode(rvq, paper, u, lam); naive.append(len(u) / (time.perf_counter() - t0))
+    xe = test[:a.exact_frames]
+    t0 = time.perf_counter(); ecvq_encode(rvq, paper, xe, lam, exact=True); fps_exact = len(xe) / (time.perf_counter() - t0)
+    fps_fast, fps_naive = statistics.median(fast), statistics.median(naive)
+    ratios = sorted(f / n for f, n in zip(fast, naive))
+    fmt = lambda v: ", ".join(f"{r:.1f}" for r in v)
     print("ECVQ encode throughput, paper preset (6 layers, d 256, 8 heads, FFN 1024):")
-    print(f"  naive thesis scheme (L full passes over the prefix, one utterance of {len(u)} frames): {fps_naive:8.1f} frames/s")
-    print(f"  cached + batched, float model ({len(x)} frames):                          {fps_fast:8.1f} frames/s  = {fps_fast / fps_naive:5.1f}x naive")
-    print(f"  cached + batched, exact coding model (what streams use):                 {fps_exact:8.1f} frames/s  = {fps_exact / fps_naive:5.1f}x naive")
+    print(f"  naive thesis scheme (L full passes over the prefix, one utterance of {len(u)} frames): {fps_naive:8.2f} frames/s  (runs: {fmt(naive)})")
+    print(f"  cached + batched, float model ({len(x)} frames in one batch):              {fps_fast:8.2f} frames/s  (runs: {fmt(fast)})")
+    print(f"    = {statistics.median(ratios):.1f}x naive (median of {len(ratios)} paired runs; paired ratios {fmt(ratios)}; target >= 15x)")
+    print(f"  cached + batched, exact coding model (what streams use, {len(xe)} frames):      {fps_exact:8.2f} frames/s  = {fps_exact / fps_naive:5.1f}x naive")
+    if not a.no_profile:
+        from torch.profiler import profile, ProfilerActivity
+        with quiet_fds(), profile(activities=[ProfilerActivity.CPU]) as prof: ecvq_encode(rvq, paper, x, lam, exact=False, batch_size=len(x))
+        ev = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+        tot = sum(ev.values()) or 1
+        lin, att = ev.get("aten::addmm", 0) + ev.get("aten::mm", 0), ev.get("aten::bmm", 0) + sum(v for k, v in ev.items() if "attention" in k)
+        print(f"  where the cached float arm spends its time (torch.profiler, self CPU): linear-layer matmuls {lin / tot:.0%}, "
+              f"attention over the KV cache {att / tot:.0%}, everything else {(tot - lin - att) / tot:.0%}")
 
     # 2. arithmetic rate vs matmul rate
     fl = flops_per_frame(paper.cfg)
-    n_rows = min(len(x), 384)
-    r32, r64 = matmul_rate(paper.cfg, n_rows, torch.float32), matmul_rate(paper.cfg, n_rows, torch.float64)
+    n_rows = len(x)
+    r32, r64 = matmul_rate(paper.cfg, n_rows, torch.float32), matmul_rate(paper.cfg, min(len(xe), n_rows), torch.float64)
     print(f"\nArithmetic rate ({fl / 1e6:.0f} MFLOP per frame, paper preset):")
     print(f"  float path: {fl * fps_fast / 1e9:6.2f} GFLOP/s of {r32 / 1e9:6.2f} GFLOP/s float32 matmul at its shapes ({n_rows} rows) = {fl * fps_fast / r32:5.1%}")
-    print(f"  exact path: {fl * fps_exact / 1e9:6.2f} GFLOP/s of {r64 / 1e9:6.2f} GFLOP/s float64 matmul at its shapes ({n_rows} rows) = {fl * fps_exact / r64:5.1%}")
+    print(f"  exact path: {fl * fps_exact / 1e9:6.2f} GFLOP/s of {r64 / 1e9:6.2f} GFLOP/s float64 matmul at its shapes ({min(len(xe), n_rows)} rows) = {fl * fps_exact / r64:5.1%}")
 
     # 3. actual coded bits vs ideal, per utterance streams (cpu-preset model)
     ideal = payload = stream = frames = 0
@@ -171,7 +214,7 @@ def main(argv=None):
     # 4. decode throughput and peak memory, both presets
     print("\nDecode (one stream, all frames batched), exact coding model:")
     for name, mdl in (("cpu", trained), ("paper", paper)):
-        xs = test[:a.frames]
+        xs = test[:a.exact_frames]
         data, res = compress_with_result(rvq, mdl, xs, lam)
         (tok, _), dt, peak = peak_rss_mib(lambda: decompress(rvq, mdl, data))
         assert torch.equal(tok, res.tokens), "round trip failed"

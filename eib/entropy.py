@@ -19,7 +19,7 @@ __all__ = ['PRESETS', 'LAMBDA_SPAN', 'EntropyConfig', 'EntropyModel', 'exp_table
 # %% ../nbs/05_entropy.ipynb #385d0113
 PRESETS = {
     "paper": dict(d_model=256, n_layers=6, n_heads=8, d_ff=1024),
-    "cpu": dict(d_model=128, n_layers=2, n_heads=4, d_ff=256),
+    "cpu": dict(d_model=64, n_layers=1, n_heads=4, d_ff=128),
 }
 
 @dataclass(frozen=True)
@@ -224,9 +224,15 @@ def _qw(W: torch.Tensor) -> torch.Tensor:
     s = 2.0 ** (_WBITS - (math.frexp(mx)[1] if mx > 0 else 0))
     return torch.round(W * s) / s
 
-def _lin(x, W, b):
-    "Exact fixed-point linear layer: grid input -> grid output, clamped."
-    return (torch.round((x @ W) * _A) / _A + b).clamp_(-_LIM, _LIM)
+def _lw(W: torch.Tensor, b: torch.Tensor) -> tuple:
+    "A linear layer's (weight, bias) for `_lin`: quantised, then scaled by the grid's 2^12 (exact: a power of two)."
+    return _qw(W) * _A, _q(b.double()) * _A
+
+def _lin(x, WA, bA):
+    """Exact fixed-point linear layer on `_lw` weights: grid input -> grid output, clamped. Every product and partial
+    sum is an integer multiple of one power of two below 2^53, so any summation order (any BLAS) gives the same sum."""
+    y = torch.addmm(bA, x.reshape(-1, x.shape[-1]), WA).round_().mul_(1.0 / _A).clamp_(-_LIM, _LIM)
+    return y.view(*x.shape[:-1], WA.shape[1])
 
 def _ln(x, w, b, eps):
     "Fixed-point LayerNorm: exact sums, mean rounded to the grid, correctly rounded sqrt and division."
@@ -260,11 +266,11 @@ class CodingModel:
             P = lambda n: sd[f"blocks.{i}.{n}"]
             self.blocks.append(dict(
                 ln1=(P("ln1.weight"), P("ln1.bias"), blk.ln1.eps), ln2=(P("ln2.weight"), P("ln2.bias"), blk.ln2.eps),
-                qkv=(_qw(P("qkv.weight") * sc[:, None]), _q(P("qkv.bias") * sc)),
-                proj=(_qw(P("proj.weight")), _q(P("proj.bias"))),
-                fc1=(_qw(P("fc1.weight")), _q(P("fc1.bias"))), fc2=(_qw(P("fc2.weight")), _q(P("fc2.bias")))))
+                qkv=_lw(P("qkv.weight") * sc[:, None], P("qkv.bias") * sc),
+                proj=_lw(P("proj.weight"), P("proj.bias")),
+                fc1=_lw(P("fc1.weight"), P("fc1.bias")), fc2=_lw(P("fc2.weight"), P("fc2.bias"))))
         self.ln_f = (sd["ln_f.weight"], sd["ln_f.bias"], model.ln_f.eps)
-        self.head = (_qw(sd["head.weight"]), _q(sd["head.bias"]))
+        self.head = _lw(sd["head.weight"], sd["head.bias"])
 
     def _ffn(self, x, B):
         return (x + _lin(_lin(_ln(x, *B["ln2"]), *B["fc1"]).relu_(), *B["fc2"])).clamp_(-_LIM, _LIM)

@@ -4,12 +4,12 @@
 
 # %% ../nbs/10_evaluate.ipynb #c5e3d069
 from __future__ import annotations
-import json, math, shlex, sys, warnings
+import json, math, os, shlex, sys, warnings
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import EibError, atomic_write_json, fingerprint
+from .core import EibError, atomic_write_json, fingerprint, repo_root
 
 # %% auto #0
 __all__ = ['POOLINGS', 'DEFAULT_CS', 'PLUS_HEAD_LABELS', 'CI_METRICS', 'RESULTS_SCHEMA_VERSION', 'METRICS_SCHEMA',
@@ -17,7 +17,7 @@ __all__ = ['POOLINGS', 'DEFAULT_CS', 'PLUS_HEAD_LABELS', 'CI_METRICS', 'RESULTS_
            'pool_many', 'Probe', 'load_probe', 'fit_probe', 'blobs', 'plus_head_available', 'evaluate_predictions',
            'majority_baseline', 'unquantised_baseline', 'gaussian_rd_bound', 'store_split', 'validate_results',
            'new_results', 'write_results', 'load_results', 'start_results', 'upsert_rate_point', 'upsert_layer_point',
-           'finished_targets']
+           'finished_targets', 'results_files', 'rerun_files']
 
 # %% ../nbs/10_evaluate.ipynb #3ca79ad8
 POOLINGS = ("mean", "meanstd")
@@ -497,6 +497,17 @@ def upsert_layer_point(path, point: dict) -> dict:
 def finished_targets(path) -> list[float]:
     "Target rates already in the results file at `path` (empty if there is no file): skip these when resuming."
     return [q["target_bpf"] for q in load_results(path)["rate_points"]] if Path(path).exists() else []
+
+# %% ../nbs/10_evaluate.ipynb #94249cb0
+def results_files(folder=None) -> dict:
+    "Dataset name (upper case, from the file name) -> `rate_sweep_*.json` in `folder` (default evaluation_results/)."
+    d = Path(folder) if folder is not None else repo_root() / "evaluation_results"
+    return {f.stem[len("rate_sweep_"):].upper(): f for f in sorted(d.glob("rate_sweep_*.json"))}
+
+def rerun_files() -> dict:
+    "The results files of the sweep `make book` has just rerun (`$EIB_BOOK_RESULTS`), or {} when there is none."
+    d = os.environ.get("EIB_BOOK_RESULTS", "").strip()
+    return results_files(d) if d and Path(d).is_dir() else {}
 
 # %% ../nbs/10_evaluate.ipynb #c207f967
 THESIS_RATES_BPF = tuple(float(r) for r in [*range(10, 201, 5), *range(220, 301, 20)])

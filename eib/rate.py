@@ -13,20 +13,14 @@ import constriction
 from .core import EibError
 from .entropy import EntropyModel, CodingModel, distortion_scale
 from .ecvq import ecvq_encode, auto_batch
+from .bitstream import _varint  # the container's own varint, so header sizes here match it by construction
 
 # %% auto #0
 __all__ = ['LAM_INF', 'RateResult', 'RateController', 'solve_lambda', 'solve_many', 'achievable_range', 'compress_at_bpf',
-           'lambda_for_bpf']
+           'lambda_for_bpf', 'solve_sharded']
 
 # %% ../nbs/09_rate.ipynb #d0edd953
 _TOT = 1 << 24  # the coding model's frequencies sum to 2^24 (eib.entropy)
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n: return bytes(out)
 
 def _coder_payload(ck: np.ndarray, fk: np.ndarray) -> bytes:
     "Range-coder payload for symbols with intervals (left `ck`, size `fk`) of 2^24, in coding order, trimmed like eib.bitstream."
@@ -679,3 +673,77 @@ def compress_at_bpf(rvq, model, features, bpf: float, tol: float = 0.25) -> tupl
 def lambda_for_bpf(rvq, model, features, bpf: float, tol: float = 0.25) -> float:
     "λ at which `eib.bitstream.compress(rvq, model, features, λ)` gives `bpf` ± `tol` bits per frame (whole stream)."
     return compress_at_bpf(rvq, model, features, bpf, tol)[0]
+
+# %% ../nbs/09_rate.ipynb #2f414b11
+def _shard_run(q, k, codec, utts, ids, targets, count, tol, max_iter, mix):
+    "Worker: one controller over a shard of utterances; puts (k, what, payload) on `q`."
+    try:
+        torch.set_num_threads(1)
+        rc = RateController(codec, utts, count=count, ids=ids)
+        q.put((k, "range", rc.achievable_range()))
+        for t in targets: q.put((k, float(t), rc.solve(t, mode="utterance", tol=tol, max_iter=max_iter, clamp=True, mix=mix)))
+        q.put((k, "done", rc.engine.passes))
+    except BaseException as e:  # report, never hang the parent
+        q.put((k, "error", f"{type(e).__name__}: {e}"))
+
+def _merge(parts, order, ids) -> RateResult:
+    "One RateResult from shard results `parts` (in shard order); `order[k]` = original indices of shard k."
+    idx = np.concatenate(order); inv = np.empty_like(idx); inv[idx] = np.arange(len(idx))
+    cat = lambda f: np.concatenate([getattr(p, f) for p in parts])[inv]
+    toks = [t for p in parts for t in p.tokens]
+    p0 = parts[0]
+    return RateResult(target=cat("target"), lam=cat("lam"), bits=cat("bits"), frames=cat("frames"), ideal_bits=cat("ideal_bits"),
+                      distortion=cat("distortion"), status=cat("status"), evals=cat("evals"), passes=max(p.passes for p in parts),
+                      mode=p0.mode, count=p0.count, tol=p0.tol, seconds=max(p.seconds for p in parts),
+                      frames_encoded=sum(p.frames_encoded for p in parts), tokens=[toks[i] for i in inv], ids=ids,
+                      lam2=cat("lam2"), split=cat("split"))
+
+def _shards(T: np.ndarray, workers: int) -> list[np.ndarray]:
+    "Utterance indices split into `workers` shards of about equal frames (longest first, greedy), each sorted."
+    load, out = np.zeros(workers), [[] for _ in range(workers)]
+    for u in np.argsort(-T, kind="stable"):
+        k = int(np.argmin(load)); out[k].append(int(u)); load[k] += T[u]
+    return [np.array(sorted(o), dtype=int) for o in out if o]
+
+def solve_sharded(codec, utterances, targets, workers: int = 2, ids=None, count: str = "stream", tol: float | None = None,
+                  max_iter: int = 12, mix: bool = True, on_range=None, timeout: float = 3600.0):
+    """Per-utterance rate control of `targets` (in order; clamped targets flagged) with the utterances split over
+    `workers` processes; yields `(target, RateResult)` per target. `on_range(df)` gets the achievable-range table."""
+    import multiprocessing as mp, queue as _queue
+    rvq, model = _unpack_codec(codec)
+    utts = _check_utterances(utterances, rvq.cfg.dim)
+    ids = list(ids) if ids is not None else None
+    targets = [float(t) for t in targets]
+    if not targets: return
+    T = np.array([len(u) for u in utts])
+    order = _shards(T, max(1, min(int(workers), len(utts))))
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_shard_run, daemon=True, args=(q, k, (rvq, model), [utts[i] for i in o],
+             None if ids is None else [ids[i] for i in o], targets, count, tol, max_iter, mix)) for k, o in enumerate(order)]
+    for p in procs: p.start()
+    got, ranges, nxt = {}, {}, 0
+    try:
+        while nxt < len(targets):
+            try: k, what, payload = q.get(timeout=timeout)
+            except _queue.Empty: raise EibError(f"rate-control workers sent nothing for {timeout:.0f} s") from None
+            if what == "error": raise EibError(f"rate-control worker {k} failed: {payload}")
+            if what == "done": continue
+            if what == "range":
+                ranges[k] = payload
+                if len(ranges) == len(order) and on_range is not None:
+                    df = pd.concat([ranges[j] for j in range(len(order))], ignore_index=True)
+                    df = df.iloc[np.argsort(np.concatenate(order), kind="stable")].reset_index(drop=True)
+                    df.attrs.update(set_min=float((df.min_bpf * df.frames).sum() / df.frames.sum()),
+                                    set_max=float((df.max_bpf * df.frames).sum() / df.frames.sum()), count=count)
+                    on_range(df)
+                continue
+            got.setdefault(what, {})[k] = payload
+            while nxt < len(targets) and len(got.get(targets[nxt], {})) == len(order):
+                parts = got.pop(targets[nxt])
+                yield targets[nxt], _merge([parts[j] for j in range(len(order))], order, ids)
+                nxt += 1
+    finally:
+        for p in procs:
+            if p.is_alive(): p.terminate()
+        for p in procs: p.join(timeout=10)

@@ -18,6 +18,7 @@ import constriction
 from eib.core import EibError
 from eib.entropy import EntropyModel, CodingModel, distortion_scale
 from eib.ecvq import ecvq_encode, auto_batch
+from eib.bitstream import _varint  # the container's own varint, so header sizes here match it by construction
 
 # %%
 from fastcore.test import test_eq, test_fail, test_close
@@ -39,13 +40,6 @@ from fastcore.test import test_eq, test_fail, test_close
 # %%
 #| export
 _TOT = 1 << 24  # the coding model's frequencies sum to 2^24 (eib.entropy)
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n: return bytes(out)
 
 def _coder_payload(ck: np.ndarray, fk: np.ndarray) -> bytes:
     "Range-coder payload for symbols with intervals (left `ck`, size `fk`) of 2^24, in coding order, trimmed like eib.bitstream."
@@ -893,6 +887,91 @@ def lambda_for_bpf(rvq, model, features, bpf: float, tol: float = 0.25) -> float
 
 
 # %% [markdown]
+# ## Several processes
+#
+# Per-utterance searches are independent, so `solve_sharded` splits the utterances over `workers` processes
+# (one torch thread each, utterances balanced by frames) and yields each target's merged `RateResult` as soon as
+# every shard has solved it. On 2 cores two single-threaded processes beat one two-threaded process, whose
+# small per-position matrix products do not split well. `passes` of a merged result is the largest over the
+# shards (they run side by side), `frames_encoded` the sum.
+
+# %%
+#| export
+def _shard_run(q, k, codec, utts, ids, targets, count, tol, max_iter, mix):
+    "Worker: one controller over a shard of utterances; puts (k, what, payload) on `q`."
+    try:
+        torch.set_num_threads(1)
+        rc = RateController(codec, utts, count=count, ids=ids)
+        q.put((k, "range", rc.achievable_range()))
+        for t in targets: q.put((k, float(t), rc.solve(t, mode="utterance", tol=tol, max_iter=max_iter, clamp=True, mix=mix)))
+        q.put((k, "done", rc.engine.passes))
+    except BaseException as e:  # report, never hang the parent
+        q.put((k, "error", f"{type(e).__name__}: {e}"))
+
+def _merge(parts, order, ids) -> RateResult:
+    "One RateResult from shard results `parts` (in shard order); `order[k]` = original indices of shard k."
+    idx = np.concatenate(order); inv = np.empty_like(idx); inv[idx] = np.arange(len(idx))
+    cat = lambda f: np.concatenate([getattr(p, f) for p in parts])[inv]
+    toks = [t for p in parts for t in p.tokens]
+    p0 = parts[0]
+    return RateResult(target=cat("target"), lam=cat("lam"), bits=cat("bits"), frames=cat("frames"), ideal_bits=cat("ideal_bits"),
+                      distortion=cat("distortion"), status=cat("status"), evals=cat("evals"), passes=max(p.passes for p in parts),
+                      mode=p0.mode, count=p0.count, tol=p0.tol, seconds=max(p.seconds for p in parts),
+                      frames_encoded=sum(p.frames_encoded for p in parts), tokens=[toks[i] for i in inv], ids=ids,
+                      lam2=cat("lam2"), split=cat("split"))
+
+def _shards(T: np.ndarray, workers: int) -> list[np.ndarray]:
+    "Utterance indices split into `workers` shards of about equal frames (longest first, greedy), each sorted."
+    load, out = np.zeros(workers), [[] for _ in range(workers)]
+    for u in np.argsort(-T, kind="stable"):
+        k = int(np.argmin(load)); out[k].append(int(u)); load[k] += T[u]
+    return [np.array(sorted(o), dtype=int) for o in out if o]
+
+def solve_sharded(codec, utterances, targets, workers: int = 2, ids=None, count: str = "stream", tol: float | None = None,
+                  max_iter: int = 12, mix: bool = True, on_range=None, timeout: float = 3600.0):
+    """Per-utterance rate control of `targets` (in order; clamped targets flagged) with the utterances split over
+    `workers` processes; yields `(target, RateResult)` per target. `on_range(df)` gets the achievable-range table."""
+    import multiprocessing as mp, queue as _queue
+    rvq, model = _unpack_codec(codec)
+    utts = _check_utterances(utterances, rvq.cfg.dim)
+    ids = list(ids) if ids is not None else None
+    targets = [float(t) for t in targets]
+    if not targets: return
+    T = np.array([len(u) for u in utts])
+    order = _shards(T, max(1, min(int(workers), len(utts))))
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_shard_run, daemon=True, args=(q, k, (rvq, model), [utts[i] for i in o],
+             None if ids is None else [ids[i] for i in o], targets, count, tol, max_iter, mix)) for k, o in enumerate(order)]
+    for p in procs: p.start()
+    got, ranges, nxt = {}, {}, 0
+    try:
+        while nxt < len(targets):
+            try: k, what, payload = q.get(timeout=timeout)
+            except _queue.Empty: raise EibError(f"rate-control workers sent nothing for {timeout:.0f} s") from None
+            if what == "error": raise EibError(f"rate-control worker {k} failed: {payload}")
+            if what == "done": continue
+            if what == "range":
+                ranges[k] = payload
+                if len(ranges) == len(order) and on_range is not None:
+                    df = pd.concat([ranges[j] for j in range(len(order))], ignore_index=True)
+                    df = df.iloc[np.argsort(np.concatenate(order), kind="stable")].reset_index(drop=True)
+                    df.attrs.update(set_min=float((df.min_bpf * df.frames).sum() / df.frames.sum()),
+                                    set_max=float((df.max_bpf * df.frames).sum() / df.frames.sum()), count=count)
+                    on_range(df)
+                continue
+            got.setdefault(what, {})[k] = payload
+            while nxt < len(targets) and len(got.get(targets[nxt], {})) == len(order):
+                parts = got.pop(targets[nxt])
+                yield targets[nxt], _merge([parts[j] for j in range(len(order))], order, ids)
+                nxt += 1
+    finally:
+        for p in procs:
+            if p.is_alive(): p.terminate()
+        for p in procs: p.join(timeout=10)
+
+
+# %% [markdown]
 # ## On a real codec
 #
 # A tiny codec trained here on the synthetic store (committed with the repository): 10 groups × 2 layers × 16 codes,
@@ -955,6 +1034,23 @@ M = rc_t.engine.mix(2, A, B, 20)
 data = rc_t.engine.stream_bytes(2, M)
 test_eq(len(data), M.stream_len); assert B.stream_len < M.stream_len < A.stream_len
 test_eq(decompress(rvq_t, model_t, data)[0].numpy(), np.concatenate([A.tokens[:20], B.tokens[20:]]).astype(np.int64))
+
+# %% [markdown]
+# Two processes give the same kind of answer as one controller (each shard calibrates on its own frames, so the
+# λ values may differ within the tolerance), in the original order:
+
+# %%
+from eib.rate import solve_sharded as _sharded  # the exported function: spawned workers import it from eib.rate
+_rngs = []
+_tg = [float(np.round(lo_t + 4, 1)), float(np.round((lo_t + hi_t) / 2, 1))]
+_out = list(_sharded((rvq_t, model_t), utt, _tg, workers=2, ids=_ids[:8], on_range=_rngs.append))
+test_eq([t for t, _ in _out], _tg); test_eq(_out[0][1].ids, _ids[:8])
+test_close(_rngs[0].max_bpf.values, rng_t.max_bpf.values, eps=1e-9)
+for t, r in _out:
+    assert np.abs(r.error).max() <= 0.25, r.summary()
+    test_eq(r.frames, np.array([len(u) for u in utt]))
+    data = compress(rvq_t, model_t, utt[3], r.lam[3]) if r.status[3] == "ok" else None
+    if data is not None: test_eq(decompress(rvq_t, model_t, data)[0].numpy(), r.tokens[3].astype(np.int64))
 
 # %% [markdown]
 # ## Measured

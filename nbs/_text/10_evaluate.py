@@ -9,12 +9,12 @@
 # %%
 #| export
 from __future__ import annotations
-import json, math, shlex, sys, warnings
+import json, math, os, shlex, sys, warnings
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from eib.core import EibError, atomic_write_json, fingerprint
+from eib.core import EibError, atomic_write_json, fingerprint, repo_root
 
 # %%
 import tempfile
@@ -793,6 +793,33 @@ def upsert_layer_point(path, point: dict) -> dict:
 def finished_targets(path) -> list[float]:
     "Target rates already in the results file at `path` (empty if there is no file): skip these when resuming."
     return [q["target_bpf"] for q in load_results(path)["rate_points"]] if Path(path).exists() else []
+
+# %% [markdown]
+# Where the book finds results: the committed sweeps in `evaluation_results/`, and, when `make book` has just rerun
+# the synthetic sweep, that fresh run in the folder named by the environment variable `EIB_BOOK_RESULTS`; the
+# results chapter checks the fresh numbers against the committed ones.
+
+# %%
+#| export
+def results_files(folder=None) -> dict:
+    "Dataset name (upper case, from the file name) -> `rate_sweep_*.json` in `folder` (default evaluation_results/)."
+    d = Path(folder) if folder is not None else repo_root() / "evaluation_results"
+    return {f.stem[len("rate_sweep_"):].upper(): f for f in sorted(d.glob("rate_sweep_*.json"))}
+
+def rerun_files() -> dict:
+    "The results files of the sweep `make book` has just rerun (`$EIB_BOOK_RESULTS`), or {} when there is none."
+    d = os.environ.get("EIB_BOOK_RESULTS", "").strip()
+    return results_files(d) if d and Path(d).is_dir() else {}
+
+# %%
+import tempfile
+with tempfile.TemporaryDirectory() as _a:
+    for n in ("synth", "EMODB"): (Path(_a) / f"rate_sweep_{n}.json").write_text("{}")
+    test_eq(sorted(results_files(_a)), ["EMODB", "SYNTH"])
+    os.environ["EIB_BOOK_RESULTS"] = _a
+    test_eq(rerun_files()["SYNTH"], Path(_a) / "rate_sweep_synth.json")
+    del os.environ["EIB_BOOK_RESULTS"]
+test_eq(rerun_files(), {})
 
 
 # %% [markdown]

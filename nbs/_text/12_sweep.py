@@ -312,12 +312,13 @@ def _roundtrip(codec, data: bytes, tokens) -> None:
 def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="quick", rate_mode: str = "utterance",
               preset: str = "cpu", device: str = "cpu", seed: int = 42, samples_per_emotion: int | None = 100,
               out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
-              progress: bool = True, force: bool = False, layer_max_steps: int = 1500, command: str | None = None) -> Path:
+              progress: bool = True, force: bool = False, layer_max_steps: int = 1500, command: str | None = None,
+              workers: int = 2) -> Path:
     """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
     write `<out_dir>/rate_sweep_<DATASET>.json` after every point, resuming the points already there."""
     from tqdm.auto import tqdm
     from eib.data import LABEL_PROTOCOLS
-    from eib.rate import RateController
+    from eib.rate import RateController, solve_sharded
     t_start = time.time()
     targets = resolve_rates(rates)
     if rate_mode not in ("utterance", "set"): raise EibError(f"rate_mode must be 'utterance' or 'set', got {rate_mode!r}")
@@ -371,14 +372,20 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     done = {q["target_bpf"] for q in obj["rate_points"]}
     todo = [t for t in targets if t not in done]
     if todo:
-        rc = RateController(codec, frames, count="stream", ids=ids)
-        rng = rc.achievable_range()
-        maxb = rng["max_bpf"].to_numpy()
-        for t in tqdm(todo, desc=f"{dataset} rate points", disable=not progress):
-            t0 = time.time()
-            r = rc.solve(t, mode=rate_mode, clamp=True)
-            u = int(np.argmin(T))  # the shortest stream is decoded from its bytes
-            _roundtrip(codec, rc.engine.stream_bytes(u, rc.engine.cache[u]), r.tokens[u])
+        def solved():  # (target, RateResult) in order; per-utterance control is split over `workers` processes
+            if rate_mode == "utterance" and workers > 1:
+                yield from solve_sharded(codec, frames, todo, workers=workers, ids=ids, on_range=rng_box.append)
+                return
+            rc = RateController(codec, frames, count="stream", ids=ids)
+            rng_box.append(rc.achievable_range())
+            for t in todo: yield t, rc.solve(t, mode=rate_mode, clamp=True)
+        rng_box, t0 = [], time.time()
+        for t, r in tqdm(solved(), total=len(todo), desc=f"{dataset} rate points", disable=not progress):
+            maxb = rng_box[0]["max_bpf"].to_numpy()
+            u = int(np.argmin(T))  # the shortest stream is rebuilt from its tokens: its size must be the counted one
+            data = streams_of_tokens(rvq, codec.model, [r.tokens[u]])[0]
+            if 8 * len(data) != r.bits[u]: raise EibError(f"stream of {ids[u]} has {8 * len(data)} bits, counted {r.bits[u]:.0f}")
+            _roundtrip(codec, data, r.tokens[u])
             m = _evaluate(probe, r.recon(rvq), y, seed)
             capped = bool(r.clamped.any() or (t > maxb).any())
             save_point("rate_points", "target_bpf", dict(
@@ -387,7 +394,9 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
                 lam=dict(mean=float(r.lam.mean()), min=float(r.lam.min()), max=float(r.lam.max())),
                 mse=_mse(r.distortion, T, rvq.cfg.dim), status={s: int((r.status == s).sum()) for s in sorted(set(r.status))},
                 metrics=m, per_utterance=dict(id=list(ids), achieved_bpf=r.bpf.round(4).tolist(), lam=r.lam.tolist()),
-                roundtrip_checked=ids[u]), time.time() - t0)
+                roundtrip_checked=ids[u], workers=int(workers) if rate_mode == "utterance" else 1,
+                passes=int(r.passes), evals=np.bincount(r.evals).tolist(), frames_encoded=int(r.frames_encoded)), time.time() - t0)
+            t0 = time.time()
     if layer_sweep:
         c = rvq.cfg
         ns = [n for n in range(c.groups, c.positions + 1) if n not in {q["layers"] for q in obj["layer_sweep"]}]

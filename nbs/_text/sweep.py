@@ -42,6 +42,7 @@ out_dir = "../evaluation_results"  # relative to nbs/ (whatever the working dire
 checkpoint = None  # codec folder (None: checkpoints/<dataset>_<preset>)
 layer_sweep = True  # also sweep the plain-RVQ layer baseline
 force = False  # replace a results file made with another configuration
+workers = 2  # processes for per-utterance rate control (utterances split between them)
 
 # %%
 import time
@@ -53,12 +54,13 @@ from eib import figures as F
 F.use_offline_renderer()
 _cmd = (f"papermill nbs/sweep.ipynb -p dataset {dataset} -p data_root {data_root} -p encoder {encoder} -p rates {rates!r} "
         f"-p rate_mode {rate_mode} -p preset {preset} -p device {device} -p seed {seed} "
-        f"-p samples_per_emotion {samples_per_emotion} -p layer_sweep {layer_sweep}")
+        f"-p samples_per_emotion {samples_per_emotion} -p layer_sweep {layer_sweep} -p workers {workers}")
 _out = Path(out_dir) if Path(out_dir).is_absolute() else repo_root() / "nbs" / out_dir  # relative to nbs/ from any working directory
 t0 = time.time()
 path = run_sweep(dataset, data_root=data_root, encoder=encoder, rates=resolve_rates(rates), rate_mode=rate_mode,
                  preset=preset, device=device, seed=seed, samples_per_emotion=samples_per_emotion, out_dir=_out,
-                 checkpoint=checkpoint, layer_sweep=layer_sweep, force=force, progress=False, command=_cmd)
+                 checkpoint=checkpoint, layer_sweep=layer_sweep, force=force, progress=False, command=_cmd,
+                 workers=workers)
 res = load_results(path)
 print(f"{path}: {len(res['rate_points'])} rate points, {len(res['layer_sweep'])} layer points; this run {time.time() - t0:.0f} s")
 

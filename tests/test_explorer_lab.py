@@ -1,0 +1,179 @@
+"""The λ explorer in a real JupyterLab: start it on 127.0.0.1, open nbs/13_explorer.ipynb, run every cell, move the
+λ slider with the keyboard and read the new achieved BPF from the page. No request may leave 127.0.0.1."""
+import json, os, re, secrets, signal, socket, subprocess, sys, time, urllib.request
+from urllib.parse import urlparse
+
+import pytest
+
+from conftest import ARTIFACTS, ROOT
+
+NOTEBOOK = "nbs/13_explorer.ipynb"
+RUN_TIMEOUT_S = float(os.environ.get("EIB_LAB_RUN_TIMEOUT", 600))  # the whole notebook, its tests included
+NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+
+# JupyterLab settings for the test: no autosave (the notebook in the repository stays as it is), the notebook's
+# kernel starts without asking, no news or update checks.
+SETTINGS = {
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"autoStartDefaultKernel": True},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _python() -> str:
+    venv = ROOT / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+@pytest.fixture
+def lab(tmp_path):
+    "A JupyterLab server on 127.0.0.1 serving the repository: (base url, token). Killed, with its kernels, at the end."
+    port, token = _free_port(), secrets.token_hex(16)
+    settings = tmp_path / "lab-settings"
+    for rel, obj in SETTINGS.items():
+        (settings / rel).parent.mkdir(parents=True, exist_ok=True)
+        (settings / rel).write_text(json.dumps(obj))
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+               JUPYTER_DATA_DIR=str(tmp_path / "data"), IPYTHONDIR=str(tmp_path / "ipython"), JUPYTER_PLATFORM_DIRS="1",
+               JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"))
+    cmd = [_python(), "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT}",
+           f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
+           "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+           "--LabApp.extension_manager=readonly", "--ServerApp.open_browser=False",
+           f"--FileCheckpoints.checkpoint_dir={tmp_path / 'checkpoints'}"]  # not nbs/.ipynb_checkpoints
+    if os.geteuid() == 0: cmd.append("--allow-root")
+    log = open(tmp_path / "lab.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    nb = ROOT / NOTEBOOK
+    before = nb.read_bytes()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"jupyter lab exited with {proc.returncode}:\n{(tmp_path / 'lab.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200: break
+            except OSError: pass
+            if time.time() > deadline:
+                pytest.fail(f"jupyter lab did not answer within 90 s:\n{(tmp_path / 'lab.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base, token
+    finally:
+        try: os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernels it started (its own session)
+        except ProcessLookupError: pass
+        try: proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL); proc.wait(10)
+        log.close()
+        if nb.read_bytes() != before: nb.write_bytes(before)  # never leave outputs in the repository's notebook
+
+
+def _wait(fn, timeout: float, what: str, page=None, every: float = 0.5):
+    "Poll `fn` until it returns something truthy, at most `timeout` seconds."
+    end = time.time() + timeout
+    while time.time() < end:
+        v = fn()
+        if v: return v
+        (page.wait_for_timeout(every * 1000) if page else time.sleep(every))
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _text(page, sel: str) -> str:
+    el = page.query_selector(sel)
+    return el.inner_text().strip() if el else ""
+
+
+def _number(page, sel: str):
+    t = _text(page, sel)
+    return float(t) if NUMBER.match(t) else None
+
+
+def test_explorer_in_jupyterlab(lab, browser):
+    base, token = lab
+    shots = ARTIFACTS / "screenshots"; shots.mkdir(parents=True, exist_ok=True)
+    outside = []
+    page = browser.new_page()
+    page.on("request", lambda req: None if req.url.startswith(("data:", "blob:", "about:"))
+            or urlparse(req.url).hostname == "127.0.0.1" else outside.append(req.url))
+    # Nothing may leave 127.0.0.1: such requests are recorded, then aborted.
+    page.route("**/*", lambda route: route.continue_() if urlparse(route.request.url).hostname == "127.0.0.1"
+               or route.request.url.startswith("data:") else route.abort())
+    try:
+        page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", wait_until="domcontentloaded", timeout=90_000)
+        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
+        # A kernel dialog can still appear (e.g. a user setting): accept the default kernel.
+        _wait(lambda: _kernel_ready(page), 120, "the kernel to start", page)
+        page.wait_for_timeout(1000)
+        _wait(lambda: _kernel_ready(page), 60, "the kernel to settle", page)
+        page.screenshot(path=str(shots / "explorer_opened.png"))
+        for attempt in range(2):  # Run > Run All Cells, from the menu bar (once more if nothing started)
+            page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).first.click()
+            page.locator(".lm-Menu-item:visible", has_text=re.compile(r"^Run All Cells")).first.click()
+            try:
+                _wait(lambda: _started(page), 60, "the cells to start running", page)
+                break
+            except AssertionError:
+                if attempt: raise
+        bpf_sel = ".eib-explorer .eib-bpf"
+        _wait(lambda: _failed_cell(page) or _number(page, bpf_sel) is not None, RUN_TIMEOUT_S, "the explorer panel", page, 1.0)
+        assert not _failed_cell(page), f"a cell failed in JupyterLab:\n{_failed_cell(page)}"
+        panel = page.locator(".eib-explorer").last
+        panel.scroll_into_view_if_needed()
+        before = _number(page, bpf_sel)
+        lam_before = _text(page, ".eib-explorer .eib-lam")
+        panel.screenshot(path=str(shots / "explorer_before.png"))
+        # Move the λ slider with the keyboard (noUiSlider handle: PageUp = 5 steps of 0.05 decades).
+        handle = page.locator(".eib-explorer .eib-lam-slider .noUi-handle").last
+        handle.focus()
+        handle.press("PageUp")
+        after = _wait(lambda: (lambda v: v if v is not None and v != before else None)(_number(page, bpf_sel)),
+                      120, "the BPF readout to change after moving λ", page)
+        lam_after = _text(page, ".eib-explorer .eib-lam")
+        panel.screenshot(path=str(shots / "explorer_after.png"))
+        page.screenshot(path=str(shots / "explorer_page.png"), full_page=True)
+        assert lam_after != lam_before, (lam_before, lam_after)
+        assert after < before, f"a larger λ must spend fewer bits: {before} -> {after} BPF"
+        status = _text(page, ".eib-explorer .eib-status")
+        assert "set by hand" in status, status
+        img = page.locator(".eib-explorer .eib-map img, .eib-explorer img.eib-map").last
+        assert img.evaluate("e => e.complete && e.naturalWidth > 0"), "the code/SKIP map did not load"
+        print(f"JupyterLab explorer: λ {lam_before} -> {lam_after}, BPF {before} -> {after}")
+    except BaseException:
+        page.screenshot(path=str(shots / "explorer_failure.png"), full_page=True)
+        raise
+    finally:
+        page.close()
+    assert not outside, f"requests left 127.0.0.1: {outside[:5]}"
+
+
+def _kernel_ready(page) -> bool:
+    "The notebook's kernel is started and idle (the toolbar names it; the execution indicator says idle)."
+    dlg = page.query_selector(".jp-Dialog .jp-mod-accept")  # "Select Kernel", if asked
+    if dlg: dlg.click()
+    name = _text(page, ".jp-NotebookPanel .jp-Toolbar-kernelName")
+    st = page.query_selector(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status]")
+    return bool(name) and name != "No Kernel" and bool(st) and st.get_attribute("data-status") == "idle"
+
+
+def _started(page) -> bool:
+    "Some code cell has run or is running."
+    prompts = page.eval_on_selector_all(".jp-NotebookPanel .jp-InputPrompt", "els => els.map(e => e.innerText.trim())")
+    return any(re.match(r"^\[(\*|\d+)\]:?$", p) for p in prompts)
+
+
+def _failed_cell(page) -> str:
+    "The text of the first error shown in an output area ('' if none)."
+    for el in page.query_selector_all(".jp-NotebookPanel .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'], "
+                                      ".jp-NotebookPanel .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']"):
+        t = el.inner_text()
+        if "Error" in t or "Traceback" in t: return t
+    return ""
