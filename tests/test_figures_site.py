@@ -17,6 +17,7 @@ QUARTO = """project:
   render:
     - index.qmd
     - figs.ipynb
+    - live.ipynb
 website:
   title: "figures check"
 format:
@@ -40,6 +41,14 @@ def tiny_site(tmp_path_factory):
     nb.cells = [nbformat.v4.new_markdown_cell("# Figures\n\nA demonstration on synthetic blobs."),
                 nbformat.v4.new_code_cell("fig_f1(demo)", outputs=[nbformat.v4.new_output("display_data", data=bundle)])]
     nbformat.write(nb, root / "figs.ipynb")
+    # The interactive form the book's Results and Findings pages use: vega-embed from an inline bundle (eib.results).
+    import eib.results as R
+    outs = [nbformat.v4.new_output("display_data", data=o._repr_mimebundle_())
+            for o in (R.vega_script(), R.interactive(F.fig_f1(demo)))]
+    live = nbformat.v4.new_notebook()
+    live.cells = [nbformat.v4.new_markdown_cell("# Live\n\nAn interactive chart, drawn in the browser."),
+                  nbformat.v4.new_code_cell("vega_script()\ninteractive(fig_f1(demo))", outputs=outs)]
+    nbformat.write(live, root / "live.ipynb")
     smalldocs = Path(sys.executable).parent / "smalldocs"
     r = subprocess.run([str(smalldocs), "render", "--quiet", str(root)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -64,6 +73,31 @@ def test_figure_visible_offline_in_browser(tiny_site, browser):
         box = svg.bounding_box()
         assert svg.is_visible() and box["width"] > 200 and box["height"] > 150, box
         assert page.locator("main svg text", has_text="Weighted F1").count() >= 1
+    finally:
+        page.close(); srv.shutdown()
+    assert not [u for u in outside if not u.startswith("data:")], outside
+
+
+def test_interactive_chart_offline_with_tooltips(tiny_site, browser):
+    "The vega-embed chart draws from the inline bundle with no request leaving 127.0.0.1, and shows a tooltip on hover."
+    html = (tiny_site / "live.html").read_text()
+    assert html.count('class="eib-vega-bundle"') == 1 and "<script src=\"http" not in html
+    base, srv = serve(tiny_site)
+    outside = []
+    page = browser.new_page()
+    page.on("request", lambda req: outside.append(req.url) if urlparse(req.url).hostname not in ("127.0.0.1", None) else None)
+    page.route("**/*", lambda route: route.continue_() if urlparse(route.request.url).hostname == "127.0.0.1" else route.abort())
+    try:
+        page.goto(f"{base}/live.html", wait_until="load")
+        page.wait_for_selector("main .eib-chart svg g.mark-symbol path", timeout=60_000)
+        box = page.locator("main .eib-chart svg").first.bounding_box()
+        assert box["width"] > 200 and box["height"] > 150, box
+        assert page.locator("main .eib-chart svg text", has_text="Weighted F1").count() >= 1
+        pt = page.locator("main .eib-chart svg g.mark-symbol path").first.bounding_box()
+        page.mouse.move(pt["x"] + pt["width"] / 2, pt["y"] + pt["height"] / 2)
+        tip = page.locator("#vg-tooltip-element")
+        tip.wait_for(state="visible", timeout=10_000)
+        assert "achieved BPF" in tip.inner_text()
     finally:
         page.close(); srv.shutdown()
     assert not [u for u in outside if not u.startswith("data:")], outside

@@ -1,4 +1,5 @@
 "The rendered website, opened page by page in headless Chromium: pages load, links resolve, figures show, nothing leaves 127.0.0.1."
+import json
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
@@ -37,7 +38,7 @@ def test_every_page_in_browser(site, browser):
     # Nothing may leave 127.0.0.1: such requests are recorded, then aborted.
     page.route("**/*", lambda route: route.continue_() if urlparse(route.request.url).hostname == "127.0.0.1"
                or route.request.url.startswith("data:") else route.abort())
-    links = set()
+    links, report = set(), {}
     try:
         for rel in _pages(site):
             url = f"{base}/{rel}"
@@ -52,6 +53,19 @@ def test_every_page_in_browser(site, browser):
             assert nav, f"{rel}: no navigation links"
             for h in nav:
                 if h and not h.startswith(("#", "mailto:", "javascript:")): links.add(urljoin(url, h).split("#")[0])
+            # Interactive charts (eib.results.interactive) are drawn by vega-embed from the inline bundle: wait for
+            # them, then each must hold an SVG with marks in it (an empty chart, or an error message, fails).
+            charts = page.query_selector_all("main .eib-chart")
+            if charts:
+                page.wait_for_function("() => [...document.querySelectorAll('main .eib-chart')].every("
+                                       "e => e.querySelector('svg') || e.textContent.trim())", timeout=60_000)
+                for ch in charts:
+                    info = ch.evaluate("e => ({svg: !!e.querySelector('svg'), text: e.textContent.slice(0, 200), "
+                                       "marks: e.querySelectorAll('svg g[class*=\"mark-\"] > *').length})")
+                    assert info["svg"], f"{rel}: chart {ch.get_attribute('id')} not drawn: {info['text']}"
+                    assert info["marks"] > 0, f"{rel}: chart {ch.get_attribute('id')} has no marks"
+                    box = ch.query_selector("svg").bounding_box()
+                    assert box and box["width"] > 100 and box["height"] > 100, f"{rel}: chart {ch.get_attribute('id')} is {box}"
             # Every figure or chart in the page is visible and has a size.
             for el in page.query_selector_all(FIGURES):
                 box = el.bounding_box()
@@ -60,7 +74,11 @@ def test_every_page_in_browser(site, browser):
                     assert box and box["width"] > 0 and box["height"] > 0, f"{rel}: empty {tag}"
                 if tag == "img":
                     assert el.evaluate("e => e.complete && e.naturalWidth > 0"), f"{rel}: image did not load"
-            page.screenshot(path=str(shots / (rel.replace("/", "__").replace(".html", ".png"))), full_page=True)
+            shot = shots / (rel.replace("/", "__").replace(".html", ".png"))
+            page.screenshot(path=str(shot), full_page=True)
+            figs = page.eval_on_selector_all("main .eib-chart svg, main .cell-output-display > svg, main .cell-output-display img",
+                                             "els => els.length")
+            report[rel] = dict(screenshot=str(shot.relative_to(ARTIFACTS.parent)), figures=figs)
         # Every navigation link resolves to a page of the site.
         for link in sorted(links):
             assert urlparse(link).hostname == "127.0.0.1", f"navigation leaves the site: {link}"
@@ -68,5 +86,34 @@ def test_every_page_in_browser(site, browser):
             assert r.status == 200, f"broken navigation link {link} ({r.status})"
     finally:
         page.close(); srv.shutdown()
+        # One screenshot per page (names from the page's path), and how many figures each page showed.
+        (shots / "pages.json").write_text(json.dumps(report, indent=1) + "\n")
+    assert len({v["screenshot"] for v in report.values()}) == len(report) == len(_pages(site))
     assert not outside, f"requests left 127.0.0.1: {outside[:5]}"
     assert not failed, f"local requests failed: {failed[:5]}"
+
+
+def test_results_pages_follow_the_results_files(site):
+    """Results and Findings name every dataset whose results file is present and every expected one that is missing,
+    and Results shows every figure each dataset supports (plus the compared ones with two datasets or more)."""
+    import eib.figures as F
+    from eib.evaluate import results_files
+    from eib.results import load_all, missing_datasets
+    page = site / "nbs/21_results.html"
+    html = page.read_text()
+    assert html.count('class="eib-vega-bundle"') == 1 and "cdn.jsdelivr" not in html
+    # The checks below compare the pages with the results files now, so they need the files the pages were built
+    # from: a sweep may be writing one while the tests run (then only the structure above is checked).
+    if any(p.stat().st_mtime >= page.stat().st_mtime for p in results_files().values()):
+        assert "Results present:" in html or "No results file is present yet" in html
+        return
+    named, _ = load_all()
+    for p in ("nbs/21_results.html", "nbs/20_findings.html"):
+        h = (site / p).read_text()
+        for lab, _r in named:
+            assert f"<strong>{lab}</strong>" in h, f"{p}: no section for {lab}"
+        for d in missing_datasets(named):
+            assert f"<strong>{d}</strong> (" in h and "Missing:" in h, f"{p}: {d} not named as missing"
+    want = sum(len(F.all_figures([nr])) for nr in named) + (len(F.all_figures(named)) if len(named) > 1 else 0)
+    assert html.count('class="eib-chart"') == want, "the results page should show every figure each dataset supports"
+    assert html.count(f" of the {len(F.FIGURES)} figures of <code>eib.figures</code> drawn") == len(named) + (len(named) > 1)

@@ -794,6 +794,7 @@ def finished_targets(path) -> list[float]:
     "Target rates already in the results file at `path` (empty if there is no file): skip these when resuming."
     return [q["target_bpf"] for q in load_results(path)["rate_points"]] if Path(path).exists() else []
 
+
 # %% [markdown]
 # Where the book finds results: the committed sweeps in `evaluation_results/`, and, when `make book` has just rerun
 # the synthetic sweep, that fresh run in the folder named by the environment variable `EIB_BOOK_RESULTS`; the
@@ -811,6 +812,7 @@ def rerun_files() -> dict:
     d = os.environ.get("EIB_BOOK_RESULTS", "").strip()
     return results_files(d) if d and Path(d).is_dir() else {}
 
+
 # %%
 import tempfile
 with tempfile.TemporaryDirectory() as _a:
@@ -820,7 +822,6 @@ with tempfile.TemporaryDirectory() as _a:
     test_eq(rerun_files()["SYNTH"], Path(_a) / "rate_sweep_synth.json")
     del os.environ["EIB_BOOK_RESULTS"]
 test_eq(rerun_files(), {})
-
 
 # %% [markdown]
 # The rate grids: the thesis's "47 rate points" were 44 (10 to 200 in steps of 5, then 220 to 300 in steps of
