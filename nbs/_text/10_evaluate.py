@@ -818,10 +818,15 @@ import tempfile
 with tempfile.TemporaryDirectory() as _a:
     for n in ("synth", "EMODB"): (Path(_a) / f"rate_sweep_{n}.json").write_text("{}")
     test_eq(sorted(results_files(_a)), ["EMODB", "SYNTH"])
-    os.environ["EIB_BOOK_RESULTS"] = _a
-    test_eq(rerun_files()["SYNTH"], Path(_a) / "rate_sweep_synth.json")
-    del os.environ["EIB_BOOK_RESULTS"]
-test_eq(rerun_files(), {})
+    _prev = os.environ.get("EIB_BOOK_RESULTS")  # `make book` sets it for the chapters run after this one: restore it
+    try:
+        os.environ["EIB_BOOK_RESULTS"] = _a
+        test_eq(rerun_files()["SYNTH"], Path(_a) / "rate_sweep_synth.json")
+        os.environ["EIB_BOOK_RESULTS"] = ""
+        test_eq(rerun_files(), {})
+    finally:
+        if _prev is None: os.environ.pop("EIB_BOOK_RESULTS", None)
+        else: os.environ["EIB_BOOK_RESULTS"] = _prev
 
 # %% [markdown]
 # The rate grids: the thesis's "47 rate points" were 44 (10 to 200 in steps of 5, then 220 to 300 in steps of
