@@ -96,16 +96,16 @@ def main():
         ranges.append(rc.achievable_range())
         solved = ((tg, rc.solve(tg, clamp=True)) for tg in a.targets)
         engine = rc.engine
-    rows, errs, hdr_done = [], [], False
+    rows, errs = [], []
     hdr = f"{'target':>6} {'set_bpf':>8} {'set_err':>8} {'passes':>6} {'ok':>4} {'clamp':>5} {'<=1BPF':>7} " \
           f"{'med|e|':>7} {'p98|e|':>7} {'max|e|':>7} {'re-enc':>7} {'wall_s':>7}"
     t_last = time.time()
     for tg, r in solved:
-        if not hdr_done:
+        if not rows:  # the first target: the range is known now
             rg = ranges[0]
             print(f"\nachievable range (whole stream): set {rg.attrs['set_min']:.2f} .. {rg.attrs['set_max']:.2f} BPF; "
                   f"per utterance min {rg.min_bpf.min():.2f}..{rg.min_bpf.max():.2f}, max {rg.max_bpf.min():.2f}..{rg.max_bpf.max():.2f}")
-            print("\n" + hdr); hdr_done = True
+            print("\n" + hdr)
         wall_t = time.time() - t_last; t_last = time.time()
         inr = ~r.clamped
         e = np.abs(r.error[inr])

@@ -243,7 +243,6 @@ def _intervals(cm, tokens, batch: int = 4096):
 def streams_of_tokens(rvq, model, tokens_list) -> list[bytes]:
     """The `eib.bitstream` containers (λ field 0) coding each (T, L) token array of `tokens_list` with `model`:
     byte for byte what `decompress` reads back to those tokens."""
-    import struct, zlib
     from eib.bitstream import model_fingerprint, pack_stream
     from eib.ecvq import auto_batch
     from eib.entropy import CodingModel
