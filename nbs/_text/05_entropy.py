@@ -130,8 +130,8 @@ class _Block(nn.Module):
         N, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(N, 3, self.h, self.dh).unbind(1)
         kc[:, :, p], vc[:, :, p] = k, v
-        a = ((kc[:, :, :p + 1] @ q.unsqueeze(-1)).squeeze(-1) * self.dh ** -0.5).softmax(-1)
-        x = x + self.proj((a.unsqueeze(-2) @ vc[:, :, :p + 1]).squeeze(-2).reshape(N, d))
+        o = F.scaled_dot_product_attention(q.unsqueeze(2), kc[:, :, :p + 1], vc[:, :, :p + 1])  # one query row
+        x = x + self.proj(o.reshape(N, d))
         return x + self.fc2(F.relu(self.fc1(self.ln2(x))))
 
 
