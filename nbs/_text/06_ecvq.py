@@ -113,7 +113,8 @@ def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool =
                 progress: bool = False) -> ECVQResult:
     """Entropy-constrained VQ of frames `x` (N, D, original space) at `lam` (a number or one per frame).
     `model`: an `EntropyModel`, a `CodingModel`, a `UnigramModel` or None (uniform). `on_step(p, freqs, chosen)`
-    is called at every position of every batch, in coding order (used by the range coder)."""
+    is called at every position of every batch, in coding order (used by the range coder); a hook with a true
+    `wants_costs` attribute also gets the position's `(dist, bits)` candidate tables: `on_step(p, freqs, chosen, dist, bits)`."""
     from tqdm.auto import tqdm
     c = rvq.cfg
     z = rvq.normalise(x)
@@ -127,6 +128,7 @@ def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool =
     cb2 = (cb * cb).sum(-1)  # (G, M, K)
     tokens = torch.empty(N, c.positions, dtype=torch.long)
     bits = torch.zeros(N, dtype=torch.float64)
+    costs = bool(getattr(on_step, "wants_costs", False))
     for s in tqdm(range(0, N, bs), desc="ecvq", disable=not progress):
         r = z[s:s + bs].reshape(-1, G, d).clone()
         n, lb = len(r), lam[s:s + bs, None]
@@ -142,7 +144,8 @@ def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool =
             r[:, g] -= cbz[g, m][k]
             tokens[s:s + n, p] = k
             bits[s:s + n] += b[ar, k]
-            if on_step is not None: on_step(p, f, k)
+            if costs: on_step(p, f, k, dist, b)
+            elif on_step is not None: on_step(p, f, k)
             inp = k
     zr = rvq.decode_normalised(tokens)
     res = ECVQResult(tokens, bits, rvq.denormalise(zr), ((z - zr) ** 2).sum(1))

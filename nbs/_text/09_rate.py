@@ -102,8 +102,8 @@ for _ in range(20):
 # as all earlier tokens of the frame are unchanged the frame's tokens stay the same for every λ inside the
 # intersection of its positions' intervals. The engine keeps, for each utterance, the tokens, the coder intervals
 # and this λ interval of every frame at the best λ found so far, and re-encodes only the frames whose interval does
-# not contain the new λ (with a safety margin of 10⁻⁶ relative). The costs and distortions are recomputed from the
-# same tensors `ecvq_encode` uses, inside its `on_step` hook, and the hook checks that it finds the same argmin.
+# not contain the new λ (with a safety margin of 10⁻⁶ relative). The intervals come from `ecvq_encode`'s own candidate
+# tables (distortions and bits, handed to its `on_step` hook), so they are computed from exactly the costs it compared.
 
 # %%
 #| export
@@ -162,44 +162,30 @@ class _State:
 
 class _Hook:
     "`on_step` hook: records each chosen token's coder interval and the λ interval over which it stays the argmin."
-    def __init__(self, rvq, z: torch.Tensor, lam: torch.Tensor, L: int):
-        c = rvq.cfg
-        self.G, self.M, self.d = c.groups, c.layers, c.group_dim
-        cb = rvq.codebooks.detach().float().cpu()
-        self.cb, self.cb2 = cb, (cb * cb).sum(-1)
-        self.cbz = torch.cat([cb, cb.new_zeros(c.groups, c.layers, 1, c.group_dim)], 2)
-        self.z, self.lam = z, lam
-        N = len(z)
+    wants_costs = True  # ecvq_encode hands over its own (dist, bits) tables: the costs are exactly the ones it compared
+
+    def __init__(self, N: int, L: int):
         self.ck, self.fk = torch.zeros(N, L, dtype=torch.int32), torch.zeros(N, L, dtype=torch.int32)
         self.lo, self.hi = torch.full((N,), -math.inf, dtype=torch.float64), torch.full((N,), math.inf, dtype=torch.float64)
         self.s, self.n, self.mismatch = 0, 0, 0
 
-    def __call__(self, p, f, k):
-        if p == 0:
-            self.s += self.n; self.n = len(k)
-            self.r = self.z[self.s:self.s + self.n].reshape(-1, self.G, self.d).clone()
+    def __call__(self, p, f, k, dist, b):
+        if p == 0: self.s += self.n; self.n = len(k)
         s, n = self.s, self.n
-        g, m = divmod(p, self.M)
-        rg = self.r[:, g]
-        r2 = (rg * rg).sum(-1, keepdim=True)
-        dist = torch.cat([r2 - 2 * rg @ self.cb[g, m].T + self.cb2[g, m], r2], 1).double()  # as in ecvq_encode
-        b = 24 - torch.log2(f.double())  # eib.entropy.freqs_to_bits
-        lb = self.lam[s:s + n, None]
         k1 = k[:, None]
-        bad = (dist + lb * b).argmin(-1) != k
         db, dd = b - b.gather(1, k1), dist.gather(1, k1) - dist  # k stays best while λ·db >= dd for every candidate
         ratio = dd / torch.where(db == 0, torch.ones_like(db), db)
         lo = torch.where(db > 0, ratio, -math.inf).max(1).values
         hi = torch.where(db < 0, ratio, math.inf).min(1).values
-        bad |= ((db == 0) & (dd > 0)).any(1)
-        lo[bad], hi[bad] = math.inf, -math.inf  # never reuse such a frame
-        self.mismatch += int(bad.sum())
+        bad = ((db == 0) & (dd > 0)).any(1)  # a cheaper candidate with the same bits: tables inconsistent, never reuse
+        if bad.any():
+            lo[bad], hi[bad] = math.inf, -math.inf
+            self.mismatch += int(bad.sum())
         self.lo[s:s + n] = torch.maximum(self.lo[s:s + n], lo)
         self.hi[s:s + n] = torch.minimum(self.hi[s:s + n], hi)
         cum = f.cumsum(1) - f
         self.ck[s:s + n, p] = cum.gather(1, k1).squeeze(1).int()
         self.fk[s:s + n, p] = f.gather(1, k1).squeeze(1).int()
-        self.r[:, g] -= self.cbz[g, m][k]
 
 
 # %%
@@ -237,8 +223,7 @@ class _Engine:
 
     def _encode(self, rows: torch.Tensor, lam: torch.Tensor):
         "ECVQ of frames `rows` (n, D) at per-row λ; returns (tokens, ideal bits, distortion, hook)."
-        z = self.rvq.normalise(rows)
-        hook = _Hook(self.rvq, z, lam, self.L)
+        hook = _Hook(len(rows), self.L)
         res = ecvq_encode(self.rvq, self.cm, rows, lam, batch_size=self.batch, on_step=hook)
         self.frames_encoded += len(rows); self.mismatch += hook.mismatch
         return res, hook
