@@ -34,10 +34,12 @@ book:
 	EIB_BOOK_RESULTS=$(CURDIR)/$(BOOK_RESULTS) $(BIN)/eib-book --execute --out _site; t3=$$(date +%s); \
 	echo "make book: set-up $$((t1-t0)) s, synthetic sweep $$((t2-t1)) s, book $$((t3-t2)) s, total $$((t3-t0)) s; site in _site/ (open _site/index.html)"
 
+# nbdev_test runs two notebooks at a time on two cores, so each gets one torch/OpenMP thread (two threads each
+# oversubscribe the cores: 09_rate alone took 26 s with one thread and 281 s with two while another job ran).
 test:
 	@t0=$$(date +%s); $(MAKE) --no-print-directory setup; t1=$$(date +%s); \
 	$(MAKE) --no-print-directory check-sync; \
-	$(BIN)/nbdev_test --n_workers 2 --timing; t2=$$(date +%s); \
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing; t2=$$(date +%s); \
 	$(BIN)/python -m pytest -q tests; t3=$$(date +%s); \
 	echo "make test: set-up $$((t1-t0)) s, nbdev_test $$((t2-t1)) s, pytest $$((t3-t2)) s, total $$((t3-t0)) s"
 

@@ -22,6 +22,7 @@ from eib.bitstream import _varint  # the container's own varint, so header sizes
 
 # %%
 from fastcore.test import test_eq, test_fail, test_close
+torch.set_num_threads(1)  # the tests' tiny models run faster on one thread on a shared machine
 
 # %% [markdown]
 # ## What is counted
