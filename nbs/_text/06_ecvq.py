@@ -126,6 +126,7 @@ def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool =
     cb = rvq.codebooks.detach().float().cpu()  # (G, M, K, d)
     cbz = torch.cat([cb, cb.new_zeros(G, M, 1, d)], 2)  # SKIP adds zero
     cb2 = (cb * cb).sum(-1)  # (G, M, K)
+    cbm2 = (-2.0 * cb).transpose(-1, -2).contiguous()  # (G, M, d, K): rg @ cbm2 = -2·(rg·c) exactly (a power of two)
     tokens = torch.empty(N, c.positions, dtype=torch.long)
     bits = torch.zeros(N, dtype=torch.float64)
     costs = bool(getattr(on_step, "wants_costs", False))
@@ -134,12 +135,14 @@ def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool =
         n, lb = len(r), lam[s:s + bs, None]
         st, inp = prov.start(n), torch.full((n,), c.bos, dtype=torch.long)
         ar = torch.arange(n)
+        dist = torch.empty(n, K + 1, dtype=torch.float64)  # reused at every position: hooks must not keep it
         for p in range(c.positions):
             g, m = divmod(p, M)
             b, f = prov.step(st, inp)
             rg = r[:, g]
             r2 = (rg * rg).sum(-1, keepdim=True)
-            dist = torch.cat([r2 - 2 * rg @ cb[g, m].T + cb2[g, m], r2], 1).double()
+            dist[:, :K] = (rg @ cbm2[g, m]).add_(r2).add_(cb2[g, m])  # |r|² - 2 r·c + |c|² in float32, then float64
+            dist[:, K] = r2[:, 0]  # SKIP leaves the residual as it is
             k = (dist + lb * b).argmin(-1)
             r[:, g] -= cbz[g, m][k]
             tokens[s:s + n, p] = k

@@ -175,7 +175,7 @@ class _Hook:
         s, n = self.s, self.n
         k1 = k[:, None]
         db, dd = b - b.gather(1, k1), dist.gather(1, k1) - dist  # k stays best while λ·db >= dd for every candidate
-        ratio = dd / torch.where(db == 0, torch.ones_like(db), db)
+        ratio = dd / db  # where db == 0 this is inf or nan, masked out below
         lo = torch.where(db > 0, ratio, -math.inf).max(1).values
         hi = torch.where(db < 0, ratio, math.inf).min(1).values
         bad = ((db == 0) & (dd > 0)).any(1)  # a cheaper candidate with the same bits: tables inconsistent, never reuse
