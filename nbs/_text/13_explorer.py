@@ -554,19 +554,20 @@ measure(2)
 
 # %% [markdown]
 # Measured here (checkpoint `synth_cpu` with the cpu preset of d_model 64, one layer; the 152-frame test clip
-# `en-f3_sad_s20` cut to 150 frames; λ = the 2nd, 4th, 6th and 8th of the grid), on the two-core machine that five
-# agents shared, load average 6.6–6.7, by running this notebook's cells (`measure(1, repeat=2)`, `measure(2)`):
+# `en-f3_sad_s20` cut to 150 frames; λ = the 2nd, 4th, 6th and 8th of the grid, three times each) with
+# `time_updates` on the idle two-core machine (load average 0.2), after the faster exact coding step:
 #
 # | torch threads | median update | min | max | CPU-s per update |
 # |---|---|---|---|---|
-# | 1 (default) | 0.485 s | 0.458 s | 0.494 s | 0.175 |
-# | 2 | 3.33 s | 2.71 s | 3.69 s | 1.09 |
+# | 1 (default) | 0.155 s | 0.151 s | 0.167 s | 0.146 |
+# | 2 | 0.141 s | 0.136 s | 0.148 s | 0.262 |
 #
 # About 95% of an update is the exact ECVQ pass (`eib.ecvq.ecvq_encode` with the integer coding model, 30 positions;
-# cProfile of four updates); redrawing the widgets takes about 12 ms of the rest. On a busy machine the wall time
-# is the CPU time stretched by the load: 0.175 CPU-s on one thread is the time to expect on an idle core, under the
-# 0.5 s bar, while 0.46–0.49 s on this loaded machine only just meets it. A target-rate change runs the rate controller
-# (a calibration pass, then 2–5 encoder passes): 0.7–1.8 s per target in the runs above.
+# cProfile of four updates); redrawing the widgets takes about 12 ms of the rest. A second thread buys 9% for 80%
+# more CPU, so one thread stays the default. On a busy machine the wall time is the CPU time stretched by the load
+# (last session, at load 6.6 and before the faster step: 0.485 s on one thread, 3.3 s on two). A target-rate change
+# runs the rate controller (a calibration pass, then 2–5 encoder passes): 0.70, 0.47 and 0.45 s for targets 40, 80
+# and 120 BPF.
 
 # %% [markdown]
 # ## The explorer
