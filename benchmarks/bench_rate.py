@@ -74,8 +74,8 @@ def main():
     st = load_store(a.features)
     man = st.manifest
     ok = man.error.isna() | (man.error.astype(str).str.strip() == "")
-    full = int(man[(man.split.astype(str) == a.split) & ok].frames.sum())
-    man = man[(man.split.astype(str) == a.split) & (man.error.isna() | (man.error.astype(str).str.strip() == ""))]
+    man = man[(man.split.astype(str) == a.split) & ok]
+    full = int(man.frames.sum())
     if a.limit: man = man.sample(n=min(a.limit, len(man)), random_state=0).sort_values("id")
     ids = list(man.id)
     utts = [st.frames(i) for i in ids]

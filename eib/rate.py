@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_rate.ipynb #4f9dc64b
 from __future__ import annotations
-import math, struct, time, zlib
+import math, time
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd

@@ -44,3 +44,15 @@ def browser(tmp_path_factory):
                                                    args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900})
         yield ctx
         ctx.close()
+
+
+def offline_page(browser):
+    """A new page on which nothing may leave 127.0.0.1: such requests are recorded in the returned list, then aborted
+    (data:, blob: and about: URLs are not network requests). -> (page, outside)."""
+    from urllib.parse import urlparse
+    outside = []
+    local = lambda url: url.startswith(("data:", "blob:", "about:")) or urlparse(url).hostname == "127.0.0.1"
+    page = browser.new_page()
+    page.on("request", lambda req: None if local(req.url) else outside.append(req.url))
+    page.route("**/*", lambda route: route.continue_() if local(route.request.url) else route.abort())
+    return page, outside

@@ -1,11 +1,10 @@
 """The λ explorer in a real JupyterLab: start it on 127.0.0.1, open nbs/13_explorer.ipynb, run every cell, move the
 λ slider with the keyboard and read the new achieved BPF from the page. No request may leave 127.0.0.1."""
 import json, os, re, secrets, signal, socket, subprocess, sys, time, urllib.request
-from urllib.parse import urlparse
 
 import pytest
 
-from conftest import ARTIFACTS, ROOT
+from conftest import ARTIFACTS, ROOT, offline_page
 
 NOTEBOOK = "nbs/13_explorer.ipynb"
 RUN_TIMEOUT_S = float(os.environ.get("EIB_LAB_RUN_TIMEOUT", 600))  # the whole notebook, its tests included
@@ -100,13 +99,7 @@ def _number(page, sel: str):
 def test_explorer_in_jupyterlab(lab, browser):
     base, token = lab
     shots = ARTIFACTS / "screenshots"; shots.mkdir(parents=True, exist_ok=True)
-    outside = []
-    page = browser.new_page()
-    page.on("request", lambda req: None if req.url.startswith(("data:", "blob:", "about:"))
-            or urlparse(req.url).hostname == "127.0.0.1" else outside.append(req.url))
-    # Nothing may leave 127.0.0.1: such requests are recorded, then aborted.
-    page.route("**/*", lambda route: route.continue_() if urlparse(route.request.url).hostname == "127.0.0.1"
-               or route.request.url.startswith("data:") else route.abort())
+    page, outside = offline_page(browser)
     try:
         page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", wait_until="domcontentloaded", timeout=90_000)
         page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)

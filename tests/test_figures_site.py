@@ -3,12 +3,11 @@ Chromium, with no request leaving 127.0.0.1. A throwaway project in a temporary 
 is not touched."""
 import subprocess, sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 import nbformat
 import pytest
 
-from conftest import serve
+from conftest import offline_page, serve
 import eib.figures as F
 
 QUARTO = """project:
@@ -63,10 +62,7 @@ def test_svg_output_is_inline_in_the_page(tiny_site):
 
 def test_figure_visible_offline_in_browser(tiny_site, browser):
     base, srv = serve(tiny_site)
-    outside = []
-    page = browser.new_page()
-    page.on("request", lambda req: outside.append(req.url) if urlparse(req.url).hostname not in ("127.0.0.1", None) else None)
-    page.route("**/*", lambda route: route.continue_() if urlparse(route.request.url).hostname == "127.0.0.1" else route.abort())
+    page, outside = offline_page(browser)
     try:
         page.goto(f"{base}/figs.html", wait_until="networkidle")
         svg = page.locator("main .cell-output-display svg").first
@@ -83,10 +79,7 @@ def test_interactive_chart_offline_with_tooltips(tiny_site, browser):
     html = (tiny_site / "live.html").read_text()
     assert html.count('class="eib-vega-bundle"') == 1 and "<script src=\"http" not in html
     base, srv = serve(tiny_site)
-    outside = []
-    page = browser.new_page()
-    page.on("request", lambda req: outside.append(req.url) if urlparse(req.url).hostname not in ("127.0.0.1", None) else None)
-    page.route("**/*", lambda route: route.continue_() if urlparse(route.request.url).hostname == "127.0.0.1" else route.abort())
+    page, outside = offline_page(browser)
     try:
         page.goto(f"{base}/live.html", wait_until="load")
         page.wait_for_selector("main .eib-chart svg g.mark-symbol path", timeout=60_000)

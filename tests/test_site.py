@@ -5,7 +5,7 @@ from urllib.parse import urljoin, urlparse
 
 import pytest
 
-from conftest import ARTIFACTS, serve
+from conftest import ARTIFACTS, offline_page, serve
 
 FIGURES = "main img, main svg, main canvas, main figure, main .vega-embed, main .cell-output-display > *"
 
@@ -26,18 +26,9 @@ def test_site_has_every_chapter(site):
 def test_every_page_in_browser(site, browser):
     base, srv = serve(site)
     shots = ARTIFACTS / "screenshots"; shots.mkdir(parents=True, exist_ok=True)
-    outside, failed = [], []
-    page = browser.new_page()
-
-    def on_request(req):
-        host = urlparse(req.url).hostname
-        if req.url.startswith(("data:", "blob:", "about:")): return
-        if host != "127.0.0.1": outside.append(req.url)
-    page.on("request", on_request)
+    failed = []
+    page, outside = offline_page(browser)
     page.on("requestfailed", lambda r: failed.append(r.url) if urlparse(r.url).hostname == "127.0.0.1" else None)
-    # Nothing may leave 127.0.0.1: such requests are recorded, then aborted.
-    page.route("**/*", lambda route: route.continue_() if urlparse(route.request.url).hostname == "127.0.0.1"
-               or route.request.url.startswith("data:") else route.abort())
     links, report = set(), {}
     try:
         for rel in _pages(site):

@@ -9,7 +9,7 @@
 # %%
 #| export
 from __future__ import annotations
-import math, struct, time, zlib
+import math, time
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd

@@ -226,19 +226,19 @@ else: md("No results file yet.")
 # The quotes above are verbatim: checked against the sources when they are present (not in a fresh clone elsewhere).
 _ref, _design = shared_root() / "reference" / "original-thesis-README.md", shared_root() / "DESIGN.md"
 _norm = lambda s: re.sub(r"\s+", " ", s)
-if _ref.exists():
-    _txt = _norm(_ref.read_text())
-    for _q in ["**Stepwise degradation**: Emotion information exhibits clear critical thresholds at **200 BPF** and **100 BPF**",
-               "**Neutral robustness**: Neutral emotion maintains ~100% accuracy even at 10 BPF extreme compression",
-               "**Emotion hierarchy**: High-arousal emotions (anger, sadness, surprise) degrade significantly below 100 BPF",
-               "We achieve ±1 BPF (bits per frame) accuracy",
-               "**Continuous control**: Achieves fine-grained bitrate sampling (10-300 BPF) vs. traditional discrete layer switching"]:
-        assert _q in _txt, _q
-if _design.exists():
-    _txt = _norm(_design.read_text())
-    for _q in ["its rates are the model's estimate (-log2 q). There is no coder and no decoder.",
-               '"Weighted F1" was never computed (the figure plots accuracy)',
-               '"47 rate points" were really 44: 10..200 step 5, then 220..300 step 20',
-               'A claim like "neutral keeps ~100% at 10 BPF" is what a classifier that always says neutral would score',
-               "Codebooks trained without SKIP; entropy model trained on tokens from a different, threshold-based skip rule"]:
-        assert _q in _txt, _q
+_quotes = {
+    _ref: ["**Stepwise degradation**: Emotion information exhibits clear critical thresholds at **200 BPF** and **100 BPF**",
+        "**Neutral robustness**: Neutral emotion maintains ~100% accuracy even at 10 BPF extreme compression",
+        "**Emotion hierarchy**: High-arousal emotions (anger, sadness, surprise) degrade significantly below 100 BPF",
+        "We achieve ±1 BPF (bits per frame) accuracy",
+        "**Continuous control**: Achieves fine-grained bitrate sampling (10-300 BPF) vs. traditional discrete layer switching"],
+    _design: ["its rates are the model's estimate (-log2 q). There is no coder and no decoder.",
+        '"Weighted F1" was never computed (the figure plots accuracy)',
+        '"47 rate points" were really 44: 10..200 step 5, then 220..300 step 20',
+        'A claim like "neutral keeps ~100% at 10 BPF" is what a classifier that always says neutral would score',
+        "Codebooks trained without SKIP; entropy model trained on tokens from a different, threshold-based skip rule"]
+}
+for _path, _qs in _quotes.items():
+    if not _path.exists(): continue
+    _txt = _norm(_path.read_text())
+    for _q in _qs: assert _q in _txt, _q
