@@ -464,17 +464,21 @@ def load_results(path) -> dict:
 
 def start_results(path, skeleton: dict, force: bool = False) -> dict:
     """Resume or begin a sweep: an existing file at `path` with the same dataset, encoder, classifier, protocol,
-    classes and config is returned (its finished points kept); a new one is written from `skeleton`.
-    A file made with another configuration is an error unless `force` (then it is replaced)."""
+    classes and config is returned (its finished points kept); otherwise a new one is written from `skeleton`.
+    An existing file of another configuration (or any, with `force`) is first moved to `superseded/` beside it."""
     validate_results(skeleton)
     p = Path(path)
-    if p.exists() and not force:
+    if p.exists():
         old = load_results(p)
         key = lambda o: fingerprint({k: o[k] for k in ("dataset", "encoder", "classifier", "label_protocol", "classes", "config")})
-        if key(old) != key(skeleton):
-            raise EibError(f"{p} holds results of another configuration (config {old['config']}); "
-                           "pass another path, or force=True (--force) to start over")
-        return old
+        if key(old) == key(skeleton) and not force: return old
+        keep = p.parent / "superseded" / f"{p.stem}.{key(old)[:8]}.json"
+        n = 1
+        while keep.exists(): keep, n = keep.with_name(f"{p.stem}.{key(old)[:8]}-{n}.json"), n + 1
+        keep.parent.mkdir(exist_ok=True)
+        os.replace(p, keep)
+        warnings.warn(f"{p} held results of {'another configuration' if key(old) != key(skeleton) else 'this configuration'} "
+                      f"(config {old['config']}); kept as {keep}, starting afresh")
     write_results(p, skeleton)
     return skeleton
 

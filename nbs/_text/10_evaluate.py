@@ -760,17 +760,21 @@ def load_results(path) -> dict:
 
 def start_results(path, skeleton: dict, force: bool = False) -> dict:
     """Resume or begin a sweep: an existing file at `path` with the same dataset, encoder, classifier, protocol,
-    classes and config is returned (its finished points kept); a new one is written from `skeleton`.
-    A file made with another configuration is an error unless `force` (then it is replaced)."""
+    classes and config is returned (its finished points kept); otherwise a new one is written from `skeleton`.
+    An existing file of another configuration (or any, with `force`) is first moved to `superseded/` beside it."""
     validate_results(skeleton)
     p = Path(path)
-    if p.exists() and not force:
+    if p.exists():
         old = load_results(p)
         key = lambda o: fingerprint({k: o[k] for k in ("dataset", "encoder", "classifier", "label_protocol", "classes", "config")})
-        if key(old) != key(skeleton):
-            raise EibError(f"{p} holds results of another configuration (config {old['config']}); "
-                           "pass another path, or force=True (--force) to start over")
-        return old
+        if key(old) == key(skeleton) and not force: return old
+        keep = p.parent / "superseded" / f"{p.stem}.{key(old)[:8]}.json"
+        n = 1
+        while keep.exists(): keep, n = keep.with_name(f"{p.stem}.{key(old)[:8]}-{n}.json"), n + 1
+        keep.parent.mkdir(exist_ok=True)
+        os.replace(p, keep)
+        warnings.warn(f"{p} held results of {'another configuration' if key(old) != key(skeleton) else 'this configuration'} "
+                      f"(config {old['config']}); kept as {keep}, starting afresh")
     write_results(p, skeleton)
     return skeleton
 
@@ -874,7 +878,9 @@ _bad(lambda o: o["layer_sweep"][0]["metrics"]["confusion"]["matrix"][0].__setite
 # %% [markdown]
 # A sweep resumes: `start_results` writes the skeleton (or returns the existing file of the same
 # configuration), each finished point is upserted (the file rewritten atomically), and `finished_targets`
-# says what to skip after an interruption. A file of another configuration is never overwritten silently.
+# says what to skip after an interruption. A file of another configuration (say, the committed results of a codec
+# that a fresh clone retrains) is never overwritten: it is moved to `superseded/` beside it, out of the
+# `rate_sweep_*.json` pattern that the website reads, and the sweep starts afresh.
 
 # %%
 with tempfile.TemporaryDirectory() as _t:
@@ -885,11 +891,16 @@ with tempfile.TemporaryDirectory() as _t:
     _o = upsert_rate_point(_fp, _pt(100.0) | dict(capped=True))          # same target again: replaced, not added
     test_eq(finished_targets(_fp), [10.0, 100.0]); test_eq(_o["rate_points"][1]["capped"], True)
     test_eq(start_results(_fp, _sk)["rate_points"], _o["rate_points"])   # resuming keeps finished points
-    _other = copy.deepcopy(_sk); _other["config"]["seed"] = 7
-    test_fail(lambda: start_results(_fp, _other), contains="another configuration")
     test_fail(lambda: upsert_rate_point(_fp, {"target_bpf": 5}), contains="at $.rate_points.<new>: 'capped' is a required")
     test_eq(load_results(_fp), _o)                                        # a refused point loses nothing
-    test_eq(sorted(p.name for p in _fp.parent.iterdir()), ["rate_sweep_SYNTH.json"])  # no temporary files left
+    _other = copy.deepcopy(_sk); _other["config"]["seed"] = 7
+    with warnings.catch_warnings(record=True) as _w:
+        warnings.simplefilter("always")
+        test_eq(start_results(_fp, _other)["rate_points"], [])           # another configuration starts afresh ...
+    test_eq(finished_targets(_fp), []); test_eq("another configuration" in str(_w[0].message), True)
+    _kept = list((_fp.parent / "superseded").iterdir())
+    test_eq(len(_kept), 1); test_eq(load_results(_kept[0]), _o)          # ... and the old file is kept, not overwritten
+    test_eq(sorted(p.name for p in _fp.parent.iterdir()), ["rate_sweep_SYNTH.json", "superseded"])  # no temporary files
     _fp.write_text("{"); test_fail(lambda: load_results(_fp), contains="not valid JSON")
 
 # %% [markdown]

@@ -41,7 +41,7 @@ samples_per_emotion = 100  # test utterances per class (select_subset of the TES
 out_dir = "../evaluation_results"  # relative to nbs/ (whatever the working directory)
 checkpoint = None  # codec folder (None: checkpoints/<dataset>_<preset>)
 layer_sweep = True  # also sweep the plain-RVQ layer baseline
-force = False  # replace a results file made with another configuration
+force = False  # start afresh even when the results file holds this configuration (the old file is kept in superseded/)
 workers = 2  # processes for per-utterance rate control (utterances split between them)
 
 # %%
