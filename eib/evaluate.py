@@ -12,12 +12,12 @@ import pandas as pd
 from .core import EibError, atomic_write_json, fingerprint, repo_root
 
 # %% auto #0
-__all__ = ['POOLINGS', 'DEFAULT_CS', 'PLUS_HEAD_LABELS', 'CI_METRICS', 'RESULTS_SCHEMA_VERSION', 'METRICS_SCHEMA',
-           'RATE_POINT_SCHEMA', 'LAYER_POINT_SCHEMA', 'RESULTS_SCHEMA', 'THESIS_RATES_BPF', 'QUICK_RATES_BPF', 'pool',
-           'pool_many', 'Probe', 'load_probe', 'fit_probe', 'blobs', 'plus_head_available', 'evaluate_predictions',
-           'majority_baseline', 'unquantised_baseline', 'gaussian_rd_bound', 'store_split', 'validate_results',
-           'new_results', 'write_results', 'load_results', 'start_results', 'upsert_rate_point', 'upsert_layer_point',
-           'finished_targets', 'results_files', 'rerun_files']
+__all__ = ['POOLINGS', 'DEFAULT_CS', 'PLUS_HEAD_LABELS', 'PLUS_TO_EMOTION', 'CI_METRICS', 'RESULTS_SCHEMA_VERSION',
+           'METRICS_SCHEMA', 'RATE_POINT_SCHEMA', 'LAYER_POINT_SCHEMA', 'RESULTS_SCHEMA', 'THESIS_RATES_BPF',
+           'QUICK_RATES_BPF', 'pool', 'pool_many', 'Probe', 'load_probe', 'fit_probe', 'blobs', 'plus_head_available',
+           'PlusHead', 'evaluate_predictions', 'majority_baseline', 'unquantised_baseline', 'gaussian_rd_bound',
+           'store_split', 'validate_results', 'new_results', 'write_results', 'load_results', 'start_results',
+           'upsert_rate_point', 'upsert_layer_point', 'finished_targets', 'results_files', 'rerun_files']
 
 # %% ../nbs/10_evaluate.ipynb #3ca79ad8
 POOLINGS = ("mean", "meanstd")
@@ -186,6 +186,31 @@ def plus_head_available(model_dir) -> bool:
     if not ((p / "config.yaml").is_file() and (p / "model.pt").is_file() and (p / "tokens.txt").is_file()): return False
     toks = [t.strip() for t in (p / "tokens.txt").read_text(encoding="utf-8").splitlines() if t.strip()]
     return len(toks) == PLUS_HEAD_LABELS
+
+# %% ../nbs/10_evaluate.ipynb #b2e1d8c3
+PLUS_TO_EMOTION = dict(angry="angry", disgusted="disgust", fearful="fear", happy="happy", neutral="neutral", sad="sad",
+                       surprised="surprise")
+
+class PlusHead:
+    "emotion2vec_plus's own 9-class head (an `Emotion2vecEncoder`) as a classifier over the protocol's `classes`."
+    kind = "emotion2vec_plus_head"
+    def __init__(self, encoder, classes):
+        labels = list(getattr(encoder, "labels", None) or [])
+        if len(labels) != PLUS_HEAD_LABELS:
+            raise EibError(f"{getattr(encoder, 'name', encoder)} has a head of {len(labels)} labels, expected "
+                           f"{PLUS_HEAD_LABELS}: not an emotion2vec_plus model")
+        col = {PLUS_TO_EMOTION[l]: i for i, l in enumerate(labels) if l in PLUS_TO_EMOTION}
+        self.encoder, self.classes_ = encoder, [str(c) for c in classes]
+        self.missing = [c for c in self.classes_ if c not in col]  # protocol classes the head cannot say
+        if len(self.missing) == len(self.classes_): raise EibError(f"the head names none of the classes {self.classes_}")
+        self._cols = [col.get(c) for c in self.classes_]
+    def __repr__(self): return f"PlusHead({self.encoder.name}, {len(self.classes_)} classes, missing {self.missing})"
+    def predict_proba(self, utts) -> np.ndarray:
+        "Probabilities `(N, C)` of `classes_` for a list of `(T, D)` frame arrays."
+        P9 = np.stack([np.asarray(self.encoder.classify(f), np.float64) for f in utts])
+        P = np.stack([P9[:, j] if j is not None else np.zeros(len(P9)) for j in self._cols], 1)
+        s = P.sum(1, keepdims=True)
+        return np.where(s > 0, P / np.where(s > 0, s, 1), 1 / len(self._cols))
 
 # %% ../nbs/10_evaluate.ipynb #faeb621f
 CI_METRICS = ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "mean_true_label_prob")

@@ -279,7 +279,7 @@ test_fail(lambda: Probe.from_dict({"kind": "mlp"}), contains="not a linear probe
 # (the thesis code paired emotion2vec_base features with the plus head). `plus_head_available` is the cheap
 # check a sweep makes before loading anything: a funasr model folder whose `tokens.txt` lists exactly 9
 # labels. Loading and applying the head is `eib.features.Emotion2vecEncoder(...).classify`, which asserts
-# 9 outputs; mapping its labels onto a label protocol is left to a later chapter.
+# 9 outputs; `PlusHead` (below) maps its labels onto a label protocol.
 
 # %%
 #| export
@@ -304,6 +304,57 @@ with tempfile.TemporaryDirectory() as _t:
     test_eq(plus_head_available(_m), False)                                  # a 5-label head is not the plus head
     (_m / "tokens.txt").write_text("\n".join([*"abcdefgh", "<unk>"]) + "\n")
     test_eq(plus_head_available(_m), True)
+
+# %% [markdown]
+# `PlusHead` makes the head a classifier of a protocol's classes, like the probe: its probabilities of the
+# emotions the protocol names (disgusted → disgust, fearful → fear, surprised → surprise), renormalised over
+# them. 'other' and 'unknown' name no protocol class; a protocol class the head lacks (EmoDB's boredom) gets
+# probability 0, so its recall is 0 — a limit of the head, reported as measured, not hidden.
+
+# %%
+#| export
+PLUS_TO_EMOTION = dict(angry="angry", disgusted="disgust", fearful="fear", happy="happy", neutral="neutral", sad="sad",
+                       surprised="surprise")
+
+class PlusHead:
+    "emotion2vec_plus's own 9-class head (an `Emotion2vecEncoder`) as a classifier over the protocol's `classes`."
+    kind = "emotion2vec_plus_head"
+    def __init__(self, encoder, classes):
+        labels = list(getattr(encoder, "labels", None) or [])
+        if len(labels) != PLUS_HEAD_LABELS:
+            raise EibError(f"{getattr(encoder, 'name', encoder)} has a head of {len(labels)} labels, expected "
+                           f"{PLUS_HEAD_LABELS}: not an emotion2vec_plus model")
+        col = {PLUS_TO_EMOTION[l]: i for i, l in enumerate(labels) if l in PLUS_TO_EMOTION}
+        self.encoder, self.classes_ = encoder, [str(c) for c in classes]
+        self.missing = [c for c in self.classes_ if c not in col]  # protocol classes the head cannot say
+        if len(self.missing) == len(self.classes_): raise EibError(f"the head names none of the classes {self.classes_}")
+        self._cols = [col.get(c) for c in self.classes_]
+    def __repr__(self): return f"PlusHead({self.encoder.name}, {len(self.classes_)} classes, missing {self.missing})"
+    def predict_proba(self, utts) -> np.ndarray:
+        "Probabilities `(N, C)` of `classes_` for a list of `(T, D)` frame arrays."
+        P9 = np.stack([np.asarray(self.encoder.classify(f), np.float64) for f in utts])
+        P = np.stack([P9[:, j] if j is not None else np.zeros(len(P9)) for j in self._cols], 1)
+        s = P.sum(1, keepdims=True)
+        return np.where(s > 0, P / np.where(s > 0, s, 1), 1 / len(self._cols))
+
+
+# %% [markdown]
+# With a random-weight plus model (funasr's own class, 32 dims; `eib.features.tiny_emotion2vec`) and an
+# EmoDB-like class list: the probabilities are the head's own, renormalised, and boredom is never predicted.
+
+# %%
+from eib.features import get_encoder, tiny_emotion2vec, PLUS_LABELS
+with tempfile.TemporaryDirectory() as _d:
+    _plus = get_encoder("emotion2vec_plus_base", model_dir=tiny_emotion2vec(Path(_d) / "plus", labels=PLUS_LABELS), check_dim=False)
+    _h = PlusHead(_plus, ["angry", "boredom", "neutral", "sad"])
+    _u = [np.random.default_rng(i).normal(0, 1, (40, 32)).astype(np.float32) for i in range(3)]
+    _P = _h.predict_proba(_u)
+    test_eq((_P.shape, _h.missing), ((3, 4), ["boredom"])); test_close(_P.sum(1), np.ones(3)); test_eq(_P[:, 1], np.zeros(3))
+    _p9, _i = _plus.classify(_u[0]), [_plus.labels.index(l) for l in ("angry", "neutral", "sad")]
+    test_close(_P[0, [0, 2, 3]], _p9[_i] / _p9[_i].sum(), eps=1e-6)
+    _base = get_encoder("emotion2vec_base", model_dir=tiny_emotion2vec(Path(_d) / "base"), check_dim=False)
+    test_fail(lambda: PlusHead(_base, ["sad"]), contains="expected 9")
+    test_fail(lambda: PlusHead(_plus, ["boredom", "calm"]), contains="names none")
 
 # %% [markdown]
 # ## Metrics

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 from eib.core import EibError, repo_root, fingerprint
-from eib.evaluate import (QUICK_RATES_BPF, THESIS_RATES_BPF, evaluate_predictions, fit_probe, gaussian_rd_bound,
+from eib.evaluate import (QUICK_RATES_BPF, THESIS_RATES_BPF, evaluate_predictions, fit_probe, PlusHead, gaussian_rd_bound,
                           majority_baseline, new_results, start_results, store_split, validate_results, write_results)
 
 # %%
@@ -42,6 +42,11 @@ from fastcore.test import test_eq, test_fail, test_close
 #
 # The results file `rate_sweep_<DATASET>.json` (`eib.evaluate.RESULTS_SCHEMA`) is rewritten atomically after
 # every point; a rerun skips the points already there.
+#
+# With emotion2vec_plus features (`encoder="emotion2vec_plus_base"` or `_large`) and that model's weights present,
+# the model's **own 9-class head** (`eib.evaluate.PlusHead`) scores the same decoded frames as a second classifier,
+# into its own file `rate_sweep_<DATASET>_<encoder>_head.json`: features and head from the one model, checked by
+# the weights' hash recorded in the store.
 
 # %%
 #| export
@@ -88,9 +93,10 @@ def _in_repo(p) -> Path:
     p = Path(p).expanduser()
     return p if p.is_absolute() else repo_root() / p
 
-def results_path(dataset: str, out_dir="evaluation_results") -> Path:
-    "Where a sweep of `dataset` writes its results."
-    return Path(out_dir) / f"rate_sweep_{dataset.upper()}.json"
+def results_path(dataset: str, out_dir="evaluation_results", encoder: str = "compare", classifier: str = "linear_probe") -> Path:
+    "Where a sweep of `dataset` writes its results: `rate_sweep_<DATASET>[_<encoder>][_head].json`."
+    name = dataset.upper() + ("" if encoder == "compare" else f"_{encoder}") + ("" if classifier == "linear_probe" else "_head")
+    return Path(out_dir) / f"rate_sweep_{name}.json"
 
 
 # %%
@@ -98,6 +104,8 @@ test_eq(resolve_data_root("ravdess", None), None)
 test_eq(resolve_data_root("synth", "nbs"), repo_root() / "nbs")  # relative to the repository root from anywhere
 test_fail(lambda: resolve_data_root("emodb", "no/such/folder"), contains="emodb: no data at")
 test_eq(results_path("ravdess", "x").name, "rate_sweep_RAVDESS.json")
+test_eq(results_path("ravdess", "x", "emotion2vec_plus_base", "emotion2vec_plus_head").name,
+        "rate_sweep_RAVDESS_emotion2vec_plus_base_head.json")
 
 
 # %% [markdown]
@@ -108,8 +116,8 @@ test_eq(results_path("ravdess", "x").name, "rate_sweep_RAVDESS.json")
 def _store_name(dataset: str, encoder: str) -> str: return dataset if encoder == "compare" else f"{dataset}_{encoder}"
 
 def prepare_features(dataset: str, data_root=None, encoder: str = "compare", features_dir="data_subset",
-                     device: str = "cpu", progress: bool = True):
-    "The feature store of `dataset` (built from `data_root` if missing) -> `FeatureStore`."
+                     device: str = "cpu", progress: bool = True, model_dir=None):
+    "The feature store of `dataset` (built from `data_root` if missing; `model_dir`: emotion2vec weights) -> `FeatureStore`."
     from eib.data import DATASETS
     from eib.features import ENCODERS, build_store, load_store
     if dataset not in DATASETS or dataset == "manifest":
@@ -118,8 +126,8 @@ def prepare_features(dataset: str, data_root=None, encoder: str = "compare", fea
     path = _in_repo(features_dir) / _store_name(dataset, encoder)
     if not (path / "meta.json").exists():
         root = resolve_data_root(dataset, data_root)
-        build_store(dataset, root, encoder=encoder, out=path.parent, name=path.name, device=device, progress=progress,
-                    command=f"eib.sweep.prepare_features({dataset!r}, encoder={encoder!r})")
+        build_store(dataset, root, encoder=encoder, out=path.parent, name=path.name, model_dir=model_dir,
+                    device=device, progress=progress, command=f"eib.sweep.prepare_features({dataset!r}, encoder={encoder!r})")
     store = load_store(path)
     if store.encoder != encoder:
         raise EibError(f"{path} holds {store.encoder} features, not {encoder}; pass features_dir=<another folder>")
@@ -166,10 +174,26 @@ def test_subset(store, protocol: str, samples_per_emotion: int | None = 100, see
     ids = list(sub["id"])
     return ids, [store.frames(u) for u in ids], sub["label"].to_numpy(str)
 
+def plus_head(store, classes, model_dir=None):
+    """emotion2vec_plus's own head over `classes` (`eib.evaluate.PlusHead`) when `store` holds a plus model's
+    features and that model's weights are present, else None; the head must be the model that made the store."""
+    from eib.features import E2V_MODELS, get_encoder
+    name = store.encoder
+    if name not in E2V_MODELS or not E2V_MODELS[name][3]: return None
+    try: enc = get_encoder(name, model_dir=model_dir, check_dim=False)
+    except EibError as e:
+        print(f"{name}'s own head is not evaluated: {e}")
+        return None
+    if enc.version != store.meta.get("encoder_version"):
+        raise EibError(f"the head's model ({enc.version}) is not the one that made {store.path} "
+                       f"({store.meta.get('encoder_version')}): features and head must come from the same model")
+    return PlusHead(enc, classes)
+
 
 # %%
 _ids, _fr, _y = test_subset(_st, "synth", 2)
 test_eq(len(_ids), 12); test_eq(sorted(set(_y)), ["angry", "fear", "happy", "neutral", "sad", "surprise"])
+test_eq(plus_head(_st, ["sad"]), None)  # ComParE features: no head to ask
 
 
 # %% [markdown]
@@ -308,13 +332,24 @@ def _roundtrip(codec, data: bytes, tokens) -> None:
 
 # %%
 #| export
+_NOTES = ("Rates are whole eib.bitstream containers (header, payload, coder termination, CRC) per utterance, in bits per "
+          "frame. MSE and rd_bound: mean squared error per dimension in the codec's normalised space (training-split "
+          "standardisation). {clf} Targets above an utterance's lambda=0 rate are capped there (capped=true). Layer "
+          "sweep: plain RVQ, nearest code, n layers spread over groups, coded by an entropy model of the codec's shape "
+          "trained on layer-sweep tokens.")
+_CLF_NOTES = {"linear_probe": "The probe is a linear probe on pooled UNQUANTISED training-split frames.",
+              "emotion2vec_plus_head": "The classifier is the emotion2vec_plus model's own 9-class head (the model that "
+              "made the features), its probabilities restricted to the protocol's classes and renormalised; a class the "
+              "head lacks gets probability 0."}
+
 def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="quick", rate_mode: str = "utterance",
               preset: str = "cpu", device: str = "cpu", seed: int = 42, samples_per_emotion: int | None = 100,
               out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
               progress: bool = True, force: bool = False, layer_max_steps: int = 1500, command: str | None = None,
-              workers: int = 2) -> Path:
+              workers: int = 2, model_dir=None) -> Path:
     """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
-    write `<out_dir>/rate_sweep_<DATASET>.json` after every point, resuming the points already there."""
+    write `results_path(...)` after every point, resuming the points already there. With emotion2vec_plus features
+    and weights (`model_dir`), the model's own head scores the same decoded frames into a second file."""
     from tqdm.auto import tqdm
     from eib.data import LABEL_PROTOCOLS
     from eib.rate import RateController, solve_sharded
@@ -322,7 +357,7 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     targets = resolve_rates(rates)
     if rate_mode not in ("utterance", "set"): raise EibError(f"rate_mode must be 'utterance' or 'set', got {rate_mode!r}")
     if device == "cuda" and not torch.cuda.is_available(): raise EibError("device='cuda' but no CUDA device is available")
-    store = prepare_features(dataset, data_root, encoder, features_dir, device, progress)
+    store = prepare_features(dataset, data_root, encoder, features_dir, device, progress, model_dir=model_dir)
     t_feat = time.time()
     ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(dataset, preset, encoder)
     codec = get_codec(store, ck, preset, seed=0, device=device, progress=progress)
@@ -333,9 +368,7 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     T = np.array([len(f) for f in frames])
     classes = probe.classes_
     if set(y) - set(classes): raise EibError(f"test labels {sorted(set(y) - set(classes))} never occur in training")
-    P0 = probe.predict_proba(frames)
-    base = dict(unquantised=evaluate_predictions(y, P0, classes, seed=seed),
-                majority=majority_baseline(y_train, y, classes, seed=seed))
+    head = plus_head(store, classes, model_dir)
     rvq = codec.rvq
     bound = gaussian_rd_bound(frames, np.unique(np.r_[np.linspace(0, max(targets), 61), targets]),
                               mean=rvq.mean.numpy(), std=rvq.std.numpy())
@@ -343,32 +376,35 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
                   samples_per_emotion=samples_per_emotion, counts={c: int((y == c).sum()) for c in classes},
                   count="stream", checkpoint=ck.name, store=store.path.name, test_ids_fingerprint=fingerprint(ids),
                   layer_model="EntropyModel(codec config) on layer-sweep tokens", layer_max_steps=int(layer_max_steps))
-    notes = ("Rates are whole eib.bitstream containers (header, payload, coder termination, CRC) per utterance, in bits per "
-             "frame. MSE and rd_bound: mean squared error per dimension in the codec's normalised space (training-split "
-             "standardisation). The probe is a linear probe on pooled UNQUANTISED training-split frames. Targets above an "
-             "utterance's lambda=0 rate are capped there (capped=true). Layer sweep: plain RVQ, nearest code, n layers "
-             "spread over groups, coded by an entropy model of the codec's shape trained on layer-sweep tokens.")
     cmd = command if command is not None else " ".join(shlex.quote(a) for a in sys.argv)
-    skel = new_results(dataset.upper(), store.encoder, probe.kind, protocol, classes, config, base, bound, command=cmd)
-    skel["notes"] = notes
-    path = results_path(dataset, out_dir)
-    obj = start_results(path, skel, force=force)
-    obj.setdefault("notes", notes)
-    timing = obj.setdefault("timing", {})
-    timing.update(features_s=round(t_feat - t_start, 2), codec_s=round(t_codec - t_feat, 2),
-                  probe_s=round(time.time() - t_codec, 2), threads=torch.get_num_threads(), machine=platform.machine(),
-                  python=platform.python_version(), torch=torch.__version__)
-    timing.setdefault("rate_points_s", {}); timing.setdefault("layer_points_s", {})
-    write_results(path, obj)
-
-    def save_point(key, ident, point, secs):
-        pts = [q for q in obj[key] if q[ident] != point[ident]] + [point]
-        obj[key] = sorted(pts, key=lambda q: q[ident])
-        timing["rate_points_s" if key == "rate_points" else "layer_points_s"][str(point[ident])] = round(secs, 2)
-        timing["total_s"] = round(timing.get("total_s", 0.0) + secs, 2)
+    outs = []  # (classifier, results path, results object): one file per classifier, the same coded frames
+    for clf in [probe] + ([head] if head is not None else []):
+        base = dict(unquantised=evaluate_predictions(y, clf.predict_proba(frames), classes, seed=seed),
+                    majority=majority_baseline(y_train, y, classes, seed=seed))
+        skel = new_results(dataset.upper(), store.encoder, clf.kind, protocol, classes, config, base, bound, command=cmd)
+        skel["notes"] = _NOTES.format(clf=_CLF_NOTES[clf.kind])
+        path = results_path(dataset, out_dir, encoder, clf.kind)
+        obj = start_results(path, skel, force=force)
+        obj.setdefault("notes", skel["notes"])
+        timing = obj.setdefault("timing", {})
+        timing.update(features_s=round(t_feat - t_start, 2), codec_s=round(t_codec - t_feat, 2),
+                      probe_s=round(time.time() - t_codec, 2), threads=torch.get_num_threads(), machine=platform.machine(),
+                      python=platform.python_version(), torch=torch.__version__)
+        timing.setdefault("rate_points_s", {}); timing.setdefault("layer_points_s", {})
         write_results(path, obj)
+        outs.append((clf, path, obj))
 
-    done = {q["target_bpf"] for q in obj["rate_points"]}
+    def save_point(key, ident, point, recon, secs):
+        "Score the decoded frames `recon` with every classifier and write each file's point."
+        for clf, path, obj in outs:
+            p = dict(point, metrics=_evaluate(clf, recon, y, seed))
+            obj[key] = sorted([q for q in obj[key] if q[ident] != p[ident]] + [p], key=lambda q: q[ident])
+            timing = obj["timing"]
+            timing["rate_points_s" if key == "rate_points" else "layer_points_s"][str(p[ident])] = round(secs, 2)
+            timing["total_s"] = round(timing.get("total_s", 0.0) + secs, 2)
+            write_results(path, obj)
+
+    done = set.intersection(*({q["target_bpf"] for q in obj["rate_points"]} for _, _, obj in outs))
     todo = [t for t in targets if t not in done]
     if todo:
         def solved():  # (target, RateResult) in order; per-utterance control is split over `workers` processes
@@ -385,25 +421,26 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
             data = streams_of_tokens(rvq, codec.model, [r.tokens[u]])[0]
             if 8 * len(data) != r.bits[u]: raise EibError(f"stream of {ids[u]} has {8 * len(data)} bits, counted {r.bits[u]:.0f}")
             _roundtrip(codec, data, r.tokens[u])
-            m = _evaluate(probe, r.recon(rvq), y, seed)
             capped = bool(r.clamped.any() or (t > maxb).any())
             save_point("rate_points", "target_bpf", dict(
                 target_bpf=float(t), capped=capped, n_capped=int(max(r.clamped.sum(), (t > maxb).sum())),
                 **{f"achieved_bpf_{k}": v for k, v in _stats(r.bpf).items()}, set_bpf=r.set_bpf,
                 lam=dict(mean=float(r.lam.mean()), min=float(r.lam.min()), max=float(r.lam.max())),
                 mse=_mse(r.distortion, T, rvq.cfg.dim), status={s: int((r.status == s).sum()) for s in sorted(set(r.status))},
-                metrics=m, per_utterance=dict(id=list(ids), achieved_bpf=r.bpf.round(4).tolist(), lam=r.lam.tolist()),
+                per_utterance=dict(id=list(ids), achieved_bpf=r.bpf.round(4).tolist(), lam=r.lam.tolist()),
                 roundtrip_checked=ids[u], workers=int(workers) if rate_mode == "utterance" else 1,
-                passes=int(r.passes), evals=np.bincount(r.evals).tolist(), frames_encoded=int(r.frames_encoded)), time.time() - t0)
+                passes=int(r.passes), evals=np.bincount(r.evals).tolist(), frames_encoded=int(r.frames_encoded)),
+                r.recon(rvq), time.time() - t0)
             t0 = time.time()
     if layer_sweep:
         c = rvq.cfg
-        ns = [n for n in range(c.groups, c.positions + 1) if n not in {q["layers"] for q in obj["layer_sweep"]}]
+        have = set.intersection(*({q["layers"] for q in obj["layer_sweep"]} for _, _, obj in outs))
+        ns = [n for n in range(c.groups, c.positions + 1) if n not in have]
         if ns:
             t0 = time.time()
             lc = get_layer_codec(codec, store, Path(str(ck) + "_layers"), seed=0, device=device, progress=progress,
                                  max_steps=layer_max_steps)
-            timing["layer_model_s"] = round(time.time() - t0, 2)
+            for _, _, obj in outs: obj["timing"]["layer_model_s"] = round(time.time() - t0, 2)
             z = [rvq.normalise(f) for f in frames]
             for n in tqdm(ns, desc=f"{dataset} layer sweep", disable=not progress):
                 t0 = time.time()
@@ -414,15 +451,15 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
                 bpf = np.array([8 * len(s) for s in streams]) / T
                 zr = [rvq.decode_normalised(tk) for tk in toks]
                 dist = np.array([float(((a - b) ** 2).sum(1).mean()) for a, b in zip(z, zr)])
-                rec = [rvq.denormalise(q).numpy() for q in zr]
                 save_point("layer_sweep", "layers", dict(
                     layers=int(n), **{f"achieved_bpf_{k}": v for k, v in _stats(bpf).items()},
                     set_bpf=float(8 * sum(len(s) for s in streams) / T.sum()), mse=_mse(dist, T, c.dim),
-                    metrics=_evaluate(probe, rec, y, seed), per_utterance=dict(id=list(ids), achieved_bpf=bpf.round(4).tolist())),
-                    time.time() - t0)
-    timing["wall_s_last_run"] = round(time.time() - t_start, 2)
-    write_results(path, obj)
-    return path
+                    per_utterance=dict(id=list(ids), achieved_bpf=bpf.round(4).tolist())),
+                    [rvq.denormalise(q).numpy() for q in zr], time.time() - t0)
+    for _, path, obj in outs:
+        obj["timing"]["wall_s_last_run"] = round(time.time() - t_start, 2)
+        write_results(path, obj)
+    return outs[0][1]
 
 
 # %% [markdown]
@@ -445,3 +482,48 @@ assert _o["layer_sweep"][0]["mse"] > _o["layer_sweep"][-1]["mse"]  # more layers
 _t0 = time.time(); run_sweep("synth", rates=[5, 1000], samples_per_emotion=2, out_dir=_tmp, checkpoint=_tmp / "ck", progress=False, layer_max_steps=5)
 test_eq(load_results(_p)["timing"]["total_s"], _o["timing"]["total_s"])  # nothing recomputed
 test_fail(lambda: run_sweep("synth", rates="x", out_dir=_tmp), contains="unknown rate list")
+
+# %% [markdown]
+# The same sweep on emotion2vec_plus features. A random-weight plus model (funasr's own `Emotion2vec` class, 32 dims,
+# `eib.features.tiny_emotion2vec`) encodes a few noise clips into a store, a small codec is fitted to them, and
+# `run_sweep` scores every decoded point twice: the probe into one file, the model's own head into the other, with
+# the same rates. A head from other weights than the store's is refused.
+
+# %%
+import tempfile
+import soundfile as sf
+from eib.evaluate import evaluate_predictions, load_results
+from eib.features import build_store, tiny_emotion2vec, PLUS_LABELS
+from eib.train import save_codec
+_tmp2 = Path(tempfile.mkdtemp())
+_mdir = tiny_emotion2vec(_tmp2 / "plus", labels=PLUS_LABELS)
+_rng, _rows = np.random.default_rng(0), []
+for _s in range(6):
+    for _k, _e in enumerate(("angry", "neutral", "sad")):
+        for _j in range(2):
+            _f = _tmp2 / "audio" / f"s{_s}_{_e}_{_j}.wav"; _f.parent.mkdir(exist_ok=True)
+            sf.write(_f, _rng.normal(0, 0.05 * (1 + _k), 16000).astype(np.float32), 16000)
+            _rows.append(dict(path=f"audio/{_f.name}", speaker=f"s{_s}", emotion=_e, split="test" if _s >= 4 else "train"))
+pd.DataFrame(_rows).to_csv(_tmp2 / "manifest.csv", index=False)
+build_store("manifest", _tmp2, encoder="emotion2vec_plus_base", model_dir=_mdir, out=_tmp2 / "feats",
+            name="synth_emotion2vec_plus_base", workers=1, progress=False, verbose=False, check_dim=False)
+_st2 = prepare_features("synth", encoder="emotion2vec_plus_base", features_dir=_tmp2 / "feats")
+_rvq2 = fit_rvq(np.concatenate([_st2.frames(u) for u in _st2.manifest.id]), RVQConfig.for_dim(32, layers=2, codes=8),
+                iters=1, progress=False)
+torch.manual_seed(0)
+_em2 = EntropyModel(EntropyConfig.for_rvq(_rvq2.cfg, "cpu", d_model=16, n_layers=1, n_heads=2, d_ff=32)).eval()
+save_codec(Codec(_rvq2, _em2, dict(preset="test")), _tmp2 / "ck")
+_p = run_sweep("synth", encoder="emotion2vec_plus_base", model_dir=_mdir, features_dir=_tmp2 / "feats", rates=[5, 1000],
+               samples_per_emotion=None, out_dir=_tmp2, checkpoint=_tmp2 / "ck", progress=False, layer_max_steps=5,
+               workers=1, command="test")
+_o, _oh = load_results(_p), load_results(results_path("synth", _tmp2, "emotion2vec_plus_base", "emotion2vec_plus_head"))
+test_eq((_p.name, _o["classifier"], _oh["classifier"]),
+        ("rate_sweep_SYNTH_emotion2vec_plus_base.json", "linear_probe", "emotion2vec_plus_head"))
+for _k in ("rate_points", "layer_sweep"):  # the same coded frames, scored by both classifiers
+    test_eq([q["achieved_bpf_mean"] for q in _oh[_k]], [q["achieved_bpf_mean"] for q in _o[_k]])
+test_eq(len(_o["layer_sweep"]), 3)                                  # n = G..G*M = 2..4 layers
+_ids2, _fr2, _y2 = test_subset(_st2, "synth", None)
+_P = plus_head(_st2, _o["classes"], _mdir).predict_proba(_fr2)    # the head's own scores of the clean test frames
+test_eq(_oh["baselines"]["unquantised"]["f1_weighted"], evaluate_predictions(_y2, _P, _o["classes"], seed=42)["f1_weighted"])
+test_fail(lambda: plus_head(_st2, _o["classes"], tiny_emotion2vec(_tmp2 / "other", labels=PLUS_LABELS, seed=1)),
+          contains="same model")

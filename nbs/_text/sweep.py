@@ -22,7 +22,9 @@
 # (trains it if missing), sweeps (`eib.sweep.run_sweep`) and writes `evaluation_results/rate_sweep_<DATASET>.json`
 # after every point; an interrupted run resumes where it stopped. A relative `data_root` is taken from the
 # working directory, else from the repository root. `rates` is `quick` (10, 100, 200, 300 BPF), `full` (the
-# thesis's 44 points) or a list such as `[10, 20, 50]`.
+# thesis's 44 points) or a list such as `[10, 20, 50]`. With `encoder` an emotion2vec_plus model and its weights
+# present (`model_dir`), the model's own head scores the same decoded frames into
+# `rate_sweep_<DATASET>_<encoder>_head.json` beside the probe's file.
 #
 # With no parameters it sweeps the committed synthetic set with the committed codec at the quick rates; when
 # `evaluation_results/rate_sweep_SYNTH.json` already holds those points (the committed full sweep does) the run
@@ -43,26 +45,30 @@ checkpoint = None  # codec folder (None: checkpoints/<dataset>_<preset>)
 layer_sweep = True  # also sweep the plain-RVQ layer baseline
 force = False  # start afresh even when the results file holds this configuration (the old file is kept in superseded/)
 workers = 2  # processes for per-utterance rate control (utterances split between them)
+model_dir = None  # emotion2vec weights folder (None: the default places); a plus model's own head is scored too
 
 # %%
 import time
 from pathlib import Path
 from eib.core import repo_root
-from eib.sweep import run_sweep, resolve_rates
+from eib.sweep import run_sweep, resolve_rates, results_path
 from eib.evaluate import load_results
 from eib import figures as F
 F.use_offline_renderer()
 _cmd = (f"papermill nbs/sweep.ipynb -p dataset {dataset} -p data_root {data_root} -p encoder {encoder} -p rates {rates!r} "
         f"-p rate_mode {rate_mode} -p preset {preset} -p device {device} -p seed {seed} "
-        f"-p samples_per_emotion {samples_per_emotion} -p layer_sweep {layer_sweep} -p workers {workers}")
+        f"-p samples_per_emotion {samples_per_emotion} -p layer_sweep {layer_sweep} -p workers {workers}"
+        + (f" -p model_dir {model_dir}" if model_dir else ""))
 _out = Path(out_dir) if Path(out_dir).is_absolute() else repo_root() / "nbs" / out_dir  # relative to nbs/ from any working directory
 t0 = time.time()
 path = run_sweep(dataset, data_root=data_root, encoder=encoder, rates=resolve_rates(rates), rate_mode=rate_mode,
                  preset=preset, device=device, seed=seed, samples_per_emotion=samples_per_emotion, out_dir=_out,
                  checkpoint=checkpoint, layer_sweep=layer_sweep, force=force, progress=False, command=_cmd,
-                 workers=workers)
+                 workers=workers, model_dir=model_dir)
 res = load_results(path)
 print(f"{path}: {len(res['rate_points'])} rate points, {len(res['layer_sweep'])} layer points; this run {time.time() - t0:.0f} s")
+_head = results_path(dataset, _out, encoder, "emotion2vec_plus_head")
+if _head.exists(): print(f"{_head}: the same points scored by {encoder}'s own head")
 
 # %% [markdown]
 # ## Baselines and rate points
