@@ -74,6 +74,7 @@
 # .venv/bin/python benchmarks/bench_codec.py          # ECVQ encode (cached + batched vs the thesis's scheme), coded vs ideal bits, decode
 # .venv/bin/python benchmarks/bench_rate.py --limit 60  # rate control: precision, encoder passes, speed vs linear-λ bisection
 # .venv/bin/python benchmarks/bench_rate.py --features data_subset/synth --checkpoint checkpoints/synth_cpu
+# .venv/bin/python benchmarks/probe_mismatch.py          # clean-trained probe vs one fitted on decoded features (RAVDESS)
 # ```
 #
 # ## The λ explorer
