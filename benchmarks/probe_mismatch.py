@@ -36,7 +36,7 @@ def main():
     f1 = lambda p, utts: evaluate_predictions(y, p.predict_proba(utts), p.classes_, seed=42)["f1_weighted"]
     rec = lambda f, n: rvq.denormalise(rvq.decode_normalised(layer_tokens(rvq, f, n))).numpy()
     z = lambda fs: np.concatenate([rvq.normalise(f).numpy() for f in fs])
-    Xc, D = pool_many(fr, probe.pooling), st.dim
+    Xc, D, zc = pool_many(fr, probe.pooling), st.dim, z(fr)
     print(f"{st.path.name}: {len(fr)} test utterances, {len(trf)} training; {probe} ({probe.cv.get('scheme')})")
     print(f"unquantised: weighted F1 {f1(probe, fr):.3f}")
     print(" layers  frame_mse  shift_mean  shift_std  clean_probe_wF1  matched_probe_wF1")
@@ -44,7 +44,7 @@ def main():
         te = [rec(f, n) for f in fr]
         shift = np.abs(pool_many(te, probe.pooling) - Xc) / probe.scale_
         matched = fit_probe([rec(f, n) for f in trf], ytr, groups=spk, seed=42)
-        print(f" {n:6d}  {((z(fr) - z(te)) ** 2).mean():9.3f}  {shift[:, :D].mean():10.2f}  "
+        print(f" {n:6d}  {((zc - z(te)) ** 2).mean():9.3f}  {shift[:, :D].mean():10.2f}  "
               f"{shift[:, D:].mean() if shift.shape[1] > D else float('nan'):9.2f}  {f1(probe, te):15.3f}  {f1(matched, te):17.3f}")
     print(f"shift: mean |pooled decoded - pooled clean| / probe scaler, over utterances and dims (mean part, std part); {time.time() - t0:.0f} s")
 

@@ -12,12 +12,12 @@ import pandas as pd
 from .core import EibError, atomic_write_json, fingerprint, repo_root
 
 # %% auto #0
-__all__ = ['POOLINGS', 'DEFAULT_CS', 'PLUS_HEAD_LABELS', 'PLUS_TO_EMOTION', 'CI_METRICS', 'RESULTS_SCHEMA_VERSION',
-           'METRICS_SCHEMA', 'RATE_POINT_SCHEMA', 'LAYER_POINT_SCHEMA', 'RESULTS_SCHEMA', 'THESIS_RATES_BPF',
-           'QUICK_RATES_BPF', 'pool', 'pool_many', 'Probe', 'load_probe', 'fit_probe', 'blobs', 'plus_head_available',
-           'PlusHead', 'evaluate_predictions', 'majority_baseline', 'unquantised_baseline', 'gaussian_rd_bound',
-           'store_split', 'validate_results', 'new_results', 'write_results', 'load_results', 'start_results',
-           'upsert_rate_point', 'upsert_layer_point', 'finished_targets', 'results_files', 'rerun_files']
+__all__ = ['POOLINGS', 'DEFAULT_CS', 'PLUS_HEAD_LABELS', 'CI_METRICS', 'RESULTS_SCHEMA_VERSION', 'METRICS_SCHEMA',
+           'RATE_POINT_SCHEMA', 'LAYER_POINT_SCHEMA', 'RESULTS_SCHEMA', 'THESIS_RATES_BPF', 'QUICK_RATES_BPF', 'pool',
+           'pool_many', 'Probe', 'load_probe', 'fit_probe', 'blobs', 'plus_head_available', 'PlusHead',
+           'evaluate_predictions', 'majority_baseline', 'unquantised_baseline', 'gaussian_rd_bound', 'store_split',
+           'validate_results', 'new_results', 'write_results', 'load_results', 'start_results', 'upsert_rate_point',
+           'upsert_layer_point', 'finished_targets', 'results_files', 'rerun_files']
 
 # %% ../nbs/10_evaluate.ipynb #3ca79ad8
 POOLINGS = ("mean", "meanstd")
@@ -188,9 +188,6 @@ def plus_head_available(model_dir) -> bool:
     return len(toks) == PLUS_HEAD_LABELS
 
 # %% ../nbs/10_evaluate.ipynb #b2e1d8c3
-PLUS_TO_EMOTION = dict(angry="angry", disgusted="disgust", fearful="fear", happy="happy", neutral="neutral", sad="sad",
-                       surprised="surprise")
-
 class PlusHead:
     "emotion2vec_plus's own 9-class head (an `Emotion2vecEncoder`) as a classifier over the protocol's `classes`."
     kind = "emotion2vec_plus_head"
@@ -199,7 +196,8 @@ class PlusHead:
         if len(labels) != PLUS_HEAD_LABELS:
             raise EibError(f"{getattr(encoder, 'name', encoder)} has a head of {len(labels)} labels, expected "
                            f"{PLUS_HEAD_LABELS}: not an emotion2vec_plus model")
-        col = {PLUS_TO_EMOTION[l]: i for i, l in enumerate(labels) if l in PLUS_TO_EMOTION}
+        from eib.data import EMOTIONS, EMOTION_ALIASES  # the shared vocabulary: disgusted -> disgust, ...; not 'other'
+        col = {e: i for i, l in enumerate(labels) if (e := EMOTION_ALIASES.get(l, l)) in EMOTIONS}
         self.encoder, self.classes_ = encoder, [str(c) for c in classes]
         self.missing = [c for c in self.classes_ if c not in col]  # protocol classes the head cannot say
         if len(self.missing) == len(self.classes_): raise EibError(f"the head names none of the classes {self.classes_}")
@@ -496,14 +494,14 @@ def start_results(path, skeleton: dict, force: bool = False) -> dict:
     if p.exists():
         old = load_results(p)
         key = lambda o: fingerprint({k: o[k] for k in ("dataset", "encoder", "classifier", "label_protocol", "classes", "config")})
-        if key(old) == key(skeleton) and not force: return old
-        keep = p.parent / "superseded" / f"{p.stem}.{key(old)[:8]}.json"
-        n = 1
-        while keep.exists(): keep, n = keep.with_name(f"{p.stem}.{key(old)[:8]}-{n}.json"), n + 1
+        k_old, same = key(old)[:8], key(old) == key(skeleton)
+        if same and not force: return old
+        keep, n = p.parent / "superseded" / f"{p.stem}.{k_old}.json", 1
+        while keep.exists(): keep, n = keep.with_name(f"{p.stem}.{k_old}-{n}.json"), n + 1
         keep.parent.mkdir(exist_ok=True)
         os.replace(p, keep)
-        warnings.warn(f"{p} held results of {'another configuration' if key(old) != key(skeleton) else 'this configuration'} "
-                      f"(config {old['config']}); kept as {keep}, starting afresh")
+        warnings.warn(f"{p} held results of {'this' if same else 'another'} configuration (config {old['config']}); "
+                      f"kept as {keep}, starting afresh")
     write_results(p, skeleton)
     return skeleton
 

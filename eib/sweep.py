@@ -258,10 +258,10 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
                   count="stream", checkpoint=ck.name, store=store.path.name, test_ids_fingerprint=fingerprint(ids),
                   layer_model="EntropyModel(codec config) on layer-sweep tokens", layer_max_steps=int(layer_max_steps))
     cmd = command if command is not None else " ".join(shlex.quote(a) for a in sys.argv)
+    majority = majority_baseline(y_train, y, classes, seed=seed)
     outs = []  # (classifier, results path, results object): one file per classifier, the same coded frames
     for clf in [probe] + ([head] if head is not None else []):
-        base = dict(unquantised=evaluate_predictions(y, clf.predict_proba(frames), classes, seed=seed),
-                    majority=majority_baseline(y_train, y, classes, seed=seed))
+        base = dict(unquantised=evaluate_predictions(y, clf.predict_proba(frames), classes, seed=seed), majority=majority)
         skel = new_results(dataset.upper(), store.encoder, clf.kind, protocol, classes, config, base, bound, command=cmd)
         skel["notes"] = _NOTES.format(clf=_CLF_NOTES[clf.kind])
         path = results_path(dataset, out_dir, encoder, clf.kind)

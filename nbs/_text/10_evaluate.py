@@ -305,6 +305,7 @@ with tempfile.TemporaryDirectory() as _t:
     (_m / "tokens.txt").write_text("\n".join([*"abcdefgh", "<unk>"]) + "\n")
     test_eq(plus_head_available(_m), True)
 
+
 # %% [markdown]
 # `PlusHead` makes the head a classifier of a protocol's classes, like the probe: its probabilities of the
 # emotions the protocol names (disgusted → disgust, fearful → fear, surprised → surprise), renormalised over
@@ -313,9 +314,6 @@ with tempfile.TemporaryDirectory() as _t:
 
 # %%
 #| export
-PLUS_TO_EMOTION = dict(angry="angry", disgusted="disgust", fearful="fear", happy="happy", neutral="neutral", sad="sad",
-                       surprised="surprise")
-
 class PlusHead:
     "emotion2vec_plus's own 9-class head (an `Emotion2vecEncoder`) as a classifier over the protocol's `classes`."
     kind = "emotion2vec_plus_head"
@@ -324,7 +322,8 @@ class PlusHead:
         if len(labels) != PLUS_HEAD_LABELS:
             raise EibError(f"{getattr(encoder, 'name', encoder)} has a head of {len(labels)} labels, expected "
                            f"{PLUS_HEAD_LABELS}: not an emotion2vec_plus model")
-        col = {PLUS_TO_EMOTION[l]: i for i, l in enumerate(labels) if l in PLUS_TO_EMOTION}
+        from eib.data import EMOTIONS, EMOTION_ALIASES  # the shared vocabulary: disgusted -> disgust, ...; not 'other'
+        col = {e: i for i, l in enumerate(labels) if (e := EMOTION_ALIASES.get(l, l)) in EMOTIONS}
         self.encoder, self.classes_ = encoder, [str(c) for c in classes]
         self.missing = [c for c in self.classes_ if c not in col]  # protocol classes the head cannot say
         if len(self.missing) == len(self.classes_): raise EibError(f"the head names none of the classes {self.classes_}")
@@ -818,14 +817,14 @@ def start_results(path, skeleton: dict, force: bool = False) -> dict:
     if p.exists():
         old = load_results(p)
         key = lambda o: fingerprint({k: o[k] for k in ("dataset", "encoder", "classifier", "label_protocol", "classes", "config")})
-        if key(old) == key(skeleton) and not force: return old
-        keep = p.parent / "superseded" / f"{p.stem}.{key(old)[:8]}.json"
-        n = 1
-        while keep.exists(): keep, n = keep.with_name(f"{p.stem}.{key(old)[:8]}-{n}.json"), n + 1
+        k_old, same = key(old)[:8], key(old) == key(skeleton)
+        if same and not force: return old
+        keep, n = p.parent / "superseded" / f"{p.stem}.{k_old}.json", 1
+        while keep.exists(): keep, n = keep.with_name(f"{p.stem}.{k_old}-{n}.json"), n + 1
         keep.parent.mkdir(exist_ok=True)
         os.replace(p, keep)
-        warnings.warn(f"{p} held results of {'another configuration' if key(old) != key(skeleton) else 'this configuration'} "
-                      f"(config {old['config']}); kept as {keep}, starting afresh")
+        warnings.warn(f"{p} held results of {'this' if same else 'another'} configuration (config {old['config']}); "
+                      f"kept as {keep}, starting afresh")
     write_results(p, skeleton)
     return skeleton
 
