@@ -152,7 +152,7 @@ def main(argv=None):
         desc += f"; codec {a.checkpoint}"
     else:
         fit, utts, desc = load_input(a.features, 4000, a.seed)
-        rvq = fit_rvq(fit, RVQConfig.for_dim(fit.shape[1]), iters=6, refine=0, progress=False, seed=a.seed)
+        rvq = fit_rvq(fit, RVQConfig.for_dim(fit.shape[1], layers=3), iters=6, refine=0, progress=False, seed=a.seed)
         t0 = time.time()
         trained, hist = train_entropy_model(rvq, fit[:2000], fit[3500:], preset="cpu", rounds=1, epochs=1,
                                             max_steps=a.train_steps, batch_size=128, progress=False, seed=a.seed)

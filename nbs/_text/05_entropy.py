@@ -90,7 +90,7 @@ class EntropyConfig:
 
 
 # %%
-c = EntropyConfig.for_rvq(RVQConfig.for_dim(768), "paper")
+c = EntropyConfig.for_rvq(RVQConfig.for_dim(768, layers=3), "paper")
 test_eq((c.vocab, c.positions, c.bos, c.n_inputs, c.head_dim), (129, 36, 129, 130, 32))
 test_eq(EntropyConfig.from_dict(c.to_dict()), c)
 test_fail(lambda: EntropyConfig.for_rvq(RVQConfig(16, 2, 2, 8), "huge"), contains="known: paper, cpu")
@@ -649,7 +649,7 @@ if (sp / "meta.json").exists():
 else:
     g8 = torch.Generator().manual_seed(0); b8 = torch.randn(48, 768, generator=g8)
     trn8, val8 = [(torch.randn(n, 48, generator=g8) @ b8 + 0.5 * torch.randn(n, 768, generator=g8)).numpy() for n in (6000, 1500)]
-rvq8 = fit_rvq(trn8, RVQConfig.for_dim(trn8.shape[1]), iters=8, progress=False)
+rvq8 = fit_rvq(trn8, RVQConfig.for_dim(trn8.shape[1], layers=3), iters=8, progress=False)
 grid8 = lambda_grid(rvq8, trn8)
 rows = []
 for name, cfg in {"d64 L2 ffn128": dict(d_model=64, n_layers=2, n_heads=4, d_ff=128), "d128 L2 ffn256": PRESETS["cpu"],

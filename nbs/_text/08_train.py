@@ -289,24 +289,33 @@ test_fail(lambda: split_train_val(man.assign(split="test")), contains="at least 
 # %% [markdown]
 # ## Presets and training
 #
-# Presets fix the RVQ shape (3 layers of 128 codes per group, the paper's) and the fit's effort; the
-# entropy model's size for each preset lives in `eib.entropy`. Training:
+# Presets fix the RVQ shape (128 codes per layer; the number of layers per group derived from the group width by
+# `RVQConfig.for_dim`) and the training **budget**; the entropy model's size for each preset lives in
+# `eib.entropy`. Frames at 50 Hz are highly redundant, so training samples rather than enumerates: the `cpu`
+# preset fits on at most `max_frames` training frames drawn at random (seeded) and validates on at most
+# `max_val_frames`, and the entropy model gets at most `entropy_steps` optimiser steps per round. The `paper`
+# preset uses every frame and stops on validation only. Training:
 #
-# 1. fit the grouped RVQ on the training frames (`fit_rvq`, SKIP-aware);
-# 2. train the entropy model on ECVQ tokens of the training frames at every λ of the grid, re-encoding
+# 1. fit the grouped RVQ on the (sampled) training frames (`fit_rvq`, SKIP-aware);
+# 2. train the entropy model on ECVQ tokens of those frames, each at a λ drawn from the grid, re-encoding
 #    with the current model for `rounds` rounds and stopping early on the validation loss
 #    (`eib.entropy.train_entropy_model`);
 # 3. optionally (`refine=True`) move every code to the mean of the residuals ECVQ assigns it at the middle
 #    λ (`lloyd_update`) and retrain the entropy model on the new tokens — kept only if it lowers the
 #    validation distortion at no higher rate;
-# 4. save and report: RVQ report, validation bits per frame and MSE per λ, time taken.
+# 4. save and report: RVQ report, validation bits per frame and MSE per λ, time taken per phase.
 
 # %%
 #| export
-PRESETS = {
-    "cpu": dict(layers=3, codes=128, rvq_iters=12, skip_prob=0.25),
-    "paper": dict(layers=3, codes=128, rvq_iters=20, skip_prob=0.25),
+PRESETS = {  # layers None: derived from the group width (RVQConfig.for_dim); max_frames None: every frame
+    "cpu": dict(layers=None, codes=128, rvq_iters=12, skip_prob=0.25, max_frames=60000, max_val_frames=8000, entropy_steps=1200),
+    "paper": dict(layers=None, codes=128, rvq_iters=20, skip_prob=0.25, max_frames=None, max_val_frames=None, entropy_steps=None),
 }
+
+def _sample(x: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    "At most `n` rows of `x`, drawn without replacement (seeded), in their original order."
+    if n is None or len(x) <= n: return x
+    return x[np.sort(np.random.default_rng(seed).choice(len(x), int(n), replace=False))]
 
 def _check_preset(preset: str) -> dict:
     if preset not in PRESETS: raise EibError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
@@ -329,18 +338,26 @@ def _report_summary(rep: dict) -> dict:
 #| export
 def train_codec(features, preset: str = "cpu", out: str | Path | None = None, seed: int = 0, lams=None,
                 rounds: int | None = None, val_frac: float = 0.1, device: str = "cpu", refine: bool = False,
-                progress: bool = True, entropy_kw: dict | None = None, command: str | None = None, **rvq_kw) -> Codec:
+                progress: bool = True, entropy_kw: dict | None = None, command: str | None = None,
+                max_frames: int | None = -1, max_val_frames: int | None = -1, **rvq_kw) -> Codec:
     """Train RVQ + entropy model on the TRAIN split of `features` (store path, store, or dict of arrays); save to
     `out`. `rvq_kw` overrides the preset's `layers`, `codes` or any `fit_rvq` argument (`iters`, `skip_prob`, ...);
-    `entropy_kw` goes to `eib.entropy.train_entropy_model` (`epochs`, `max_steps`, `config`, ...)."""
+    `entropy_kw` goes to `eib.entropy.train_entropy_model` (`epochs`, `max_steps`, `config`, ...).
+    `max_frames`, `max_val_frames`: the budget (-1: the preset's; None: every frame)."""
     p = _check_preset(preset)
     t0 = time.time()
     man, frames_of, meta, desc = _open_features(features)
     tr_ids, va_ids, how = split_train_val(man, val_frac, seed)
     xtr, xva = _stack(tr_ids, frames_of), _stack(va_ids, frames_of)
+    n_tr, n_va = len(xtr), len(xva)
+    max_frames = p["max_frames"] if max_frames == -1 else max_frames
+    max_val_frames = p["max_val_frames"] if max_val_frames == -1 else max_val_frames
+    xtr, xva = _sample(xtr, max_frames, seed), _sample(xva, max_val_frames, seed + 1)
     dim = int(meta.get("dim", xtr.shape[1]))
     if xtr.shape[1] != dim: raise EibError(f"store metadata says dim {dim} but frames have {xtr.shape[1]} dims")
     cfg = RVQConfig.for_dim(dim, layers=rvq_kw.pop("layers", p["layers"]), codes=rvq_kw.pop("codes", p["codes"]))
+    if progress: print(f"eib-train: {cfg.groups} groups x {cfg.layers} layers x {cfg.codes} codes on {len(xtr)} of {n_tr} "
+                       f"training frames (validation {len(xva)} of {n_va})", file=sys.stderr)
     torch.manual_seed(seed)
     kw = dict(iters=p["rvq_iters"], skip_prob=p["skip_prob"]) | rvq_kw
     rvq = fit_rvq(xtr, cfg, seed=seed, device=device, progress=progress, **kw)
@@ -348,13 +365,14 @@ def train_codec(features, preset: str = "cpu", out: str | Path | None = None, se
     rep_va = _report_summary(rvq_report(rvq, xva))
     data = desc | {"encoder": meta.get("encoder"), "dim": dim, "grouping": f"{cfg.groups} groups of {cfg.group_dim}",
                    "train_utterances": len(tr_ids), "val_utterances": len(va_ids), "validation": how,
-                   "train_frames": len(xtr), "val_frames": len(xva)}
+                   "train_frames": len(xtr), "val_frames": len(xva), "train_frames_available": n_tr, "val_frames_available": n_va}
     info = {"command": command, "preset": preset, "seed": seed, "data": data, "rvq_fit": kw,
             "metrics": {"rvq_val": rep_va, "rvq_fit_s": round(t_rvq, 1)}}
     ent, model = _entropy_api(), None
     if ent is not None:
         lams = [float(l) for l in (ent.lambda_grid(rvq, xtr) if lams is None else lams)]
-        ekw = dict(preset=preset, lams=lams, seed=seed, device=device, progress=progress) | ({} if rounds is None else {"rounds": rounds}) | (entropy_kw or {})
+        ekw = dict(preset=preset, lams=lams, seed=seed, device=device, progress=progress) | ({} if rounds is None else {"rounds": rounds}) \
+            | ({} if p["entropy_steps"] is None else {"max_steps": p["entropy_steps"]}) | (entropy_kw or {})
         model, history = ent.train_entropy_model(rvq, xtr, xva, **ekw)
         rd = evaluate_codec(Codec(rvq, model), xva, lams)
         info |= {"lams": lams, "entropy_train": {k: v for k, v in ekw.items() if k not in ("lams", "progress")}, "history": history}
@@ -363,6 +381,8 @@ def train_codec(features, preset: str = "cpu", out: str | Path | None = None, se
         if refine:
             rvq, model, history, info = _refine(rvq, model, rd, info, xtr, xva, lams, ekw, seed, progress)
     info["metrics"]["train_s"] = round(time.time() - t0, 1)
+    if progress: print(f"eib-train: RVQ {info['metrics']['rvq_fit_s']} s, entropy model {info['metrics'].get('entropy_train_s', 0)} s, "
+                       f"{info['metrics']['train_s']} s in all", file=sys.stderr)
     info["versions"] = {"torch": torch.__version__, "python": platform.python_version()}
     codec = Codec(rvq, model, info)
     if out is not None: save_codec(codec, out)
@@ -477,6 +497,7 @@ def train_cli(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="ECVQ re-encode rounds (default: the preset's)")
     ap.add_argument("--epochs", type=int, default=None, help="most entropy-model epochs per round (default: eib.entropy's)")
     ap.add_argument("--max-steps", type=int, default=None, help="most entropy-model optimiser steps per round")
+    ap.add_argument("--max-frames", type=int, default=-1, help="training frames sampled (default: the preset's; 0: every frame)")
     ap.add_argument("--refine", action="store_true", help="Lloyd-refine the codebooks on ECVQ tokens once")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
@@ -485,6 +506,7 @@ def train_cli(argv=None) -> int:
         ekw = {k: v for k, v in (("epochs", a.epochs), ("max_steps", a.max_steps)) if v is not None}
         c = train_codec(a.features, preset=a.preset, out=a.out, seed=a.seed, lams=a.lams, rounds=a.rounds,
                         device=a.device, refine=a.refine, progress=not a.quiet, entropy_kw=ekw,
+                        max_frames=None if a.max_frames == 0 else a.max_frames,
                         command=" ".join(["eib-train", *(sys.argv[1:] if argv is None else argv)]))
     except EibError as e:
         print(f"eib-train: error: {e}", file=sys.stderr)

@@ -24,9 +24,11 @@ from fastcore.test import test_eq, test_fail, test_close
 # This chapter answers one question per rate point: *how well is emotion still recognised from the decoded
 # frames?* It holds the parts every rate sweep needs and nothing that depends on the codec:
 #
-# 1. a classifier, trained once on the **unquantised** training-split features and then applied, unchanged,
-#    to the decoded test features at every rate (so the curve measures what the codec destroys, not what a
-#    classifier re-trained on degraded data can recover);
+# 1. two classifiers on every decoded test set, fitted by one recipe (`fit_probe`): the *fixed* one, trained
+#    once on the **unquantised** training-split features and applied unchanged at every rate (the thesis's
+#    protocol: does a deployed model still work on decoded features?), and the *matched* one, fitted at each
+#    rate on the **decoded** training split (how much emotion information does the code still carry?). A fixed
+#    classifier's collapse can be a domain shift, not lost information: the book reports both;
 # 2. metrics that cannot flatter: accuracy, weighted and macro F1, per-class precision and recall, the
 #    confusion matrix, two probabilities with names that say what they are, and bootstrap intervals;
 # 3. two baselines on the same test set (the unquantised features, and a classifier that always says the
@@ -181,16 +183,16 @@ def fit_probe(utts, labels, groups=None, seed: int = 42, pooling: str = "auto", 
     classes = sorted(set(y))
     if len(classes) < 2: raise EibError(f"a probe needs at least 2 classes; the labels hold only {classes}")
     if not len(Cs): raise EibError("Cs must list at least one value of C")
-    if groups is not None:
-        g = _as_labels(groups, len(utts), "groups")
+    g = None if groups is None else _as_labels(groups, len(utts), "groups")
+    if g is not None and len(set(g)) >= 2:
         k = min(n_splits, len(set(g)))
-        if k < 2: raise EibError(f"speaker-grouped cross-validation needs at least 2 speakers; got {sorted(set(g))}")
         splits, cv_kind = list(GroupKFold(n_splits=k).split(np.zeros(len(y)), y, g)), f"GroupKFold({k}) by speaker"
-    else:
+    else:  # no speakers given, or a corpus with a single training speaker: folds over utterances, and the scheme says so
         k = min(n_splits, min(int((y == c).sum()) for c in classes))
         if k < 2: raise EibError("cross-validation needs at least 2 utterances per class (or pass groups=speakers)")
         splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
-        cv_kind = f"StratifiedKFold({k}), NOT speaker-grouped (no groups given)"
+        why = "no groups given" if g is None else f"only one training speaker, {g[0]!r}"
+        cv_kind = f"StratifiedKFold({k}) over utterances, NOT speaker-grouped ({why})"
     mk = lambda C: make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
     X = {p: pool_many(utts, p) for p in poolings}
     scores = {}
@@ -247,6 +249,15 @@ assert (_p.predict(list(_te.frames)) == _te.label.to_numpy()).mean() > 0.8   # s
 test_eq(_p.cv["scheme"], "GroupKFold(4) by speaker"); test_eq(len(_p.cv["scores"]), 2 * len(DEFAULT_CS))
 
 # %% [markdown]
+# A corpus with a single training speaker cannot be cross-validated by speaker: the folds then run over utterances
+# (stratified by class), and `cv['scheme']` says so, so that the results file can say it too.
+
+# %%
+_one = _tr[_tr.speaker == "s00"]
+_p1 = fit_probe(list(_one.frames), _one.label, groups=_one.speaker)
+test_eq(_p1.cv["scheme"], "StratifiedKFold(4) over utterances, NOT speaker-grouped (only one training speaker, 's00')")
+
+# %% [markdown]
 # The numpy prediction is sklearn's: refit the chosen configuration with sklearn and compare probabilities;
 # a JSON round trip changes nothing; a two-class probe works too.
 
@@ -266,7 +277,6 @@ test_close(_p2.predict_proba(list(_b.frames)), _lr2.predict_proba(StandardScaler
 
 # %%
 test_fail(lambda: fit_probe(list(_tr.frames), ["a"] * len(_tr)), contains="at least 2 classes")
-test_fail(lambda: fit_probe(list(_tr.frames), _tr.label, groups=["x"] * len(_tr)), contains="at least 2 speakers")
 test_fail(lambda: fit_probe(list(_tr.frames), _tr.label[:3]), contains="labels for")
 test_fail(lambda: _p.predict_proba([np.zeros((5, 7))]), contains="expects 16-dim frames")
 test_fail(lambda: Probe.from_dict({"kind": "mlp"}), contains="not a linear probe")
@@ -633,10 +643,15 @@ test_fail(lambda: store_split(_st, "ravdess", "val"), contains="splits: ['test',
 # ## The results file
 #
 # `evaluation_results/rate_sweep_<DATASET>.json` holds everything a figure needs, for one dataset, encoder
-# and classifier. Its JSON schema (`RESULTS_SCHEMA`, version `RESULTS_SCHEMA_VERSION`):
+# and classifier. Its JSON schema (`RESULTS_SCHEMA`, version `RESULTS_SCHEMA_VERSION` = 2; files of version 1, written
+# before the matched classifier existed, still load: they differ only in lacking `classifier_training`):
 #
 # - `schema_version`, `dataset`, `encoder`, `classifier`, `label_protocol`, `classes` (the class order of every
 #   metrics block), `created` (ISO 8601), `command` (what made it);
+# - `classifier_training` (version 2): how the classifier was fitted: `fitted_on` (`unquantised training split`,
+#   or `decoded training split at each point` for the matched probe), `utterances`, `cv` (its cross-validation
+#   scheme, which says when it could not be grouped by speaker); a matched file's points also carry
+#   `classifier_fit` (that point's probe: pooling, C, cross-validated score);
 # - `config`: `codec_fingerprint`, `preset`, `rate_mode`, `seed`, `samples_per_emotion` (null: all), `counts`
 #   (e.g. train/test utterances and frames), more keys allowed;
 # - `baselines`: `unquantised` and `majority`, each a metrics block (`evaluate_predictions`);
@@ -654,7 +669,8 @@ test_fail(lambda: store_split(_st, "ravdess", "val"), contains="splits: ['test',
 
 # %%
 #| export
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = 2
+RESULTS_SCHEMA_VERSIONS = (1, 2)  # versions that load
 
 _P01 = {"type": "number", "minimum": 0, "maximum": 1}
 _P01N = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
@@ -710,7 +726,9 @@ RESULTS_SCHEMA = {
     "required": ["schema_version", "dataset", "encoder", "classifier", "label_protocol", "classes", "config", "created",
                  "command", "baselines", "rd_bound", "rate_points", "layer_sweep", "timing"],
     "properties": {
-        "schema_version": {"const": RESULTS_SCHEMA_VERSION},
+        "schema_version": {"enum": list(RESULTS_SCHEMA_VERSIONS)},
+        "classifier_training": {"type": "object", "required": ["fitted_on", "utterances", "cv"],
+                                "properties": {"fitted_on": _STR, "utterances": {"type": "integer", "minimum": 1}, "cv": _STR}},
         "dataset": _STR, "encoder": _STR, "classifier": _STR, "label_protocol": _STR,
         "classes": {"type": "array", "items": _STR, "minItems": 2, "uniqueItems": True},
         "config": {"type": "object",
@@ -783,8 +801,10 @@ def validate_results(obj) -> dict:
 # %%
 #| export
 def new_results(dataset: str, encoder: str, classifier: str, label_protocol: str, classes, config: dict,
-                baselines: dict, rd_bound, command: str | None = None, timing: dict | None = None) -> dict:
-    "A validated results object with no rate points yet (`rd_bound`: a DataFrame(bpf, mse) or list of dicts)."
+                baselines: dict, rd_bound, command: str | None = None, timing: dict | None = None,
+                classifier_training: dict | None = None) -> dict:
+    """A validated results object with no rate points yet (`rd_bound`: a DataFrame(bpf, mse) or list of dicts;
+    `classifier_training`: `{fitted_on, utterances, cv}`)."""
     if isinstance(rd_bound, pd.DataFrame): rd_bound = rd_bound[["bpf", "mse"]].to_dict("records")
     obj = dict(schema_version=RESULTS_SCHEMA_VERSION, dataset=dataset, encoder=encoder, classifier=classifier,
                label_protocol=label_protocol, classes=[str(c) for c in classes], config=config,
@@ -792,6 +812,7 @@ def new_results(dataset: str, encoder: str, classifier: str, label_protocol: str
                command=command if command is not None else " ".join(shlex.quote(a) for a in sys.argv),
                baselines=baselines, rd_bound=[{k: float(v) for k, v in r.items()} for r in rd_bound],
                rate_points=[], layer_sweep=[], timing=dict(timing or {}))
+    if classifier_training is not None: obj["classifier_training"] = dict(classifier_training)
     return validate_results(obj)
 
 def write_results(path, obj: dict) -> Path:
@@ -912,6 +933,10 @@ _pt = lambda r: dict(target_bpf=r, capped=False, achieved_bpf_mean=r + .1, achie
                      achieved_bpf_max=r + 1, lam=dict(mean=.1, min=.05, max=.2), mse=1 / r, metrics=_met(_Pq))
 _ok = copy.deepcopy(_sk); _ok["rate_points"] = [_pt(10.0)]; _ok["layer_sweep"] = [dict(layers=1, achieved_bpf_mean=20.0, mse=.3, metrics=_met(_Pq))]
 test_eq(validate_results(_ok), _ok)
+_v1 = copy.deepcopy(_ok); _v1["schema_version"] = 1  # a file written before version 2 still loads
+test_eq(validate_results(_v1)["schema_version"], 1)
+_m = copy.deepcopy(_ok); _m["classifier_training"] = dict(fitted_on="decoded training split at each point", utterances=30, cv="GroupKFold(5) by speaker")
+test_eq(validate_results(_m)["classifier_training"]["utterances"], 30)
 
 def _bad(edit, contains):
     o = copy.deepcopy(_ok); edit(o); test_fail(lambda: validate_results(o), contains=contains)
@@ -922,7 +947,7 @@ _bad(lambda o: o["rate_points"][0].update(mse=float("nan")), "at $.rate_points[0
 _bad(lambda o: o["rate_points"][0].update(capped="no"), "at $.rate_points[0].capped")
 _bad(lambda o: o["baselines"]["majority"]["confusion"].update(classes=["b", "a", "c"]), "at $.baselines.majority.confusion.classes: class order")
 _bad(lambda o: o["rate_points"].append(_pt(10.0)), "at $.rate_points[1].target_bpf: target_bpf 10.0 repeats")
-_bad(lambda o: o.update(schema_version=2), "at $.schema_version")
+_bad(lambda o: o.update(schema_version=3), "at $.schema_version")
 _bad(lambda o: o["layer_sweep"][0]["metrics"]["confusion"]["matrix"][0].__setitem__(0, 99), "sums to")
 
 # %% [markdown]

@@ -16,11 +16,17 @@
 # ```sh
 # papermill nbs/sweep.ipynb out/sweep_ravdess.ipynb -p dataset ravdess -p data_root ../shared/datasets/ravdess
 # papermill nbs/sweep.ipynb out/sweep_emodb.ipynb -p dataset emodb -p rates full
+# papermill nbs/sweep.ipynb out/sweep_rw.ipynb -p dataset ravdess -p data_root ../shared/datasets/ravdess -p encoder whisper_base
+# papermill nbs/sweep.ipynb out/x.ipynb -p dataset manifest -p data_root DIR -p name NAME -p encoder whisper_base
 # ```
 #
-# It prepares the features if missing (`data_subset/<dataset>`), loads the codec `checkpoints/<dataset>_<preset>`
-# (trains it if missing), sweeps (`eib.sweep.run_sweep`) and writes `evaluation_results/rate_sweep_<DATASET>.json`
-# after every point; an interrupted run resumes where it stopped. A relative `data_root` is taken from the
+# The last line takes **any corpus**: a folder `DIR` with a `manifest.csv` (columns `path`, `speaker`, `emotion`, and
+# `split` with `train`/`test`; see `eib.data.read_manifest`), its store and results named `NAME`.
+#
+# It prepares the features if missing (`data_subset/<dataset>[_<encoder>]`), loads the codec
+# `checkpoints/<dataset>_<preset>[_<encoder>]` (trains it if missing), sweeps (`eib.sweep.run_sweep`) and writes
+# `evaluation_results/rate_sweep_<DATASET>[_<encoder>].json` (the fixed probe) and `..._matched.json` (the probe
+# fitted on decoded training features at each point) after every point; an interrupted run resumes where it stopped. A relative `data_root` is taken from the
 # working directory, else from the repository root. `rates` is `quick` (10, 100, 200, 300 BPF), `full` (the
 # thesis's 44 points) or a list such as `[10, 20, 50]`. With `encoder` an emotion2vec_plus model and its weights
 # present (`model_dir`), the model's own head scores the same decoded frames into
@@ -31,9 +37,10 @@
 # only refits the probe, checks the file and draws the figures.
 
 # %% tags=["parameters"]
-dataset = "synth"  # ravdess, emodb, esd, iemocap or synth
+dataset = "synth"  # ravdess, emodb, esd, iemocap, synth, or manifest (any folder with a manifest.csv: data_root, name)
 data_root = None  # corpus folder (None: ../shared/datasets/<dataset>, or the embedded synthetic corpus)
-encoder = "compare"  # compare, emotion2vec_base, emotion2vec_plus_base, emotion2vec_plus_large
+name = None  # manifest corpora: the name of the store and results (None: the folder's name)
+encoder = "compare"  # compare, whisper_base, emotion2vec_base, emotion2vec_plus_base, emotion2vec_plus_large
 rates = "quick"  # "quick", "full" or a list of target BPF
 rate_mode = "utterance"  # λ per utterance, or "set": one λ for the whole test set
 preset = "cpu"  # codec preset (when a codec must be trained)
@@ -45,7 +52,9 @@ checkpoint = None  # codec folder (None: checkpoints/<dataset>_<preset>)
 layer_sweep = True  # also sweep the plain-RVQ layer baseline
 force = False  # start afresh even when the results file holds this configuration (the old file is kept in superseded/)
 workers = 2  # processes for per-utterance rate control (utterances split between them)
-model_dir = None  # emotion2vec weights folder (None: the default places); a plus model's own head is scored too
+model_dir = None  # the encoder's weights folder (None: the default places); a plus model's own head is scored too
+matched = True  # also score every point with a probe fitted on the decoded training subset
+matched_per_emotion = 60  # training utterances per class coded for the matched probe
 
 # %%
 import time
@@ -58,17 +67,19 @@ F.use_offline_renderer()
 _cmd = (f"papermill nbs/sweep.ipynb -p dataset {dataset} -p data_root {data_root} -p encoder {encoder} -p rates {rates!r} "
         f"-p rate_mode {rate_mode} -p preset {preset} -p device {device} -p seed {seed} "
         f"-p samples_per_emotion {samples_per_emotion} -p layer_sweep {layer_sweep} -p workers {workers}"
-        + (f" -p model_dir {model_dir}" if model_dir else ""))
+        + (f" -p model_dir {model_dir}" if model_dir else "") + (f" -p name {name}" if name else "")
+        + f" -p matched {matched} -p matched_per_emotion {matched_per_emotion}")
 _out = Path(out_dir) if Path(out_dir).is_absolute() else repo_root() / "nbs" / out_dir  # relative to nbs/ from any working directory
 t0 = time.time()
 path = run_sweep(dataset, data_root=data_root, encoder=encoder, rates=resolve_rates(rates), rate_mode=rate_mode,
                  preset=preset, device=device, seed=seed, samples_per_emotion=samples_per_emotion, out_dir=_out,
                  checkpoint=checkpoint, layer_sweep=layer_sweep, force=force, progress=False, command=_cmd,
-                 workers=workers, model_dir=model_dir)
+                 workers=workers, model_dir=model_dir, matched=matched, matched_per_emotion=matched_per_emotion, name=name)
 res = load_results(path)
 print(f"{path}: {len(res['rate_points'])} rate points, {len(res['layer_sweep'])} layer points; this run {time.time() - t0:.0f} s")
-_head = results_path(dataset, _out, encoder, "emotion2vec_plus_head")
-if _head.exists(): print(f"{_head}: the same points scored by {encoder}'s own head")
+_label = res["dataset"].lower()
+for _kind, _what in (("matched_linear_probe", "the probe fitted on decoded training features"), ("emotion2vec_plus_head", f"{encoder}'s own head")):
+    if (_f := results_path(_label, _out, encoder, _kind)).exists(): print(f"{_f}: the same points scored by {_what}")
 
 # %% [markdown]
 # ## Baselines and rate points
