@@ -16,10 +16,10 @@ from . import figures as F
 
 # %% auto #0
 __all__ = ['BOOK_RATES', 'EXPECTED_DATASETS', 'ENCODERS', 'FIGURE_TITLES', 'COLUMN_TITLES', 'load_all', 'missing_datasets',
-           'availability', 'at_rates', 'class_at_rates', 'class_grid', 'drop_points', 'describe_drop',
-           'rate_control_summary', 'compare_runs', 'describe_rerun', 'VegaScript', 'vega_script', 'VegaChart',
-           'interactive', 'save_book_figures', 'Table', 'fmt_table', 'describe_run', 'show_dataset', 'figures_for',
-           'show_figures']
+           'availability', 'at_rates', 'class_at_rates', 'class_grid', 'drop_points', 'describe_drop', 'verdict',
+           'verdict_table', 'rate_control_summary', 'compare_runs', 'describe_rerun', 'VegaScript', 'vega_script',
+           'VegaChart', 'interactive', 'save_book_figures', 'Table', 'fmt_table', 'describe_run', 'show_dataset',
+           'figures_for', 'show_figures']
 
 # %% ../nbs/21_results.ipynb #729d185f
 BOOK_RATES = (10, 20, 50, 100, 200)
@@ -150,6 +150,46 @@ def describe_drop(label: str, d: dict) -> str:
         s += (f"At {_rate_list(d['at_floor'], d['n_points'])}, the 95% interval reaches down to the majority-class "
               "F1: there the probe does no better than always answering the most frequent class.")
     return s
+
+# %% ../nbs/21_results.ipynb #d697b2fd
+def verdict(results) -> pd.DataFrame:
+    """The book's answer, one row per results file (dataset x encoder x classifier), every number read from it:
+    the unquantised weighted F1 and its 95% interval; the top rate point and whether it is transparent (its F1
+    inside that interval); `transparent_from`, the lowest rate from which every point upwards is inside the interval;
+    `below_90_at`, the highest rate whose F1 is below 90% of unquantised (where the curve falls, coming down); and
+    `majority_at`, the highest rate whose F1 interval reaches the majority-class F1. Each rate with its point's F1
+    and interval; None where the curve never does it."""
+    rows = []
+    for lab, r in F.named_results(results):
+        d = drop_points(r)
+        if not d["n_points"]: continue
+        pts = {p["achieved_bpf_mean"]: p["metrics"] for p in r["rate_points"]}
+        near = lambda b: pts[min(pts, key=lambda k: abs(k - b))]  # drop_points keeps each point's own rate
+        at = lambda b: None if b is None else (b, near(b)["f1_weighted"], *near(b)["ci"]["f1_weighted"])
+        top = max(pts)
+        lo, hi = d["ceiling_ci"]
+        rows.append(dict(dataset=r["dataset"], encoder=r["encoder"], classifier=r["classifier"], label=lab,
+                         unquantised=(d["ceiling"], lo, hi), majority_f1=d["floor"], top=at(top),
+                         top_transparent=bool(pts[top]["f1_weighted"] >= lo), transparent_from=at(d["holds_ci_from"]),
+                         below_90_at=at(max(b for b, _ in d["below_90"]) if d["below_90"] else None),
+                         majority_at=at(max(b for b, _ in d["at_floor"]) if d["at_floor"] else None)))
+    return pd.DataFrame(rows)
+
+def _fmt_point(v) -> str:
+    "(bpf, f1, lo, hi) -> '123.4 BPF: 0.712 (0.66–0.76)'; None -> 'never'."
+    return "never" if v is None else f"{v[0]:.1f} BPF: {v[1]:.3f} ({v[2]:.3f}–{v[3]:.3f})"
+
+def verdict_table(results) -> Table:
+    "`verdict` as a table for the page: one row per dataset, encoder and classifier."
+    v = verdict(results)
+    if not len(v): return fmt_table(pd.DataFrame())
+    t = pd.DataFrame({"dataset": v.dataset, "encoder": v.encoder, "classifier": v.classifier,
+                      "unquantised F1": [f"{a:.3f} ({b:.3f}–{c:.3f})" for a, b, c in v.unquantised],
+                      "top point": [_fmt_point(x) + ("" if ok else " — not transparent") for x, ok in zip(v.top, v.top_transparent)],
+                      "transparent from": [_fmt_point(x) for x in v.transparent_from],
+                      "below 90% at": [_fmt_point(x) for x in v.below_90_at],
+                      "majority-class level at": [_fmt_point(x) for x in v.majority_at]})
+    return fmt_table(t.set_index(["dataset", "encoder", "classifier"]))
 
 # %% ../nbs/21_results.ipynb #9d484278
 def rate_control_summary(results) -> pd.DataFrame:
@@ -290,7 +330,8 @@ def save_book_figures(named, out_dir="artifacts/figures", formats=("png", "svg")
     return done
 
 # %% ../nbs/21_results.ipynb #fc0ac1f2
-ENCODERS = {"compare": "openSMILE ComParE low-level descriptors (an offline stand-in for emotion2vec)",
+ENCODERS = {"compare": "openSMILE ComParE low-level descriptors (a hand-crafted stand-in)",
+            "whisper_base": "Whisper base, encoder layer 3 (a learned 50 Hz representation, 512 dims)",
             "emotion2vec_base": "emotion2vec base", "emotion2vec_plus_base": "emotion2vec+ base",
             "emotion2vec_plus_large": "emotion2vec+ large"}
 FIGURE_TITLES = dict(f1="Weighted F1 against the achieved rate", confidence="Confidence and true-class probability",

@@ -14,15 +14,18 @@ from .evaluate import (QUICK_RATES_BPF, THESIS_RATES_BPF, evaluate_predictions, 
                           majority_baseline, new_results, start_results, store_split, validate_results, write_results)
 
 # %% auto #0
-__all__ = ['RATE_LISTS', 'CLASSIFIER_SUFFIX', 'resolve_rates', 'resolve_data_root', 'results_path', 'prepare_features',
-           'default_checkpoint', 'get_codec', 'fit_classifier', 'test_subset', 'split_subset', 'plus_head',
-           'layer_tokens', 'train_layer_model', 'get_layer_codec', 'streams_of_tokens', 'run_sweep']
+__all__ = ['SPAN_RATES_BPF', 'RATE_LISTS', 'CLASSIFIER_SUFFIX', 'resolve_rates', 'resolve_data_root', 'results_path',
+           'prepare_features', 'default_checkpoint', 'get_codec', 'fit_classifier', 'test_subset', 'split_subset',
+           'plus_head', 'layer_tokens', 'layer_depths', 'train_layer_model', 'get_layer_codec', 'streams_of_tokens',
+           'run_sweep']
 
 # %% ../nbs/12_sweep.ipynb #52239e39
-RATE_LISTS = {"quick": QUICK_RATES_BPF, "full": THESIS_RATES_BPF}
+SPAN_RATES_BPF = (10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 250.0, 300.0, 350.0, 400.0, 450.0, 500.0, 600.0)
+RATE_LISTS = {"quick": QUICK_RATES_BPF, "full": THESIS_RATES_BPF, "span": SPAN_RATES_BPF}
 
 def resolve_rates(rates) -> list[float]:
-    "`quick`, `full` (the thesis's 44 points) or a list of positive numbers -> sorted unique target BPFs."
+    """`quick`, `full` (the thesis's 44 points, 10 to 300 BPF), `span` (15 points from 10 to 600 BPF, for deep codecs
+    whose top rate lies far above 300) or a list of positive numbers -> sorted unique target BPFs."""
     if isinstance(rates, str):
         if rates not in RATE_LISTS:
             try: rates = json.loads(rates)
@@ -137,6 +140,11 @@ def layer_tokens(rvq, x, n: int) -> torch.Tensor:
     from eib.rvq import spread_layers
     c = rvq.cfg
     return rvq.encode_nearest(x, layers_per_group=spread_layers(n, c.groups, c.layers))
+
+def layer_depths(lo: int, hi: int, most: int = 24) -> list[int]:
+    "At most `most` layer counts, evenly spaced from `lo` to `hi` inclusive (every one when there are fewer)."
+    if hi - lo + 1 <= most: return list(range(lo, hi + 1))
+    return sorted({int(v) for v in np.linspace(lo, hi, most).round()})
 
 def train_layer_model(codec, store, seed: int = 0, max_steps: int = 1500, epochs: int = 8, device: str = "cpu",
                       progress: bool = True):
@@ -255,13 +263,14 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
               out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
               progress: bool = True, force: bool = False, layer_max_steps: int = 1500, command: str | None = None,
               workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 60,
-              name: str | None = None) -> Path:
+              name: str | None = None, layer_points: int = 24) -> Path:
     """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
     write `results_path(...)` after every point, resuming the points already there. Every decoded point is scored
     by the fixed probe and (`matched`) by a probe fitted on the decoded training subset (`matched_per_emotion`
     training utterances per class, coded like the test set), each into its own file; with emotion2vec_plus features
     and weights (`model_dir`), the model's own head scores them into a third. `dataset="manifest"`: any folder
-    (`data_root`) with a `manifest.csv`, named `name`."""
+    (`data_root`) with a `manifest.csv`, named `name`. The layer sweep takes at most `layer_points` depths n, evenly
+    spaced from G to G*M layers (all of them when there are fewer)."""
     from tqdm.auto import tqdm
     from eib.data import LABEL_PROTOCOLS
     from eib.rate import RateController, solve_sharded
@@ -368,7 +377,7 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     if layer_sweep:
         c = rvq.cfg
         have = set.intersection(*({q["layers"] for q in obj["layer_sweep"]} for _, _, obj, _ in outs))
-        ns = [k for k in range(c.groups, c.positions + 1) if k not in have]
+        ns = [k for k in layer_depths(c.groups, c.positions, layer_points) if k not in have]
         if ns:
             t0 = time.time()
             lc = get_layer_codec(codec, store, Path(str(ck) + "_layers"), seed=0, device=device, progress=progress,

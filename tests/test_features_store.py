@@ -76,3 +76,23 @@ def test_emotion2vec_store_two_spawned_workers(tmp_path):
     assert st.meta["encoder_version"].startswith("funasr-1.4.16/emotion2vec_plus_base/weights-")
     with pytest.raises(Exception, match="holds emotion2vec_plus_base features, not compare"):
         build_store("manifest", tmp_path / "c", "compare", out=tmp_path / "s", name="c", progress=False)
+
+
+def test_whisper_store_offline_and_bad_weights_refused(tmp_path):
+    "The Whisper-base encoder through the console script: a 512-dim, 50 Hz store; a damaged weight file gets one line."
+    from eib.features import WHISPER_LAYER, load_store, whisper_model_dir
+    _corpus(tmp_path / "c", 4, seconds=1.5)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", EIB_OFFLINE="1")
+    r = subprocess.run(PREPARE + ["--dataset", "manifest", "--root", str(tmp_path / "c"), "--out", str(tmp_path / "s"),
+                                  "--encoder", "whisper_base", "--workers", "1"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    st = load_store(tmp_path / "s" / "c")
+    assert (st.dim, st.frame_rate, st.meta["encoder_layer"]) == (512, 50, WHISPER_LAYER)
+    assert {st.frames(u).shape for u in st.ids()} == {(75, 512)}            # 1.5 s at 50 frames per second
+    bad = tmp_path / "bad"; bad.mkdir()
+    data = bytearray((whisper_model_dir() / "model.bin").read_bytes()); data[len(data) // 2] ^= 0xFF  # one flipped byte
+    (bad / "model.bin").write_bytes(bytes(data))
+    r = subprocess.run(PREPARE + ["--dataset", "manifest", "--root", str(tmp_path / "c"), "--out", str(tmp_path / "s2"),
+                                  "--encoder", "whisper_base", "--model-dir", str(bad)], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "is not Whisper base's weights" in r.stderr and "refusing a corrupted or different model" in r.stderr

@@ -55,10 +55,12 @@ from fastcore.test import test_eq, test_fail, test_close
 
 # %%
 #| export
-RATE_LISTS = {"quick": QUICK_RATES_BPF, "full": THESIS_RATES_BPF}
+SPAN_RATES_BPF = (10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 250.0, 300.0, 350.0, 400.0, 450.0, 500.0, 600.0)
+RATE_LISTS = {"quick": QUICK_RATES_BPF, "full": THESIS_RATES_BPF, "span": SPAN_RATES_BPF}
 
 def resolve_rates(rates) -> list[float]:
-    "`quick`, `full` (the thesis's 44 points) or a list of positive numbers -> sorted unique target BPFs."
+    """`quick`, `full` (the thesis's 44 points, 10 to 300 BPF), `span` (15 points from 10 to 600 BPF, for deep codecs
+    whose top rate lies far above 300) or a list of positive numbers -> sorted unique target BPFs."""
     if isinstance(rates, str):
         if rates not in RATE_LISTS:
             try: rates = json.loads(rates)
@@ -72,6 +74,7 @@ def resolve_rates(rates) -> list[float]:
 
 # %%
 test_eq(resolve_rates("quick"), [10.0, 100.0, 200.0, 300.0]); test_eq(len(resolve_rates("full")), 44)
+test_eq((len(resolve_rates("span")), max(resolve_rates("span"))), (15, 600.0))
 test_eq(resolve_rates([20, 10, 10]), [10.0, 20.0]); test_eq(resolve_rates("[5, 7.5]"), [5.0, 7.5])
 test_fail(lambda: resolve_rates("fast"), contains="known: quick, full"); test_fail(lambda: resolve_rates([0]), contains="positive")
 
@@ -231,6 +234,11 @@ def layer_tokens(rvq, x, n: int) -> torch.Tensor:
     c = rvq.cfg
     return rvq.encode_nearest(x, layers_per_group=spread_layers(n, c.groups, c.layers))
 
+def layer_depths(lo: int, hi: int, most: int = 24) -> list[int]:
+    "At most `most` layer counts, evenly spaced from `lo` to `hi` inclusive (every one when there are fewer)."
+    if hi - lo + 1 <= most: return list(range(lo, hi + 1))
+    return sorted({int(v) for v in np.linspace(lo, hi, most).round()})
+
 def train_layer_model(codec, store, seed: int = 0, max_steps: int = 1500, epochs: int = 8, device: str = "cpu",
                       progress: bool = True):
     "An `EntropyModel` (the codec's config) trained on layer-sweep tokens of `store`'s training split."
@@ -321,6 +329,8 @@ for _t, _s in zip(_toks, _ss): test_eq(decompress(_rvq, _em, _s)[0].numpy(), _t.
 from eib.entropy import CodingModel
 for _t, _s in zip(_toks, _ss):  # the stream is the ideal code length plus a small container and termination cost
     _ideal = float(CodingModel(_em).bits(_t).sum()); assert _ideal <= 8 * len(_s) <= _ideal + 8 * 48, (_ideal, len(_s))
+test_eq((layer_depths(10, 30), layer_depths(8, 64)[:4], len(layer_depths(8, 64)), layer_depths(8, 64)[-1]),
+        (list(range(10, 31)), [8, 10, 13, 15], 24, 64))  # ComParE's 21 depths all; a deep codec's 57 thinned to 24
 
 
 # %% [markdown]
@@ -380,13 +390,14 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
               out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
               progress: bool = True, force: bool = False, layer_max_steps: int = 1500, command: str | None = None,
               workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 60,
-              name: str | None = None) -> Path:
+              name: str | None = None, layer_points: int = 24) -> Path:
     """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
     write `results_path(...)` after every point, resuming the points already there. Every decoded point is scored
     by the fixed probe and (`matched`) by a probe fitted on the decoded training subset (`matched_per_emotion`
     training utterances per class, coded like the test set), each into its own file; with emotion2vec_plus features
     and weights (`model_dir`), the model's own head scores them into a third. `dataset="manifest"`: any folder
-    (`data_root`) with a `manifest.csv`, named `name`."""
+    (`data_root`) with a `manifest.csv`, named `name`. The layer sweep takes at most `layer_points` depths n, evenly
+    spaced from G to G*M layers (all of them when there are fewer)."""
     from tqdm.auto import tqdm
     from eib.data import LABEL_PROTOCOLS
     from eib.rate import RateController, solve_sharded
@@ -493,7 +504,7 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     if layer_sweep:
         c = rvq.cfg
         have = set.intersection(*({q["layers"] for q in obj["layer_sweep"]} for _, _, obj, _ in outs))
-        ns = [k for k in range(c.groups, c.positions + 1) if k not in have]
+        ns = [k for k in layer_depths(c.groups, c.positions, layer_points) if k not in have]
         if ns:
             t0 = time.time()
             lc = get_layer_codec(codec, store, Path(str(ck) + "_layers"), seed=0, device=device, progress=progress,

@@ -19,13 +19,47 @@ from IPython.display import Markdown, display
 from eib.core import shared_root
 from eib import figures as F
 from eib.results import (ENCODERS, EXPECTED_DATASETS, at_rates, availability, class_at_rates, describe_drop, drop_points,
-                         fmt_table, interactive, load_all, missing_datasets, rate_control_summary, vega_script)
+                         fmt_table, interactive, load_all, missing_datasets, rate_control_summary, vega_script, verdict,
+                         verdict_table)
 from fastcore.test import test_eq
 
 F.use_offline_renderer()
 named, bad = load_all()
 md = lambda s: display(Markdown(s))
 vega_script()
+
+# %% [markdown]
+# ## The answer
+#
+# How many bits per frame does emotion recognition need? For each dataset, encoder and classifier: the top rate
+# point and whether it is transparent (its weighted F1 inside the unquantised 95% interval: only a curve that starts
+# where nothing is lost can say where loss begins), the lowest rate from which the curve stays transparent, the rate
+# where it falls below 90% of the unquantised F1, and the rate where its interval reaches the majority-class F1
+# (always answering the most frequent class). Each rate comes with that point's weighted F1 and 95% interval.
+#
+# Two classifiers answer two questions. The **fixed** probe, fitted once on unquantised training features (the
+# thesis's protocol), asks whether a deployed model still works on decoded features; its fall can be a domain shift,
+# not lost information. The **matched** probe, the same recipe fitted on the decoded training subset at each rate,
+# asks how much emotion information the code still carries.
+
+# %%
+#| code-fold: true
+_v = verdict(named) if named else pd.DataFrame()
+if len(_v):
+    display(verdict_table(named))
+    for _r in _v.itertuples():
+        _who = {"linear_probe": "the fixed probe (fitted on unquantised features)",
+                "matched_linear_probe": "the matched probe (fitted on decoded features at each rate)"}.get(_r.classifier, _r.classifier)
+        _s = f"**{_r.dataset}, {ENCODERS.get(_r.encoder, _r.encoder).split(' (')[0]}, {_who}**: "
+        if not _r.top_transparent:
+            _s += (f"even the top point ({_r.top[0]:.1f} BPF, F1 {_r.top[1]:.3f}) lies below the unquantised interval "
+                   f"({_r.unquantised[1]:.3f}–{_r.unquantised[2]:.3f}), so this curve cannot say where loss begins.")
+        else:
+            _s += (f"transparent from **{_r.transparent_from[0]:.1f} BPF** up" if _r.transparent_from else "transparent at its top point")
+            _s += (f"; below 90% of unquantised at **{_r.below_90_at[0]:.1f} BPF**" if _r.below_90_at else "; never below 90% of unquantised")
+            _s += (f"; at the majority-class level at **{_r.majority_at[0]:.1f} BPF**." if _r.majority_at else "; never down to the majority-class level.")
+        md(_s)
+else: md("No results file is present yet: there is no verdict to give.")
 
 # %% [markdown]
 # ## What was measured, and on what

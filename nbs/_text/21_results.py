@@ -319,6 +319,67 @@ test_eq(describe_drop("X", drop_points(_demo | dict(rate_points=[]))), "**X**: n
 
 
 # %% [markdown]
+# ### The verdict
+#
+# `verdict` condenses `drop_points` into the book's answer for each results file: whether the top point is
+# transparent (inside the unquantised 95% interval: only then can the curve say where loss begins), the lowest rate
+# from which the curve stays transparent, the rate where it falls below 90% of the unquantised F1, and the rate where
+# its interval reaches the majority-class F1; each with that point's F1 and interval.
+
+# %%
+#| export
+def verdict(results) -> pd.DataFrame:
+    """The book's answer, one row per results file (dataset x encoder x classifier), every number read from it:
+    the unquantised weighted F1 and its 95% interval; the top rate point and whether it is transparent (its F1
+    inside that interval); `transparent_from`, the lowest rate from which every point upwards is inside the interval;
+    `below_90_at`, the highest rate whose F1 is below 90% of unquantised (where the curve falls, coming down); and
+    `majority_at`, the highest rate whose F1 interval reaches the majority-class F1. Each rate with its point's F1
+    and interval; None where the curve never does it."""
+    rows = []
+    for lab, r in F.named_results(results):
+        d = drop_points(r)
+        if not d["n_points"]: continue
+        pts = {p["achieved_bpf_mean"]: p["metrics"] for p in r["rate_points"]}
+        near = lambda b: pts[min(pts, key=lambda k: abs(k - b))]  # drop_points keeps each point's own rate
+        at = lambda b: None if b is None else (b, near(b)["f1_weighted"], *near(b)["ci"]["f1_weighted"])
+        top = max(pts)
+        lo, hi = d["ceiling_ci"]
+        rows.append(dict(dataset=r["dataset"], encoder=r["encoder"], classifier=r["classifier"], label=lab,
+                         unquantised=(d["ceiling"], lo, hi), majority_f1=d["floor"], top=at(top),
+                         top_transparent=bool(pts[top]["f1_weighted"] >= lo), transparent_from=at(d["holds_ci_from"]),
+                         below_90_at=at(max(b for b, _ in d["below_90"]) if d["below_90"] else None),
+                         majority_at=at(max(b for b, _ in d["at_floor"]) if d["at_floor"] else None)))
+    return pd.DataFrame(rows)
+
+def _fmt_point(v) -> str:
+    "(bpf, f1, lo, hi) -> '123.4 BPF: 0.712 (0.66–0.76)'; None -> 'never'."
+    return "never" if v is None else f"{v[0]:.1f} BPF: {v[1]:.3f} ({v[2]:.3f}–{v[3]:.3f})"
+
+def verdict_table(results) -> Table:
+    "`verdict` as a table for the page: one row per dataset, encoder and classifier."
+    v = verdict(results)
+    if not len(v): return fmt_table(pd.DataFrame())
+    t = pd.DataFrame({"dataset": v.dataset, "encoder": v.encoder, "classifier": v.classifier,
+                      "unquantised F1": [f"{a:.3f} ({b:.3f}–{c:.3f})" for a, b, c in v.unquantised],
+                      "top point": [_fmt_point(x) + ("" if ok else " — not transparent") for x, ok in zip(v.top, v.top_transparent)],
+                      "transparent from": [_fmt_point(x) for x in v.transparent_from],
+                      "below 90% at": [_fmt_point(x) for x in v.below_90_at],
+                      "majority-class level at": [_fmt_point(x) for x in v.majority_at]})
+    return fmt_table(t.set_index(["dataset", "encoder", "classifier"]))
+
+
+# %%
+#| code-fold: true
+_v = verdict(_demo).iloc[0]
+test_eq((_v.transparent_from[0] if _v.transparent_from else None), _d["holds_ci_from"])
+test_eq(_v.top[0], max(p["achieved_bpf_mean"] for p in _demo["rate_points"]))
+test_eq(_v.top_transparent, _v.top[1] >= _v.unquantised[1])
+if _v.below_90_at is not None: assert _v.below_90_at[1] < 0.9 * _v.unquantised[0]
+if _v.majority_at is not None: assert _v.majority_at[2] <= _v.majority_f1
+test_eq(_fmt_point(None), "never"); test_eq(_fmt_point((12.34, 0.5, 0.4, 0.6)), "12.3 BPF: 0.500 (0.400–0.600)")
+
+
+# %% [markdown]
 # ### Rate control in numbers
 #
 # `rate_control_summary` condenses the per-utterance rates that a sweep stores in each rate point: over the
@@ -555,7 +616,8 @@ with tempfile.TemporaryDirectory() as _t:
 
 # %%
 #| export
-ENCODERS = {"compare": "openSMILE ComParE low-level descriptors (an offline stand-in for emotion2vec)",
+ENCODERS = {"compare": "openSMILE ComParE low-level descriptors (a hand-crafted stand-in)",
+            "whisper_base": "Whisper base, encoder layer 3 (a learned 50 Hz representation, 512 dims)",
             "emotion2vec_base": "emotion2vec base", "emotion2vec_plus_base": "emotion2vec+ base",
             "emotion2vec_plus_large": "emotion2vec+ large"}
 FIGURE_TITLES = dict(f1="Weighted F1 against the achieved rate", confidence="Confidence and true-class probability",
