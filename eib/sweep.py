@@ -262,7 +262,7 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
               preset: str = "cpu", device: str = "cpu", seed: int = 42, samples_per_emotion: int | None = 100,
               out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
               progress: bool = True, force: bool = False, layer_max_steps: int = 1500, command: str | None = None,
-              workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 60,
+              workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 30,
               name: str | None = None, layer_points: int = 24) -> Path:
     """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
     write `results_path(...)` after every point, resuming the points already there. Every decoded point is scored

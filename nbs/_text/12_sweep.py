@@ -41,8 +41,8 @@ from fastcore.test import test_eq, test_fail, test_close
 #    per utterance or per set; targets above an utterance's λ = 0 rate are capped there and flagged; the tokens
 #    are decoded, the classifiers score the decoded frames; one stream per point is decoded from its bytes with
 #    `eib.bitstream.decompress` to check it round-trips;
-# 7. **layer sweep**: plain RVQ, n = G..G·M layers spread over the groups (`spread_layers`), nearest code, no
-#    SKIP choice; its tokens are coded by a second entropy model of the codec's own shape trained on layer-sweep
+# 7. **layer sweep**: plain RVQ, n = G..G·M layers spread over the groups (`spread_layers`; at most `layer_points`
+#    depths, evenly spaced, when a deep codec has more), nearest code, no SKIP choice; its tokens are coded by a second entropy model of the codec's own shape trained on layer-sweep
 #    tokens of the training split (n drawn per frame), and the rate is the size of the real range-coded stream.
 #
 # The results files `rate_sweep_<DATASET>[_<encoder>].json` (fixed probe) and `..._matched.json` (matched probe)
@@ -389,7 +389,7 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
               preset: str = "cpu", device: str = "cpu", seed: int = 42, samples_per_emotion: int | None = 100,
               out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
               progress: bool = True, force: bool = False, layer_max_steps: int = 1500, command: str | None = None,
-              workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 60,
+              workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 30,
               name: str | None = None, layer_points: int = 24) -> Path:
     """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
     write `results_path(...)` after every point, resuming the points already there. Every decoded point is scored

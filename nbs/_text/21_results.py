@@ -61,13 +61,13 @@ save_book_figures(named) if named else "no results: no figures"
 # %% [markdown]
 # ## This build's re-run
 #
-# `make book` re-runs the synthetic sweep (quick targets) before it builds the website; here that fresh run is
-# checked against the committed results of the same dataset.
+# `make book` re-runs the synthetic sweeps (quick targets, both encoders, the fixed probe) before it builds the website;
+# here each fresh run is checked against the committed results of the same dataset, encoder and classifier.
 
 # %%
-from eib.evaluate import rerun_files
+from eib.evaluate import rerun_files, results_files
 _fresh = {k: load_results(v) for k, v in rerun_files().items()}
-_committed = {r["dataset"].upper(): r for _, r in named}
+_committed = {k: load_results(v) for k, v in results_files().items()}  # keyed like the fresh files: dataset, encoder, classifier
 for _k, _fr in _fresh.items():
     display(Markdown(describe_rerun(_k, _fr, _committed.get(_k))))
     if _k in _committed: display(fmt_table(compare_runs(_fr, _committed[_k]).set_index("target_bpf")))

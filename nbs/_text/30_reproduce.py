@@ -14,10 +14,11 @@
 # make test   # set up, then every test: the notebooks (nbdev_test) and pytest (papermill, the website in headless Chromium, ...)
 # ```
 #
-# Each prints how long its set-up and its work took. `make book` first re-runs the synthetic sweep at the quick
-# targets (10, 100, 200, 300 BPF) from the committed codec into `_cache/book_results/` (`make book BOOK_RATES=full`
-# re-runs all 44), and the [Results](21_results.ipynb) chapter checks that fresh run against the committed
-# `evaluation_results/rate_sweep_SYNTH.json`. Then it runs every chapter notebook listed in `_quarto.yml`
+# Each prints how long its set-up and its work took. `make book` first re-runs the synthetic sweeps at the quick
+# targets (10, 100, 200, 300 BPF), with both encoders (ComParE, and Whisper base, whose store it makes from the
+# rendered corpus first) and the fixed probe, without the layer sweep, from the committed codecs into
+# `_cache/book_results/` (`make book BOOK_RATES=full` re-runs all 44), and the [Results](21_results.ipynb) chapter
+# checks each fresh run against the committed results file of the same dataset, encoder and classifier. Then it runs every chapter notebook listed in `_quarto.yml`
 # (skipping cells marked `#| slow`, as `nbdev_test` does), writes the API reference from the docstrings, and renders
 # the site with Quarto when `quarto` is on `PATH`, otherwise with smalldocs (pure Python, the same `_quarto.yml`).
 # Open `_site/index.html`, or serve it: `python -m http.server -d _site 8000 --bind 127.0.0.1`. The same build,
@@ -34,6 +35,12 @@
 #     -p dataset ravdess -p data_root ../shared/datasets/ravdess -p rates full
 # .venv/bin/papermill nbs/sweep.ipynb out/sweep_emodb.ipynb -k python3 --cwd nbs -p dataset emodb -p rates full
 # .venv/bin/papermill nbs/sweep.ipynb out/sweep_synth.ipynb -k python3 --cwd nbs -p dataset synth -p rates full
+# # the learned encoder (Whisper base, layer 3); its deep codec reaches far above 300 BPF, hence the `span` targets
+# .venv/bin/papermill nbs/sweep.ipynb out/sweep_ravdess_w.ipynb -k python3 --cwd nbs \
+#     -p dataset ravdess -p data_root ../shared/datasets/ravdess -p encoder whisper_base -p rates span
+# .venv/bin/papermill nbs/sweep.ipynb out/sweep_emodb_w.ipynb -k python3 --cwd nbs -p dataset emodb -p encoder whisper_base -p rates span
+# # any folder with a manifest.csv (path, speaker, emotion, split)
+# .venv/bin/papermill nbs/sweep.ipynb out/x.ipynb -k python3 --cwd nbs -p dataset manifest -p data_root DIR -p name NAME -p encoder whisper_base
 # ```
 #
 # The short form `papermill nbs/sweep.ipynb out/sweep_ravdess.ipynb -p dataset ravdess -p data_root
@@ -75,6 +82,7 @@
 # .venv/bin/python benchmarks/bench_rate.py --limit 60  # rate control: precision, encoder passes, speed vs linear-λ bisection
 # .venv/bin/python benchmarks/bench_rate.py --features data_subset/synth --checkpoint checkpoints/synth_cpu
 # .venv/bin/python benchmarks/probe_mismatch.py          # clean-trained probe vs one fitted on decoded features (RAVDESS)
+# .venv/bin/python benchmarks/whisper_layer.py           # which Whisper-base layer: speaker-grouped CV on RAVDESS's training split
 # ```
 #
 # ## The λ explorer

@@ -54,7 +54,7 @@ force = False  # start afresh even when the results file holds this configuratio
 workers = 2  # processes for per-utterance rate control (utterances split between them)
 model_dir = None  # the encoder's weights folder (None: the default places); a plus model's own head is scored too
 matched = True  # also score every point with a probe fitted on the decoded training subset
-matched_per_emotion = 60  # training utterances per class coded for the matched probe
+matched_per_emotion = 30  # training utterances per class coded for the matched probe
 
 # %%
 import time
