@@ -77,6 +77,7 @@ fmt_table(pd.DataFrame(_rows).set_index("dataset"), 2) if _rows else None
 _synth = [lab for lab, r in named if r["dataset"].upper().startswith("SYNTH")]
 _standin = [lab for lab, r in named if r["encoder"] == "compare"]
 _e2v = [lab for lab, r in named if r["encoder"].startswith("emotion2vec")]
+_whisper = [lab for lab, r in named if r["encoder"] == "whisper_base"]
 _s = []
 if _synth: _s.append(f"**{', '.join(_synth)}** is synthetic: speech that the project renders itself with `espeak-ng`, acted "
                      "emotions imitated by prosody settings. It makes the book run anywhere, offline; it is not a corpus of human "
@@ -85,6 +86,10 @@ if _standin: _s.append(f"The features of **{', '.join(_standin)}** are openSMILE
                        "**offline stand-in for emotion2vec** (768 dimensions), whose weights need a download these machines cannot "
                        "make. The thesis's claims are about emotion2vec; a number measured on the stand-in is evidence about the "
                        "method, not a replication of the thesis.")
+if _whisper: _s.append(f"**{', '.join(_whisper)}** used OpenAI's **Whisper base** encoder, layer 3 (512 dimensions, 50 frames/s, "
+                        "learned from speech; the layer chosen by cross-validation on RAVDESS's training split only): a learned "
+                        "representation like emotion2vec, not emotion2vec itself, so these numbers answer the book's question for "
+                        "a learned encoder without replicating the thesis's exact features.")
 if _e2v: _s.append(f"**{', '.join(_e2v)}** used emotion2vec features, as the thesis did.")
 _s.append("The thesis evaluated ESD, IEMOCAP and RAVDESS; ESD and IEMOCAP are not available here (their readers are tested "
           "on fixtures only), so RAVDESS is the one corpus shared with the thesis.")
