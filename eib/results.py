@@ -176,20 +176,22 @@ def verdict(results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 def _fmt_point(v) -> str:
-    "(bpf, f1, lo, hi) -> '123.4 BPF: 0.712 (0.66–0.76)'; None -> 'never'."
-    return "never" if v is None else f"{v[0]:.1f} BPF: {v[1]:.3f} ({v[2]:.3f}–{v[3]:.3f})"
+    "(bpf, f1, lo, hi) -> '123: 0.71 (0.66–0.76)' (rate in BPF, weighted F1, its 95% interval); None -> 'never'."
+    return "never" if v is None else f"{v[0]:.0f}: {v[1]:.2f} ({v[2]:.2f}–{v[3]:.2f})"
 
 def verdict_table(results) -> Table:
-    "`verdict` as a table for the page: one row per dataset, encoder and classifier."
+    """`verdict` as a compact table for the page: one row per dataset, encoder and probe; each cell 'rate (BPF): weighted F1
+    (95% interval)'; ✗ marks a top point that is not transparent."""
     v = verdict(results)
     if not len(v): return fmt_table(pd.DataFrame())
-    t = pd.DataFrame({"dataset": v.dataset, "encoder": v.encoder, "classifier": v.classifier,
-                      "unquantised F1": [f"{a:.3f} ({b:.3f}–{c:.3f})" for a, b, c in v.unquantised],
-                      "top point": [_fmt_point(x) + ("" if ok else " — not transparent") for x, ok in zip(v.top, v.top_transparent)],
+    short = {"linear_probe": "fixed", "matched_linear_probe": "matched", "emotion2vec_plus_head": "plus head"}
+    t = pd.DataFrame({"dataset": v.dataset, "encoder": v.encoder, "probe": [short.get(c, c) for c in v.classifier],
+                      "unquantised F1": [f"{a:.2f} ({b:.2f}–{c:.2f})" for a, b, c in v.unquantised],
+                      "top point": [_fmt_point(x) + ("" if ok else " ✗") for x, ok in zip(v.top, v.top_transparent)],
                       "transparent from": [_fmt_point(x) for x in v.transparent_from],
                       "below 90% at": [_fmt_point(x) for x in v.below_90_at],
-                      "majority-class level at": [_fmt_point(x) for x in v.majority_at]})
-    return fmt_table(t.set_index(["dataset", "encoder", "classifier"]))
+                      "majority level at": [_fmt_point(x) for x in v.majority_at]})
+    return fmt_table(t.set_index(["dataset", "encoder", "probe"]))
 
 # %% ../nbs/21_results.ipynb #9d484278
 def rate_control_summary(results) -> pd.DataFrame:

@@ -35,7 +35,8 @@ vega_script()
 # point and whether it is transparent (its weighted F1 inside the unquantised 95% interval: only a curve that starts
 # where nothing is lost can say where loss begins), the lowest rate from which the curve stays transparent, the rate
 # where it falls below 90% of the unquantised F1, and the rate where its interval reaches the majority-class F1
-# (always answering the most frequent class). Each rate comes with that point's weighted F1 and 95% interval.
+# (always answering the most frequent class). Each cell reads *rate in BPF: weighted F1 (95% interval)*; ✗ marks a top
+# point that is not transparent.
 #
 # Two classifiers answer two questions. The **fixed** probe, fitted once on unquantised training features (the
 # thesis's protocol), asks whether a deployed model still works on decoded features; its fall can be a domain shift,
