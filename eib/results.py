@@ -180,18 +180,20 @@ def _fmt_point(v) -> str:
     return "never" if v is None else f"{v[0]:.0f}: {v[1]:.2f} ({v[2]:.2f}–{v[3]:.2f})"
 
 def verdict_table(results) -> Table:
-    """`verdict` as a compact table for the page: one row per dataset, encoder and probe; each cell 'rate (BPF): weighted F1
-    (95% interval)'; ✗ marks a top point that is not transparent."""
+    """`verdict` as a table narrow enough for the page: one row per dataset, encoder and probe; each cell 'rate (BPF):
+    weighted F1'; ✗ marks a top point that is not transparent (the intervals are in `verdict` and the page's prose)."""
     v = verdict(results)
     if not len(v): return fmt_table(pd.DataFrame())
     short = {"linear_probe": "fixed", "matched_linear_probe": "matched", "emotion2vec_plus_head": "plus head"}
-    t = pd.DataFrame({"dataset": v.dataset, "encoder": v.encoder, "probe": [short.get(c, c) for c in v.classifier],
-                      "unquantised F1": [f"{a:.2f} ({b:.2f}–{c:.2f})" for a, b, c in v.unquantised],
-                      "top point": [_fmt_point(x) + ("" if ok else " ✗") for x, ok in zip(v.top, v.top_transparent)],
-                      "transparent from": [_fmt_point(x) for x in v.transparent_from],
-                      "below 90% at": [_fmt_point(x) for x in v.below_90_at],
-                      "majority level at": [_fmt_point(x) for x in v.majority_at]})
-    return fmt_table(t.set_index(["dataset", "encoder", "probe"]))
+    enc = {"compare": "ComParE", "whisper_base": "Whisper"}
+    cell = lambda x: "never" if x is None else f"{x[0]:.0f}: {x[1]:.2f}"
+    t = pd.DataFrame({"result": [f"{d} {enc.get(e, e)} {short.get(c, c)}" for d, e, c in zip(v.dataset, v.encoder, v.classifier)],
+                      "unquantised": [f"{a:.2f}" for a, _, _ in v.unquantised],
+                      "top": [cell(x) + ("" if ok else " ✗") for x, ok in zip(v.top, v.top_transparent)],
+                      "transparent from": [cell(x) for x in v.transparent_from],
+                      "below 90%": [cell(x) for x in v.below_90_at], "majority level": [cell(x) for x in v.majority_at]})
+    return fmt_table(t.set_index("result"))
+
 
 # %% ../nbs/21_results.ipynb #9d484278
 def rate_control_summary(results) -> pd.DataFrame:
