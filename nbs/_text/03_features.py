@@ -509,7 +509,7 @@ def whisper_forward(W: dict, mel, upto: int = WHISPER_LAYERS) -> list:
         x = x + F.linear(F.gelu(F.linear(ln(x, f), W[f + "linear_0/weight"], W[f + "linear_0/bias"])),
                          W[f + "linear_1/weight"], W[f + "linear_1/bias"])
         hs.append(x)
-    if upto > n - 1 and n == WHISPER_LAYERS: hs[-1] = ln(x, "")  # layer 6: the encoder's output, after its final layer norm
+    if upto >= n: hs[-1] = ln(x, "")  # the last layer: the encoder's output, after its final layer norm
     return hs
 
 class WhisperBaseEncoder(Encoder):
