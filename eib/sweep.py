@@ -325,6 +325,8 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
         path = results_path(label, out_dir, encoder, kind)
         obj = start_results(path, skel, force=force)
         obj.setdefault("notes", skel["notes"])
+        if {q["target_bpf"] for q in obj["rate_points"]} <= set(targets) and (layer_sweep or not obj["layer_sweep"]):
+            obj["command"] = cmd  # a resumed file names the latest command that reproduces all of its points
         timing = obj.setdefault("timing", {})
         timing.update(features_s=round(t_feat - t_start, 2), codec_s=round(t_codec - t_feat, 2),
                       probe_s=round(time.time() - t_codec, 2), threads=torch.get_num_threads(), machine=platform.machine(),
