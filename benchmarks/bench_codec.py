@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from eib.core import EibError
 from eib.rvq import RVQConfig, fit_rvq
-from eib.entropy import EntropyConfig, EntropyModel, CodingModel, PRESETS, train_entropy_model, lambda_grid
+from eib.entropy import EntropyConfig, EntropyModel, CodingModel, MODEL_SIZES
+from eib.ecvq import train_entropy_model, lambda_grid
 from eib.ecvq import ecvq_encode, auto_batch
 from eib.bitstream import compress_with_result, decompress, stream_info
 
@@ -146,7 +147,7 @@ def main(argv=None):
           f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f} at start")
 
     if a.checkpoint:
-        from eib.train import load_codec
+        from eib.codec import load_codec
         codec = load_codec(a.checkpoint); rvq, trained = codec.rvq, codec.model
         fit, utts, desc = load_input(a.features, 4000, a.seed)
         desc += f"; codec {a.checkpoint}"
@@ -205,7 +206,7 @@ def main(argv=None):
     # 3. actual coded bits vs ideal, per utterance streams (cpu-preset model)
     ideal = payload = stream = frames = 0
     for utt in utts[:20]:
-        data, res = compress_with_result(rvq, trained, utt, lam)
+        data, res = compress_with_result((rvq, trained), utt, lam)
         ideal += float(res.bits.sum()); payload += stream_info(data).payload_len * 8; stream += len(data) * 8; frames += len(utt)
     print(f"\nCoded bits vs ideal (-log2 q), cpu-preset model, {min(len(utts), 20)} utterances, {frames} frames:")
     print(f"  ideal {ideal / frames:7.2f} BPF | payload {payload / frames:7.2f} BPF ({(payload - ideal) / ideal:+.3%}, coder termination included) "
@@ -215,8 +216,8 @@ def main(argv=None):
     print("\nDecode (one stream, all frames batched), exact coding model:")
     for name, mdl in (("cpu", trained), ("paper", paper)):
         xs = test[:a.exact_frames]
-        data, res = compress_with_result(rvq, mdl, xs, lam)
-        (tok, _), dt, peak = peak_rss_mib(lambda: decompress(rvq, mdl, data))
+        data, res = compress_with_result((rvq, mdl), xs, lam)
+        (tok, _), dt, peak = peak_rss_mib(lambda: decompress((rvq, mdl), data))
         assert torch.equal(tok, res.tokens), "round trip failed"
         print(f"  {name:5s} preset ({sum(p.numel() for p in mdl.parameters()) / 1e6:5.2f} M params): {len(xs) / dt:8.1f} frames/s, "
               f"peak RSS {peak:7.0f} MiB (process), round trip exact")

@@ -33,7 +33,7 @@ def thesis_search(rvq, model, x, target, lo=1e-4, hi=32.0, tol=1.0, max_iter=50)
     from eib.bitstream import compress, stream_bpf
     for it in range(1, max_iter + 1):
         lam = (lo + hi) / 2
-        bpf = stream_bpf(compress(rvq, model, x, lam), len(x))
+        bpf = stream_bpf(compress((rvq, model), x, lam), len(x))
         if abs(bpf - target) <= tol: break
         if bpf > target: lo = lam
         else: hi = lam
@@ -60,7 +60,7 @@ def main():
     import torch
     torch.set_num_threads(a.threads)
     from eib.features import load_store
-    from eib.train import load_codec
+    from eib.codec import load_codec
     from eib.rate import RateController
 
     ck = Path(a.checkpoint)

@@ -26,7 +26,7 @@ def main():
     from eib.evaluate import evaluate_predictions, fit_probe, pool_many, store_split
     from eib.features import load_store
     from eib.sweep import fit_classifier, layer_tokens, test_subset
-    from eib.train import load_codec
+    from eib.codec import load_codec
     t0 = time.time()
     st = load_store(a.features or repo_root() / "data_subset" / a.dataset)
     rvq = load_codec(a.checkpoint or repo_root() / "checkpoints" / f"{a.dataset}_cpu").rvq

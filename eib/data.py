@@ -12,10 +12,11 @@ import soundfile as sf
 from .core import EibError, SAMPLE_RATE, datasets_root, repo_root
 
 # %% auto #0
-__all__ = ['DATASETS', 'EMOTIONS', 'AUDIO_EXTS', 'RAVDESS_EMOTIONS', 'RAVDESS_STATEMENTS', 'ESD_EMOTIONS', 'ESD_TEST_SPEAKERS',
-           'IEMOCAP_EMOTIONS', 'EMODB_EMOTIONS', 'EMODB_MALE', 'EMODB_TEST_SPEAKERS', 'EMOTION_ALIASES',
-           'LABEL_PROTOCOLS', 'synth_root', 'read_dataset', 'read_ravdess', 'read_esd', 'read_iemocap', 'read_emodb',
-           'speaker_split', 'read_manifest', 'read_synth', 'apply_protocol', 'select_subset', 'load_audio']
+__all__ = ['DATASETS', 'EMOTIONS', 'AUDIO_EXTS', 'HOWTO', 'RAVDESS_EMOTIONS', 'RAVDESS_STATEMENTS', 'ESD_EMOTIONS',
+           'ESD_TEST_SPEAKERS', 'IEMOCAP_EMOTIONS', 'EMODB_EMOTIONS', 'EMODB_MALE', 'EMODB_TEST_SPEAKERS',
+           'EMOTION_ALIASES', 'LABEL_PROTOCOLS', 'synth_root', 'read_dataset', 'read_ravdess', 'read_esd',
+           'read_iemocap', 'read_emodb', 'speaker_split', 'read_manifest', 'read_synth', 'apply_protocol',
+           'select_subset', 'load_audio']
 
 # %% ../nbs/01_data.ipynb #280eaebe
 DATASETS = ("ravdess", "esd", "iemocap", "emodb", "manifest", "synth")
@@ -54,7 +55,7 @@ def _finish(rows: list[dict], name: str, **attrs) -> pd.DataFrame:
     return df
 
 # %% ../nbs/01_data.ipynb #4cbe4e81
-_HOWTO = {
+HOWTO = {
     "ravdess": "download Audio_Speech_Actors_01-24.zip from https://zenodo.org/records/1188976 (CC BY-NC-SA 4.0) "
                "and unpack it so that <root>/Actor_01/*.wav exists",
     "esd": "request the Emotional Speech Dataset (ESD) from https://hltsingapore.github.io/ESD/ and unpack it so "
@@ -72,7 +73,7 @@ def _resolve_root(name: str, root) -> Path:
         root = synth_root() if name == "synth" else datasets_root() / name
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
-        raise EibError(f"{name}: no data at {root}. To get it: {_HOWTO[name]}; or pass root=<folder>.")
+        raise EibError(f"{name}: no data at {root}. To get it: {HOWTO[name]}; or pass root=<folder>.")
     return root
 
 def read_dataset(name: str, root: str | Path | None = None) -> pd.DataFrame:
@@ -111,7 +112,7 @@ def read_ravdess(root: Path) -> pd.DataFrame:
                          statement=int(m[5]), text=RAVDESS_STATEMENTS.get(m[5], ""), repetition=int(m[6]),
                          gender="male" if actor % 2 else "female", **extra.get(p.stem, {})))
     if not rows: raise EibError(f"ravdess: no files named like 03-01-01-01-01-01-01.wav under {root}. "
-                                f"To get it: {_HOWTO['ravdess']}")
+                                f"To get it: {HOWTO['ravdess']}")
     return _finish(rows, "ravdess", skipped=skipped)
 
 # %% ../nbs/01_data.ipynb #ef5b59f5
@@ -154,7 +155,7 @@ def read_esd(root: Path) -> pd.DataFrame:
                          language="zh" if int(spk) <= 10 else "en", text=text,
                          esd_subset=rel[2] if len(rel) > 3 else ""))
     if not rows: raise EibError(f"esd: no files like <speaker>/<Emotion>/0001_000001.wav under {root}. "
-                                f"To get it: {_HOWTO['esd']}")
+                                f"To get it: {HOWTO['esd']}")
     return _finish(rows, "esd", skipped=skipped, label_mismatch=mismatch)
 
 # %% ../nbs/01_data.ipynb #177aa16e
@@ -189,7 +190,7 @@ def read_iemocap(root: Path) -> pd.DataFrame:
                          dialog=p.parent.name, gender="female" if g == "F" else "male",
                          improvised="_impro" in p.stem, start=start, end=end, valence=v, activation=a, dominance=d))
     if not rows: raise EibError(f"iemocap: no labelled Session*/sentences/wav/*/*.wav under {root}. "
-                                f"To get it: {_HOWTO['iemocap']}")
+                                f"To get it: {HOWTO['iemocap']}")
     return _finish(rows, "iemocap", unlabelled_audio=unlabelled, labels_without_audio=len(labels) - len(rows))
 
 # %% ../nbs/01_data.ipynb #aa07f29a
@@ -212,7 +213,7 @@ def read_emodb(root: Path) -> pd.DataFrame:
                          split="test" if m[1] in EMODB_TEST_SPEAKERS else "train", text_id=m[2], version=m[4],
                          gender="male" if m[1] in EMODB_MALE else "female",
                          audio_condition=extra.get(p.stem, {}).get("audio_condition", "")))
-    if not rows: raise EibError(f"emodb: no files named like 03a01Fa.wav under {root}. To get it: {_HOWTO['emodb']}")
+    if not rows: raise EibError(f"emodb: no files named like 03a01Fa.wav under {root}. To get it: {HOWTO['emodb']}")
     return _finish(rows, "emodb", skipped=skipped)
 
 # %% ../nbs/01_data.ipynb #446a05ee
@@ -233,7 +234,7 @@ def speaker_split(speakers, test_frac: float = 0.25) -> dict:
 
 def _read_manifest(root: Path, name: str) -> pd.DataFrame:
     f = root / "manifest.csv"
-    if not f.exists(): raise EibError(f"{name}: no manifest.csv in {root}. {_HOWTO[name]}")
+    if not f.exists(): raise EibError(f"{name}: no manifest.csv in {root}. {HOWTO[name]}")
     t = pd.read_csv(f, dtype={"speaker": str, "id": str, "split": str}, keep_default_na=False)
     miss = [c for c in ("path", "speaker", "emotion") if c not in t.columns]
     if miss: raise EibError(f"{f}: missing column(s) {', '.join(miss)}; needs path, speaker, emotion[, split]")

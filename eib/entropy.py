@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_entropy.ipynb #82d5050e
 from __future__ import annotations
-import copy, math, time
+import math
 from dataclasses import dataclass, asdict
 import numpy as np
 import torch
@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from .core import EibError
 
 # %% auto #0
-__all__ = ['PRESETS', 'LAMBDA_SPAN', 'EntropyConfig', 'EntropyModel', 'exp_table', 'logits_to_freqs', 'freqs_to_bits',
-           'CodingModel', 'UnigramModel', 'distortion_scale', 'lambda_grid', 'train_entropy_model']
+__all__ = ['MODEL_SIZES', 'EntropyConfig', 'EntropyModel', 'exp_table', 'logits_to_freqs', 'freqs_to_bits', 'CodingModel',
+           'UnigramModel']
 
 # %% ../nbs/05_entropy.ipynb #385d0113
-PRESETS = {
+MODEL_SIZES = {
     "paper": dict(d_model=256, n_layers=6, n_heads=8, d_ff=1024),
     "cpu": dict(d_model=64, n_layers=1, n_heads=4, d_ff=128),
 }
@@ -61,8 +61,8 @@ class EntropyConfig:
     @classmethod
     def for_rvq(cls, rvq_cfg, preset: str = "cpu", **overrides) -> "EntropyConfig":
         "The config for an `RVQConfig`'s token layout with the sizes of `preset`, changed by `overrides`."
-        if preset not in PRESETS: raise EibError(f"unknown entropy-model preset {preset!r}; known: {', '.join(PRESETS)}")
-        kw = {**PRESETS[preset], **overrides}
+        if preset not in MODEL_SIZES: raise EibError(f"unknown entropy-model preset {preset!r}; known: {', '.join(MODEL_SIZES)}")
+        kw = {**MODEL_SIZES[preset], **overrides}
         return cls(vocab=rvq_cfg.vocab, positions=rvq_cfg.positions, groups=rvq_cfg.groups, layers=rvq_cfg.layers, **kw)
 
     def to_dict(self) -> dict: return asdict(self)
@@ -351,97 +351,3 @@ class UnigramModel:
         if p >= self.positions: raise EibError(f"all {self.positions} positions of the frame were already stepped")
         state["p"] = p + 1
         return self.f[p].expand(len(tok_in), -1)
-
-# %% ../nbs/05_entropy.ipynb #3d1c2201
-LAMBDA_SPAN = (-2.0, 1.5)  # log10 of the grid's ends, relative to the distortion scale
-
-@torch.no_grad()
-def distortion_scale(rvq, frames, max_frames: int = 4096, seed: int = 0) -> float:
-    "Median squared-error reduction per position of plain RVQ, per bit of a uniform code (normalised units)."
-    x = torch.as_tensor(np.asarray(frames, dtype=np.float32))
-    if len(x) > max_frames: x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_frames]]
-    c = rvq.cfg
-    z = rvq.normalise(x)
-    err = [((z - rvq.decode_normalised(rvq.encode_nearest(x, l))) ** 2).view(-1, c.groups, c.group_dim).sum(-1) for l in range(c.layers + 1)]
-    gain = torch.stack([err[l] - err[l + 1] for l in range(c.layers)], -1).flatten()
-    return float(gain.median()) / math.log2(c.codes)
-
-def lambda_grid(rvq, frames, n: int = 9, span: tuple = LAMBDA_SPAN) -> np.ndarray:
-    "`n` log-spaced λ values from almost no SKIP to mostly SKIP for these frames."
-    return distortion_scale(rvq, frames) * np.logspace(span[0], span[1], n)
-
-# %% ../nbs/05_entropy.ipynb #bd4af003
-def _token_bits(model, tokens, batch: int = 1024) -> torch.Tensor:
-    "Mean ideal bits per token of the float model on `tokens` (eval mode, no grad)."
-    was = model.training; model.eval()
-    with torch.no_grad():
-        s = sum(float(model.bits(tokens[i:i + batch]).sum()) for i in range(0, len(tokens), batch))
-    model.train(was)
-    return s / max(1, tokens.numel())
-
-def _fit_model(model, tr, va, epochs, max_steps, batch_size, lr, patience, gen, device, bar, rnd):
-    "Train on tokens `tr`, early-stop on `va`; returns the best model and per-epoch history."
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    best, best_sd, bad, step, hist = _token_bits(model, va), copy.deepcopy(model.state_dict()), 0, 0, []
-    hist.append(dict(round=rnd, epoch=0, steps=0, train_bits=float("nan"), val_bits=best, seconds=0.0))
-    t0 = time.time()
-    for ep in range(1, epochs + 1):
-        model.train(); tot, cnt = 0.0, 0
-        for idx in torch.randperm(len(tr), generator=gen).split(batch_size):
-            if max_steps is not None and step >= max_steps: break
-            t = tr[idx].to(device)
-            for gp in opt.param_groups: gp["lr"] = lr * min(1.0, (step + 1) / 100)
-            loss = F.cross_entropy(model(t).flatten(0, 1), t.flatten())
-            opt.zero_grad(set_to_none=True); loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
-            tot += loss.item() * t.numel(); cnt += t.numel(); step += 1
-        vb = _token_bits(model, va)
-        hist.append(dict(round=rnd, epoch=ep, steps=step, train_bits=tot / max(cnt, 1) / math.log(2), val_bits=vb,
-                         seconds=round(time.time() - t0, 2)))
-        if bar is not None: bar.update(1); bar.set_postfix(round=rnd, val_bits=f"{vb:.3f}")
-        if vb < best - 1e-4: best, best_sd, bad = vb, copy.deepcopy(model.state_dict()), 0
-        else: bad += 1
-        if bad >= patience or (max_steps is not None and step >= max_steps): break
-    model.load_state_dict(best_sd)
-    return model.eval(), hist
-
-
-def train_entropy_model(rvq, train_frames, val_frames, preset: str = "cpu", lams=None, rounds: int = 2,
-                        epochs: int = 30, max_steps: int | None = None, batch_size: int = 256, lr: float | None = None,
-                        patience: int = 3, seed: int = 0, device: str = "cpu", exact: bool = False,
-                        config: dict | None = None, progress: bool = True):
-    """Train an `EntropyModel` for `rvq` on ECVQ tokens of `train_frames` (N, D) at the λ grid `lams`
-    (default `lambda_grid`), re-encoding `rounds - 1` times with the model just trained; `val_frames`
-    drive early stopping. `exact`: re-encode with the `CodingModel` (slower) instead of the float model.
-    Returns `(model, history)`; history has one row per round and epoch (epoch 0 = before training)."""
-    from tqdm.auto import tqdm
-    from eib.ecvq import ecvq_encode
-    if rounds < 1: raise EibError(f"rounds must be at least 1, got {rounds}")
-    xt, xv = (np.asarray(a, dtype=np.float32) for a in (train_frames, val_frames))
-    if len(xt) < 1 or len(xv) < 1: raise EibError("train_entropy_model needs at least one training and one validation frame")
-    lams = np.asarray(lambda_grid(rvq, xt) if lams is None else lams, dtype=np.float64)
-    if lams.ndim != 1 or len(lams) < 1 or not np.isfinite(lams).all() or (lams < 0).any():
-        raise EibError("lams must be a non-empty 1-d list of finite, non-negative λ values")
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    lt = torch.as_tensor(lams)[torch.randint(len(lams), (len(xt),), generator=gen)]
-    lv = torch.as_tensor(lams)[torch.arange(len(xv)) % len(lams)]
-    c = rvq.cfg
-    cfg = EntropyConfig.for_rvq(c, preset, **(config or {}))
-    lr = lr or (1e-3 if cfg.d_model <= 128 else 5e-4)
-    prior = UnigramModel.with_skip(c.positions, c.vocab)
-    prior = UnigramModel.fit(ecvq_encode(rvq, prior, xt, lt).tokens, c.vocab)
-    enc = lambda mdl, x, l: ecvq_encode(rvq, mdl, x, l, exact=exact).tokens
-    model = EntropyModel(cfg).to(device)
-    history = []
-    bar = tqdm(total=rounds * epochs, desc="train entropy model", disable=not progress)
-    for r in range(rounds):
-        src = prior if r == 0 else model.cpu()
-        tr, va = enc(src, xt, lt), enc(src, xv, lv)
-        model.to(device)
-        model, h = _fit_model(model, tr, va, epochs, max_steps, batch_size, lr, patience, gen, device, bar, r)
-        skip = float((va == c.skip).double().mean())
-        for row in h: row.update(val_skip=skip, lams=len(lams))
-        history += h
-    bar.close()
-    return model.cpu().eval(), history

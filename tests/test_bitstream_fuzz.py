@@ -25,14 +25,14 @@ def codec(one_thread):
     rvq = fit_rvq(x, RVQConfig(16, 2, 2, 8), iters=4, progress=False)
     model = EntropyModel(EntropyConfig(vocab=9, positions=4, groups=2, layers=2, d_model=16, n_layers=1, n_heads=2, d_ff=32)).eval()
     for w in model.parameters(): w.data.normal_(0, 0.3)
-    data, res = compress_with_result(rvq, model, x[:40], 0.5, batch_size=16)
+    data, res = compress_with_result((rvq, model), x[:40], 0.5, batch_size=16)
     return rvq, model, data, res.tokens
 
 
 def test_fuzz_mutations(codec):
     rvq, model, data, tokens = codec
     t0 = time.time()
-    out = fuzz(rvq, model, data, tokens, n=3000, seed=1)
+    out = fuzz((rvq, model), data, tokens, n=3000, seed=1)
     assert time.time() - t0 < 30
     assert out["exact"] + out["eib_error"] == 3000 and out["eib_error"] > 2900
 
@@ -40,11 +40,11 @@ def test_fuzz_mutations(codec):
 def test_every_truncation_and_bit_flip(codec):
     rvq, model, data, tokens = codec
     for n in range(len(data)):
-        with pytest.raises(EibError): decompress(rvq, model, data[:n])
+        with pytest.raises(EibError): decompress((rvq, model), data[:n])
     for i in range(len(data)):
         for bit in range(8):
             b = bytearray(data); b[i] ^= 1 << bit
-            with pytest.raises(EibError): decompress(rvq, model, bytes(b))
+            with pytest.raises(EibError): decompress((rvq, model), bytes(b))
 
 
 def test_forged_checksums_never_crash(codec):
@@ -57,6 +57,6 @@ def test_forged_checksums_never_crash(codec):
         b = bytearray(data[:-4])
         i = s.header_len + int(rng.integers(s.payload_len))
         b[i] ^= 1 << int(rng.integers(8))
-        try: t, y = decompress(rvq, model, bytes(b) + struct.pack("<I", zlib.crc32(bytes(b))))
+        try: t, y = decompress((rvq, model), bytes(b) + struct.pack("<I", zlib.crc32(bytes(b))))
         except EibError: continue
         assert t.shape == tokens.shape and int(t.min()) >= 0 and int(t.max()) <= rvq.cfg.skip and np.isfinite(y).all()

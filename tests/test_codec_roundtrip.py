@@ -16,9 +16,10 @@ import torch
 import torch.nn as nn
 
 from eib.core import repo_root, datasets_root, SAMPLE_RATE
-from eib.entropy import EntropyConfig, EntropyModel, PRESETS, lambda_grid, freqs_to_bits, CodingModel
+from eib.entropy import EntropyConfig, EntropyModel, MODEL_SIZES, freqs_to_bits, CodingModel
+from eib.ecvq import lambda_grid
 from eib.bitstream import compress_with_result, compress, decompress, stream_info, stream_bpf
-from eib.train import load_codec
+from eib.codec import Codec, load_codec
 from eib.features import load_store
 
 ROOT = repo_root()
@@ -54,7 +55,7 @@ def preset_model(rvq, preset: str, seed: int = 0) -> EntropyModel:
 
 
 def _is_preset(m, preset: str) -> bool:
-    return {k: getattr(m.cfg, k) for k in PRESETS[preset]} == PRESETS[preset]
+    return {k: getattr(m.cfg, k) for k in MODEL_SIZES[preset]} == MODEL_SIZES[preset]
 
 
 @pytest.fixture(scope="module")
@@ -86,28 +87,28 @@ def check_roundtrip(rvq, model, utts, lam: float, crop, two: int, one: int, dec2
     for i, u in enumerate(utts):
         u = u[:crop] if crop else u
         with threads(1):
-            data, res = compress_with_result(rvq, model, u, lam)  # all frames of the utterance in one chunk
+            data, res = compress_with_result((rvq, model), u, lam)  # all frames of the utterance in one chunk
             assert stream_info(data).chunk == len(u)
-            tok, y = decompress(rvq, model, data)
+            tok, y = decompress((rvq, model), data)
         assert torch.equal(tok, res.tokens) and np.array_equal(y, res.recon.numpy())
         n_tok += res.tokens.numel(); n_skip += int((res.tokens == rvq.cfg.skip).sum())
         with threads(1):  # one frame at a time: the encoder's ECVQ and the decoder both step a single frame
-            d1, r1 = compress_with_result(rvq, model, u[:one], lam, batch_size=1)
+            d1, r1 = compress_with_result((rvq, model), u[:one], lam, batch_size=1)
             assert stream_info(d1).chunk == 1
-            t1, y1 = decompress(rvq, model, d1)
+            t1, y1 = decompress((rvq, model), d1)
         assert torch.equal(r1.tokens, res.tokens[:one]), "tokens depend on the batch size"
         assert np.array_equal(r1.recon.numpy(), res.recon[:one].numpy())
         assert torch.equal(t1, res.tokens[:one]) and np.array_equal(y1, res.recon[:one].numpy())
         if i: continue
         v = u[:two]
-        with threads(1): d_1 = compress(rvq, model, v, lam)
-        with threads(2): d_2, r_2 = compress_with_result(rvq, model, v, lam)
+        with threads(1): d_1 = compress((rvq, model), v, lam)
+        with threads(2): d_2, r_2 = compress_with_result((rvq, model), v, lam)
         assert d_2 == d_1, "the encoder's bytes depend on the thread count"
         assert torch.equal(r_2.tokens, res.tokens[:two])
         if dec2:
-            with threads(2): t_2, y_2 = decompress(rvq, model, d_1)  # a one-thread stream decoded with two threads
+            with threads(2): t_2, y_2 = decompress((rvq, model), d_1)  # a one-thread stream decoded with two threads
             assert torch.equal(t_2, res.tokens[:two]) and np.array_equal(y_2, res.recon[:two].numpy())
-        with threads(1): t_1, y_1 = decompress(rvq, model, d_2)  # and a two-thread stream with one
+        with threads(1): t_1, y_1 = decompress((rvq, model), d_2)  # and a two-thread stream with one
         assert torch.equal(t_1, res.tokens[:two]) and np.array_equal(y_1, res.recon[:two].numpy())
     return dict(tokens=n_tok, skip=n_skip / n_tok)
 
@@ -185,7 +186,7 @@ def test_cli_roundtrip_exact(codec, synth_npy, tmp_path):
     assert r.returncode == 0, r.stderr
     data = (tmp_path / "a.eib").read_bytes()
     assert f"{stream_bpf(data):.3f} BPF" in r.stdout and "λ=" in r.stdout
-    with threads(1): ref, res = compress_with_result(codec.rvq, codec.model, x, lam)
+    with threads(1): ref, res = compress_with_result(codec, x, lam)
     assert data == ref  # the same bytes in another process
     r = cli("eib-decompress", tmp_path / "a.eib", tmp_path / "y.npy", "--checkpoint", CKPT)
     assert r.returncode == 0, r.stderr
@@ -194,7 +195,7 @@ def test_cli_roundtrip_exact(codec, synth_npy, tmp_path):
 
 
 def test_cli_rejects_damaged_streams(codec, synth_npy, tmp_path):
-    with threads(1): data = compress(codec.rvq, codec.model, np.load(synth_npy)[:40], 0.05)
+    with threads(1): data = compress(codec, np.load(synth_npy)[:40], 0.05)
     bad = bytearray(data); bad[len(bad) // 2] ^= 0x04
     cases = {"flip.eib": (bytes(bad), "checksum"), "cut.eib": (data[:-7], "truncated"),
              "npy.eib": (synth_npy.read_bytes(), "not an eib stream"), "empty.eib": (b"", "not an eib stream")}
@@ -210,7 +211,7 @@ def test_cli_rejects_damaged_streams(codec, synth_npy, tmp_path):
 def test_cli_bpf_target(codec, synth_npy, tmp_path):
     from eib.rate import achievable_range
     x = np.load(synth_npy)
-    rng = achievable_range((codec.rvq, codec.model), [x])
+    rng = achievable_range(codec, [x])
     lo, hi = float(rng.min_bpf[0]), float(rng.max_bpf[0])
     target = round(lo + 0.4 * (hi - lo), 1)
     r = cli("eib-compress", synth_npy, tmp_path / "b.eib", "--checkpoint", CKPT, "--bpf", target)
@@ -218,7 +219,7 @@ def test_cli_bpf_target(codec, synth_npy, tmp_path):
     data = (tmp_path / "b.eib").read_bytes()
     assert abs(stream_bpf(data) - target) <= 1.0, (target, stream_bpf(data), r.stdout)
     assert f"{stream_bpf(data):.3f} BPF" in r.stdout and f"target {target:g} BPF" in r.stdout
-    with threads(1): tok, _ = decompress(codec.rvq, codec.model, data)
+    with threads(1): tok, _ = decompress(codec, data)
     assert tok.shape == (len(x), codec.rvq.cfg.positions)
     r = cli("eib-compress", synth_npy, tmp_path / "c.eib", "--checkpoint", CKPT, "--bpf", round(hi + 20, 1))
     assert r.returncode == 2 and "outside the achievable range" in r.stderr, r.stderr

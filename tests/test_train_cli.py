@@ -25,6 +25,6 @@ def test_unknown_preset_is_argparse_error(tmp_path):
 
 def test_load_codec_missing_folder_message(tmp_path):
     from eib.core import EibError
-    from eib.train import load_codec
+    from eib.codec import load_codec
     with pytest.raises(EibError, match="eib-train --features"):
         load_codec(tmp_path / "missing")

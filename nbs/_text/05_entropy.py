@@ -9,7 +9,7 @@
 # %%
 #| export
 from __future__ import annotations
-import copy, math, time
+import math
 from dataclasses import dataclass, asdict
 import numpy as np
 import torch
@@ -29,11 +29,12 @@ from eib.rvq import RVQConfig, GroupedRVQ, fit_rvq
 # The model predicts each token from the earlier tokens of the same frame: it outputs a distribution
 # over `vocab = K + 1` symbols (K codes and SKIP) and reads `vocab + 1` input symbols, the extra one being
 # BOS, which starts every frame. Two presets: `paper` (the thesis's size) and `cpu`, smaller, chosen by
-# measurement on this project's 2-core machines (see *Choosing the cpu preset* below).
+# measurement on this project's 2-core machines (see *Choosing the cpu preset* in the ECVQ chapter, where the model is
+# trained). `MODEL_SIZES` holds the two sizes; what a preset spends on training (frames, steps) is `eib.train.PRESETS`.
 
 # %%
 #| export
-PRESETS = {
+MODEL_SIZES = {
     "paper": dict(d_model=256, n_layers=6, n_heads=8, d_ff=1024),
     "cpu": dict(d_model=64, n_layers=1, n_heads=4, d_ff=128),
 }
@@ -77,8 +78,8 @@ class EntropyConfig:
     @classmethod
     def for_rvq(cls, rvq_cfg, preset: str = "cpu", **overrides) -> "EntropyConfig":
         "The config for an `RVQConfig`'s token layout with the sizes of `preset`, changed by `overrides`."
-        if preset not in PRESETS: raise EibError(f"unknown entropy-model preset {preset!r}; known: {', '.join(PRESETS)}")
-        kw = {**PRESETS[preset], **overrides}
+        if preset not in MODEL_SIZES: raise EibError(f"unknown entropy-model preset {preset!r}; known: {', '.join(MODEL_SIZES)}")
+        kw = {**MODEL_SIZES[preset], **overrides}
         return cls(vocab=rvq_cfg.vocab, positions=rvq_cfg.positions, groups=rvq_cfg.groups, layers=rvq_cfg.layers, **kw)
 
     def to_dict(self) -> dict: return asdict(self)
@@ -475,187 +476,3 @@ u = UnigramModel.fit(torch.tensor([[0, 2], [0, 2], [1, 2]]), vocab=3, alpha=0.5)
 test_close(u.f[0].double() / 2 ** 24, torch.tensor([2.5, 1.5, 0.5]) / 4.5, eps=1e-3)
 test_close(freqs_to_bits(UnigramModel.with_skip(2, 5, 0.5).step(dict(p=0), torch.zeros(1)))[0].tolist(), [3, 3, 3, 3, 1], eps=1e-3)
 test_fail(lambda: UnigramModel(torch.zeros(2, 3)), contains="positive")
-
-# %% [markdown]
-# ## Training
-#
-# The entropy model is trained on the tokens made by the same ECVQ it will serve, and that depends on the
-# model: round 0 encodes with a unigram prior (SKIP at 1 bit, codes uniform, then refitted once to the
-# tokens it made), trains; each further round re-encodes the training and validation frames with the model
-# just trained and trains again (warm start). Each frame gets one λ drawn from the grid, so one batched
-# ECVQ pass covers the whole grid (per-row λ). Early stopping on the validation split's bits per token
-# keeps the best weights; SKIP is not down-weighted.
-#
-# **The λ grid.** λ is in units of normalised squared error (summed over the D dims) per bit. A token is
-# worth coding when the distortion it removes exceeds λ times its extra bits over SKIP. `lambda_grid`
-# measures the distortion scale of the data: `s` = median, over frames and positions, of the squared-error
-# reduction that plain RVQ's nearest code brings, divided by `log2 K` (the cost of a code under a uniform
-# model). The grid is `s * logspace(-2, 1.5, n)`: at the low end nearly every token beats SKIP, at the
-# high end only the largest reductions do (see the measurement in `eib.ecvq`).
-
-# %%
-#| export
-LAMBDA_SPAN = (-2.0, 1.5)  # log10 of the grid's ends, relative to the distortion scale
-
-@torch.no_grad()
-def distortion_scale(rvq, frames, max_frames: int = 4096, seed: int = 0) -> float:
-    "Median squared-error reduction per position of plain RVQ, per bit of a uniform code (normalised units)."
-    x = torch.as_tensor(np.asarray(frames, dtype=np.float32))
-    if len(x) > max_frames: x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_frames]]
-    c = rvq.cfg
-    z = rvq.normalise(x)
-    err = [((z - rvq.decode_normalised(rvq.encode_nearest(x, l))) ** 2).view(-1, c.groups, c.group_dim).sum(-1) for l in range(c.layers + 1)]
-    gain = torch.stack([err[l] - err[l + 1] for l in range(c.layers)], -1).flatten()
-    return float(gain.median()) / math.log2(c.codes)
-
-def lambda_grid(rvq, frames, n: int = 9, span: tuple = LAMBDA_SPAN) -> np.ndarray:
-    "`n` log-spaced λ values from almost no SKIP to mostly SKIP for these frames."
-    return distortion_scale(rvq, frames) * np.logspace(span[0], span[1], n)
-
-
-# %%
-#| export
-def _token_bits(model, tokens, batch: int = 1024) -> torch.Tensor:
-    "Mean ideal bits per token of the float model on `tokens` (eval mode, no grad)."
-    was = model.training; model.eval()
-    with torch.no_grad():
-        s = sum(float(model.bits(tokens[i:i + batch]).sum()) for i in range(0, len(tokens), batch))
-    model.train(was)
-    return s / max(1, tokens.numel())
-
-def _fit_model(model, tr, va, epochs, max_steps, batch_size, lr, patience, gen, device, bar, rnd):
-    "Train on tokens `tr`, early-stop on `va`; returns the best model and per-epoch history."
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    best, best_sd, bad, step, hist = _token_bits(model, va), copy.deepcopy(model.state_dict()), 0, 0, []
-    hist.append(dict(round=rnd, epoch=0, steps=0, train_bits=float("nan"), val_bits=best, seconds=0.0))
-    t0 = time.time()
-    for ep in range(1, epochs + 1):
-        model.train(); tot, cnt = 0.0, 0
-        for idx in torch.randperm(len(tr), generator=gen).split(batch_size):
-            if max_steps is not None and step >= max_steps: break
-            t = tr[idx].to(device)
-            for gp in opt.param_groups: gp["lr"] = lr * min(1.0, (step + 1) / 100)
-            loss = F.cross_entropy(model(t).flatten(0, 1), t.flatten())
-            opt.zero_grad(set_to_none=True); loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
-            tot += loss.item() * t.numel(); cnt += t.numel(); step += 1
-        vb = _token_bits(model, va)
-        hist.append(dict(round=rnd, epoch=ep, steps=step, train_bits=tot / max(cnt, 1) / math.log(2), val_bits=vb,
-                         seconds=round(time.time() - t0, 2)))
-        if bar is not None: bar.update(1); bar.set_postfix(round=rnd, val_bits=f"{vb:.3f}")
-        if vb < best - 1e-4: best, best_sd, bad = vb, copy.deepcopy(model.state_dict()), 0
-        else: bad += 1
-        if bad >= patience or (max_steps is not None and step >= max_steps): break
-    model.load_state_dict(best_sd)
-    return model.eval(), hist
-
-
-def train_entropy_model(rvq, train_frames, val_frames, preset: str = "cpu", lams=None, rounds: int = 2,
-                        epochs: int = 30, max_steps: int | None = None, batch_size: int = 256, lr: float | None = None,
-                        patience: int = 3, seed: int = 0, device: str = "cpu", exact: bool = False,
-                        config: dict | None = None, progress: bool = True):
-    """Train an `EntropyModel` for `rvq` on ECVQ tokens of `train_frames` (N, D) at the λ grid `lams`
-    (default `lambda_grid`), re-encoding `rounds - 1` times with the model just trained; `val_frames`
-    drive early stopping. `exact`: re-encode with the `CodingModel` (slower) instead of the float model.
-    Returns `(model, history)`; history has one row per round and epoch (epoch 0 = before training)."""
-    from tqdm.auto import tqdm
-    from eib.ecvq import ecvq_encode
-    if rounds < 1: raise EibError(f"rounds must be at least 1, got {rounds}")
-    xt, xv = (np.asarray(a, dtype=np.float32) for a in (train_frames, val_frames))
-    if len(xt) < 1 or len(xv) < 1: raise EibError("train_entropy_model needs at least one training and one validation frame")
-    lams = np.asarray(lambda_grid(rvq, xt) if lams is None else lams, dtype=np.float64)
-    if lams.ndim != 1 or len(lams) < 1 or not np.isfinite(lams).all() or (lams < 0).any():
-        raise EibError("lams must be a non-empty 1-d list of finite, non-negative λ values")
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    lt = torch.as_tensor(lams)[torch.randint(len(lams), (len(xt),), generator=gen)]
-    lv = torch.as_tensor(lams)[torch.arange(len(xv)) % len(lams)]
-    c = rvq.cfg
-    cfg = EntropyConfig.for_rvq(c, preset, **(config or {}))
-    lr = lr or (1e-3 if cfg.d_model <= 128 else 5e-4)
-    prior = UnigramModel.with_skip(c.positions, c.vocab)
-    prior = UnigramModel.fit(ecvq_encode(rvq, prior, xt, lt).tokens, c.vocab)
-    enc = lambda mdl, x, l: ecvq_encode(rvq, mdl, x, l, exact=exact).tokens
-    model = EntropyModel(cfg).to(device)
-    history = []
-    bar = tqdm(total=rounds * epochs, desc="train entropy model", disable=not progress)
-    for r in range(rounds):
-        src = prior if r == 0 else model.cpu()
-        tr, va = enc(src, xt, lt), enc(src, xv, lv)
-        model.to(device)
-        model, h = _fit_model(model, tr, va, epochs, max_steps, batch_size, lr, patience, gen, device, bar, r)
-        skip = float((va == c.skip).double().mean())
-        for row in h: row.update(val_skip=skip, lams=len(lams))
-        history += h
-    bar.close()
-    return model.cpu().eval(), history
-
-
-# %% [markdown]
-# A tiny end-to-end run: the validation bits per token fall below the unigram-prior tokens' level and the
-# second round (tokens re-encoded with the trained model) is recorded.
-
-# %%
-def toy_frames(n, dim=16, seed=0):
-    "Correlated toy features: a low-rank signal plus noise."
-    g = torch.Generator().manual_seed(seed)
-    basis = torch.randn(4, dim, generator=torch.Generator().manual_seed(123))
-    return (torch.randn(n, 4, generator=g) @ basis + 0.3 * torch.randn(n, dim, generator=g)).numpy()
-trn, val = toy_frames(1500), toy_frames(300, seed=1)
-rvq = fit_rvq(trn, RVQConfig(16, 2, 2, 8), iters=5, progress=False)
-lams = lambda_grid(rvq, trn, n=5)
-model, hist = train_entropy_model(rvq, trn, val, lams=lams, rounds=2, epochs=4, config=dict(d_model=32, n_heads=4, d_ff=64), progress=False)
-test_eq(sorted({h["round"] for h in hist}), [0, 1])
-r0 = [h for h in hist if h["round"] == 0]
-test_eq(min(h["val_bits"] for h in r0[1:]) < r0[0]["val_bits"], True)  # training lowers validation bits
-test_eq(isinstance(model, EntropyModel) and not model.training, True)
-
-# %% [markdown]
-# ## Choosing the cpu preset
-#
-# The cell below (slow; `nbdev_test --flags slow`) trains a few sizes for the same number of steps on real
-# features (the ComParE store of RAVDESS when `data_subset/ravdess` exists, else synthetic frames) and
-# measures ECVQ throughput on this 2-core machine, with the exact coding model (what streams use) and the
-# float model. Measured on 2026-11-25 (ComParE 130 dims: 10 groups x 3 layers x 128 codes, 6000 training
-# frames, 150 steps of 128 frames, the machine shared with other jobs, so throughputs are noisy):
-#
-# | size | params | val bits/token (150 steps) | ECVQ exact frames/s | ECVQ float frames/s |
-# |---|---|---|---|---|
-# | d64, 2 layers, FFN 128 | 87 k | 3.882 | 90.7 | 262.0 |
-# | **d128, 2 layers, FFN 256 (`cpu`)** | 304 k | **3.652** | 17.2 | 22.3 |
-# | d128, 4 layers, FFN 512 | 832 k | 3.682 | 5.0 | 49.3 |
-# | d256, 6 layers, FFN 1024 (`paper`, untrained) | 4.8 M | not trained (too slow here) | 4.7 | 16.9 |
-#
-# (load average 5.7-6.3 on 2 cores during the run, so the throughputs are only rough: the float column is not
-# even monotone in size.) At equal training steps the d128/2-layer model codes 0.23 bits per token
-# (about 7 bits per frame at 30 tokens) less than d64 and no worse than the 4-layer one, at a fraction of the
-# paper preset's cost: that is the `cpu` preset.
-
-# %% tags=["parameters"]
-preset_store = "data_subset/ravdess"  # a feature store; synthetic frames if it does not exist
-preset_steps = 150
-
-# %%
-#| slow
-from pathlib import Path
-from eib.core import repo_root
-from eib.ecvq import ecvq_encode
-import pandas as pd
-sp = repo_root() / preset_store
-if (sp / "meta.json").exists():
-    from eib.features import load_store
-    st_ = load_store(sp); ids = list(np.random.default_rng(0).permutation(st_.ids("train")))
-    trn8 = np.concatenate([st_.frames(u) for u in ids[:40]])[:6000]; val8 = np.concatenate([st_.frames(u) for u in ids[40:52]])[:1500]
-else:
-    g8 = torch.Generator().manual_seed(0); b8 = torch.randn(48, 768, generator=g8)
-    trn8, val8 = [(torch.randn(n, 48, generator=g8) @ b8 + 0.5 * torch.randn(n, 768, generator=g8)).numpy() for n in (6000, 1500)]
-rvq8 = fit_rvq(trn8, RVQConfig.for_dim(trn8.shape[1], layers=3), iters=8, progress=False)
-grid8 = lambda_grid(rvq8, trn8)
-rows = []
-for name, cfg in {"d64 L2 ffn128": dict(d_model=64, n_layers=2, n_heads=4, d_ff=128), "d128 L2 ffn256": PRESETS["cpu"],
-                  "d128 L4 ffn512": dict(d_model=128, n_layers=4, n_heads=4, d_ff=512)}.items():
-    mdl, h = train_entropy_model(rvq8, trn8, val8, lams=grid8, rounds=1, epochs=50, max_steps=preset_steps, batch_size=128, config=cfg, progress=False)
-    x = val8[:384]; t0 = time.perf_counter(); ecvq_encode(rvq8, mdl, x, float(grid8[4])); dt = time.perf_counter() - t0
-    rows.append(dict(size=name, params=sum(p.numel() for p in mdl.parameters()), ecvq_exact_fps=round(len(x) / dt, 1),
-                     val_bits_per_token=round(min(r["val_bits"] for r in h), 4)))
-pd.DataFrame(rows)

@@ -251,13 +251,13 @@ else: md("No results file yet.")
 #
 # - *Claim:* "\"Weighted F1\" was never computed (the figure plots accuracy)". Here weighted and macro F1, accuracy
 #   and balanced accuracy are computed with bootstrap 95% intervals, next to the unquantised and majority-class
-#   baselines ([Evaluation](10_evaluate.ipynb)).
+#   baselines ([Evaluation](11_evaluate.ipynb)).
 # - *Claim:* "\"47 rate points\" were really 44: 10..200 step 5, then 220..300 step 20". The full sweep here runs those
-#   44 targets and reports the achieved rate of each ([Evaluation](12_sweep.ipynb)).
+#   44 targets and reports the achieved rate of each ([Evaluation](13_sweep.ipynb)).
 # - *Claim:* "Codebooks trained without SKIP; entropy model trained on tokens from a different, threshold-based skip
 #   rule". Here the codebooks are fitted with SKIP simulated in their residuals ([Grouped-RVQ](04_rvq.ipynb)), and the
 #   entropy model is trained on the tokens of the same ECVQ encoder it serves, re-encoded with the current model, with
-#   early stopping on a validation split ([Training](08_train.ipynb)).
+#   early stopping on a validation split ([Training](09_train.ipynb)).
 #
 # Read on: [Results](21_results.ipynb) per dataset and compared; the method from [Data and features](01_data.ipynb)
 # on; [How to reproduce](30_reproduce.ipynb) every number.

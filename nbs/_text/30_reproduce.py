@@ -91,8 +91,8 @@
 # make lab    # = .venv/bin/jupyter lab --ip 127.0.0.1 --no-browser [--allow-root when root] nbs
 # ```
 #
-# then open `13_explorer.ipynb` and run it: sliders for λ (log scale) and for a target rate, and an utterance picker
-# ([the λ explorer](13_explorer.ipynb)).
+# then open `14_explorer.ipynb` and run it: sliders for λ (log scale) and for a target rate, and an utterance picker
+# ([the λ explorer](14_explorer.ipynb)).
 #
 # ## Tests
 #

@@ -1,6 +1,7 @@
 """Write the reference streams that tests/test_reference_streams.py compares against, byte for byte.
 
-Made once, before the codec/bitstream restructuring of issue 15, with the committed synthetic codec
+Made once, before the codec/bitstream restructuring of issue 15 (with that commit's API; this file now calls the
+current one), with the committed synthetic codec
 (checkpoints/synth_cpu and its layer-sweep codec) on committed synthetic features (data_subset/synth): every way
 eib writes a stream (compress at λ, compress at a target BPF, the rate controller's streams, the sweep's
 streams of given tokens) must keep writing exactly these bytes. Run from the repository root:
@@ -13,10 +14,10 @@ import numpy as np
 
 from eib.core import repo_root
 from eib.features import load_store
-from eib.train import load_codec
-from eib.bitstream import compress
+from eib.codec import load_codec
+from eib.bitstream import compress, compress_tokens
 from eib.rate import compress_at_bpf, RateController
-from eib.sweep import streams_of_tokens, layer_tokens
+from eib.sweep import layer_tokens
 
 ROOT = repo_root()
 OUT = ROOT / "tests" / "reference"
@@ -31,15 +32,15 @@ def cases():
     x = [store.frames(u) for u in UTTS]
     for u, f in zip(UTTS, x):
         for lam in (0.0, 0.05, 0.5, 5.0):
-            yield f"{u}.lam{lam:g}", compress(codec.rvq, codec.model, f, lam)
+            yield f"{u}.lam{lam:g}", compress(codec, f, lam)
         for bpf in (20.0, 60.0):
-            yield f"{u}.bpf{bpf:g}", compress_at_bpf(codec.rvq, codec.model, f, bpf)[1]
+            yield f"{u}.bpf{bpf:g}", compress_at_bpf(codec, f, bpf)[1]
     rc = RateController(codec, x, ids=UTTS)
     r = rc.solve(40.0)
-    for i, u in enumerate(UTTS): yield f"{u}.controller40", rc.engine.stream_bytes(i, rc.engine.cache[i])
+    for i, u in enumerate(UTTS): yield f"{u}.controller40", rc.stream(i)
     toks = [layer_tokens(codec.rvq, f, 7) for f in x]
-    for u, s in zip(UTTS, streams_of_tokens(codec.rvq, layers.model, toks)): yield f"{u}.layers7", s
-    for u, s in zip(UTTS, streams_of_tokens(codec.rvq, codec.model, [t.astype(np.int64) for t in r.tokens])): yield f"{u}.tokens40", s
+    for u, s in zip(UTTS, compress_tokens(layers, toks)): yield f"{u}.layers7", s
+    for u, s in zip(UTTS, compress_tokens(codec, [t.astype(np.int64) for t in r.tokens])): yield f"{u}.tokens40", s
 
 
 if __name__ == "__main__":

@@ -9,16 +9,17 @@
 # %%
 #| export
 from __future__ import annotations
-import dataclasses, math, time
+import argparse, dataclasses, math, sys, time
+from pathlib import Path
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-import constriction
-from eib.core import EibError
-from eib.entropy import EntropyModel, CodingModel, distortion_scale
-from eib.ecvq import ecvq_encode, auto_batch
-from eib.bitstream import _varint  # the container's own varint, so header sizes here match it by construction
+from eib.core import EibError, atomic_write_bytes, atomic_save_npy
+from eib.ecvq import ecvq_encode, auto_batch, distortion_scale
+from eib.codec import as_codec, load_codec
+from eib.bitstream import (IntervalRecorder, check_features, chunk_size, compress, decompress, encode_payload, pack_stream,
+                           stream_bpf, stream_len)
 
 # %%
 from fastcore.test import test_eq, test_fail, test_close
@@ -35,62 +36,9 @@ torch.set_num_threads(1)  # the tests' tiny models run faster on one thread on a
 #
 # The stream of an utterance depends only on its tokens and on the entropy model's integer frequencies of those
 # tokens. The range coder's state after a symbol depends only on that symbol's interval (left cumulative frequency,
-# frequency), so we keep those two integers per token and re-run the coder on 3-symbol distributions that give the
-# same interval: byte-for-byte the stream `eib.bitstream.compress` writes (tested below), at a fraction of the cost.
-
-# %%
-#| export
-_TOT = 1 << 24  # the coding model's frequencies sum to 2^24 (eib.entropy)
-
-def _coder_payload(ck: np.ndarray, fk: np.ndarray) -> bytes:
-    "Range-coder payload for symbols with intervals (left `ck`, size `fk`) of 2^24, in coding order, trimmed like eib.bitstream."
-    ck, fk = np.asarray(ck, np.int64).ravel(), np.asarray(fk, np.int64).ravel()
-    P = np.stack([ck - 1, fk - 1, _TOT - ck - fk - 1], 1).astype(np.float64)
-    s = np.ones(len(ck), np.int32)
-    first, last = ck == 0, ck + fk == _TOT
-    P[first] = np.stack([fk[first] - 1, _TOT - fk[first] - 2, np.zeros(first.sum())], 1); s[first] = 0
-    P[last] = np.stack([ck[last] - 2, np.zeros(last.sum()), fk[last] - 1], 1); s[last] = 2
-    enc = constriction.stream.queue.RangeEncoder()
-    if len(s): enc.encode(s, constriction.stream.model.Categorical(perfect=False), P)
-    payload = enc.get_compressed().astype("<u4").tobytes()
-    cut = 0
-    while cut < 3 and cut < len(payload) and payload[-1 - cut] == 0: cut += 1
-    return payload[:len(payload) - cut]
-
-def _header_len(frames: int, dim: int, chunk: int, payload_len: int) -> int:
-    "Bytes before the payload in an eib.bitstream container."
-    return 3 + 1 + 4 + len(_varint(frames)) + len(_varint(dim)) + len(_varint(chunk)) + 8 + len(_varint(payload_len))
-
-def _stream_payload(ck: np.ndarray, fk: np.ndarray, chunk: int) -> bytes:
-    "Payload of a (T, L) token array with intervals `ck`, `fk`, coded chunk by chunk, position-major inside a chunk."
-    T = len(ck)
-    parts_c, parts_f = [], []
-    for a in range(0, T, chunk):
-        parts_c.append(ck[a:a + chunk].T.ravel()); parts_f.append(fk[a:a + chunk].T.ravel())
-    return _coder_payload(np.concatenate(parts_c) if parts_c else ck.ravel(), np.concatenate(parts_f) if parts_f else fk.ravel())
-
-
-# %% [markdown]
-# The 3-symbol trick reproduces the coder's output exactly (the coding model's frequencies are integers, so the
-# coder's own quantisation of `f - 1` gives back `f`):
-
-# %%
-def _full(f, sym):
-    enc = constriction.stream.queue.RangeEncoder()
-    enc.encode(sym.astype(np.int32), constriction.stream.model.Categorical(perfect=False), (f - 1).astype(np.float64))
-    p = enc.get_compressed().astype("<u4").tobytes()
-    cut = 0
-    while cut < 3 and cut < len(p) and p[-1 - cut] == 0: cut += 1
-    return p[:len(p) - cut]
-
-from eib.entropy import logits_to_freqs
-_g = np.random.default_rng(0)
-for _ in range(20):
-    n = int(_g.integers(1, 200))
-    f = logits_to_freqs(torch.round(torch.from_numpy(_g.normal(size=(n, 129)) * _g.uniform(0.5, 8)) * 4096) / 4096).numpy()
-    sym = np.array([_g.choice(129, p=r / r.sum()) for r in f]); sym[0], sym[-1] = 0, 128  # first and last symbol too
-    ck, fk = (np.cumsum(f, 1) - f)[np.arange(n), sym], f[np.arange(n), sym]
-    test_eq(_coder_payload(ck, fk), _full(f, sym))
+# frequency), so the engine keeps those two integers per token and codes them with `eib.bitstream.encode_payload`, the function
+# every stream of the project is written with: the size it counts is the size of the stream `eib.bitstream.compress`
+# writes (tested below).
 
 # %% [markdown]
 # ## The batched engine
@@ -110,16 +58,6 @@ for _ in range(20):
 #| export
 LAM_INF = 1e12  # stands for λ → ∞: the fewest-bits path (SKIP wherever SKIP is the likeliest symbol)
 
-def _unpack_codec(codec_or_pair):
-    "(rvq, model) from a `Codec`, a `(rvq, model)` pair, or an EibError."
-    if isinstance(codec_or_pair, (tuple, list)) and len(codec_or_pair) == 2: rvq, model = codec_or_pair
-    elif hasattr(codec_or_pair, "rvq") and hasattr(codec_or_pair, "model"): rvq, model = codec_or_pair.rvq, codec_or_pair.model
-    else: raise EibError(f"expected a Codec (eib.train.load_codec) or an (rvq, model) pair, got {type(codec_or_pair).__name__}")
-    if not isinstance(model, EntropyModel):
-        raise EibError(f"rate control measures real streams, which need the codec's EntropyModel; got {type(model).__name__} "
-                       "(an RVQ-only codec has no stream format)")
-    return rvq, model
-
 def _check_utterances(utterances, dim: int) -> list[np.ndarray]:
     "Utterances as a list of float32 (T, dim) arrays, checked."
     if isinstance(utterances, np.ndarray) and utterances.ndim == 2: utterances = [utterances]
@@ -129,12 +67,8 @@ def _check_utterances(utterances, dim: int) -> list[np.ndarray]:
     if not utts: raise EibError("no utterances given")
     out = []
     for i, u in enumerate(utts):
-        a = np.asarray(u.numpy() if torch.is_tensor(u) else u)
-        if a.dtype == object or not np.issubdtype(a.dtype, np.number): raise EibError(f"utterance {i}: features must be numeric, got {a.dtype}")
-        if a.ndim != 2 or a.shape[1] != dim: raise EibError(f"utterance {i}: expected shape (T, {dim}), got {a.shape}")
-        if len(a) == 0: raise EibError(f"utterance {i} has no frames")
-        if not np.isfinite(a).all(): raise EibError(f"utterance {i} contains NaN or infinite values")
-        out.append(np.ascontiguousarray(a, dtype=np.float32))
+        try: out.append(np.ascontiguousarray(check_features(u.numpy() if torch.is_tensor(u) else u, dim)))
+        except EibError as e: raise EibError(f"utterance {i}: {e}") from None
     return out
 
 
@@ -144,7 +78,7 @@ def _check_utterances(utterances, dim: int) -> list[np.ndarray]:
 # %%
 #| export
 @dataclass
-class _State:
+class CodedState:
     "One utterance encoded at one λ: per frame tokens, coder intervals, λ-validity interval, ideal bits, distortion."
     lam: float
     tokens: np.ndarray  # (T, L) uint8
@@ -161,17 +95,17 @@ class _State:
     split: int = 0
 
 
-class _Hook:
+class _Hook(IntervalRecorder):
     "`on_step` hook: records each chosen token's coder interval and the λ interval over which it stays the argmin."
     wants_costs = True  # ecvq_encode hands over its own (dist, bits) tables: the costs are exactly the ones it compared
 
     def __init__(self, N: int, L: int):
-        self.ck, self.fk = torch.zeros(N, L, dtype=torch.int32), torch.zeros(N, L, dtype=torch.int32)
+        super().__init__(N, L)
         self.lo, self.hi = torch.full((N,), -math.inf, dtype=torch.float64), torch.full((N,), math.inf, dtype=torch.float64)
-        self.s, self.n, self.mismatch = 0, 0, 0
+        self.mismatch = 0
 
     def __call__(self, p, f, k, dist, b):
-        if p == 0: self.s += self.n; self.n = len(k)
+        super().__call__(p, f, k)
         s, n = self.s, self.n
         k1 = k[:, None]
         db, dd = b - b.gather(1, k1), dist.gather(1, k1) - dist  # k stays best while λ·db >= dd for every candidate
@@ -184,9 +118,6 @@ class _Hook:
             self.mismatch += int(bad.sum())
         self.lo[s:s + n] = torch.maximum(self.lo[s:s + n], lo)
         self.hi[s:s + n] = torch.minimum(self.hi[s:s + n], hi)
-        cum = f.cumsum(1) - f
-        self.ck[s:s + n, p] = cum.gather(1, k1).squeeze(1).int()
-        self.fk[s:s + n, p] = f.gather(1, k1).squeeze(1).int()
 
 
 # %%
@@ -199,25 +130,25 @@ def _inside(lam: float, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return ok_lo & ok_hi
 
 
-class _Engine:
+class RateEngine:
     "Batched ECVQ + exact stream sizes for a fixed list of utterances, with a per-utterance cache at the best λ."
-    def __init__(self, rvq, model, utterances: list[np.ndarray], batch_size: int | None = None, cache: bool = True):
-        self.rvq, self.model = rvq, model
-        self.cm = CodingModel(model)
+    def __init__(self, codec, utterances: list[np.ndarray], batch_size: int | None = None, cache: bool = True):
+        self.codec = codec = as_codec(codec)
+        self.rvq, self.model, self.cm = codec.rvq, codec.model, codec.coding_model
         self.utts = utterances
         self.T = np.array([len(u) for u in utterances])
         self.off = np.concatenate([[0], np.cumsum(self.T)])
         self.X = torch.from_numpy(np.concatenate(utterances, 0))
-        self.D, self.L = rvq.cfg.dim, rvq.cfg.positions
-        self.chunk = np.minimum(self.T, int(auto_batch(model)))  # eib.bitstream.compress's default chunk
-        self.batch = int(batch_size or auto_batch(model))
+        self.D, self.L = self.rvq.cfg.dim, self.rvq.cfg.positions
+        self.chunk = np.array([chunk_size(t, self.model) for t in self.T])  # eib.bitstream.compress's chunk
+        self.batch = int(batch_size or auto_batch(self.model))
         self.use_cache = cache
-        self.cache: list[_State | None] = [None] * len(utterances)
+        self.cache: list[CodedState | None] = [None] * len(utterances)
         self.passes = self.frames_encoded = self.mismatch = 0
         self._scale = None
 
     def scale(self) -> float:
-        "λ scale of this data (eib.entropy.distortion_scale on a sample)."
+        "λ scale of this data (eib.ecvq.distortion_scale on a sample)."
         if self._scale is None:
             self._scale = float(distortion_scale(self.rvq, self.X.numpy(), max_frames=2048)) or 1.0
         return self._scale
@@ -242,9 +173,9 @@ class _Engine:
     def overhead_bits(self, u: int, bpf: float) -> float:
         "Container + CRC + average termination, in bits, for utterance `u` at about `bpf` payload bits per frame."
         plen = max(1, int(self.T[u] * bpf / 8))
-        return 8 * (_header_len(int(self.T[u]), self.D, int(self.chunk[u]), plen) + 4 + 2)
+        return 8 * (stream_len(int(self.T[u]), self.D, int(self.chunk[u]), plen) - plen + 2)
 
-    def evaluate(self, us, lams) -> list[_State]:
+    def evaluate(self, us, lams) -> list[CodedState]:
         "One batched pass: utterance `us[i]` at λ `lams[i]`; returns a state per request (cache untouched)."
         us, lams = np.asarray(us, int), np.asarray(lams, np.float64)
         need = []
@@ -261,10 +192,10 @@ class _Engine:
         for u, lam, rows in zip(us, lams, need):
             c, n, b = self.cache[u], len(rows), a + len(rows)
             if c is None or n == self.T[u]:
-                st = _State(float(lam), res.tokens[a:b].numpy().astype(np.uint8), hook.ck[a:b].numpy(), hook.fk[a:b].numpy(),
+                st = CodedState(float(lam), res.tokens[a:b].numpy().astype(np.uint8), hook.ck[a:b].numpy(), hook.fk[a:b].numpy(),
                             hook.lo[a:b].numpy(), hook.hi[a:b].numpy(), res.bits[a:b].numpy(), res.distortion[a:b].numpy())
             else:
-                st = _State(float(lam), c.tokens.copy(), c.ck.copy(), c.fk.copy(), c.lo.copy(), c.hi.copy(), c.ideal.copy(), c.dist.copy())
+                st = CodedState(float(lam), c.tokens.copy(), c.ck.copy(), c.fk.copy(), c.lo.copy(), c.hi.copy(), c.ideal.copy(), c.dist.copy())
                 if n:
                     st.tokens[rows] = res.tokens[a:b].numpy(); st.ck[rows] = hook.ck[a:b].numpy(); st.fk[rows] = hook.fk[a:b].numpy()
                     st.lo[rows] = hook.lo[a:b].numpy(); st.hi[rows] = hook.hi[a:b].numpy()
@@ -274,29 +205,27 @@ class _Engine:
             out.append(self._size(u, st))
         return out
 
-    def _size(self, u: int, st: _State) -> _State:
+    def _size(self, u: int, st: CodedState) -> CodedState:
         "Fill in the payload and stream lengths of `st` by running the range coder."
         T, ch = int(self.T[u]), int(self.chunk[u])
-        st.payload_len = len(_stream_payload(st.ck, st.fk, ch))
-        st.stream_len = _header_len(T, self.D, ch, st.payload_len) + st.payload_len + 4
+        st.payload_len = len(encode_payload(st.ck, st.fk, ch))
+        st.stream_len = stream_len(T, self.D, ch, st.payload_len)
         return st
 
-    def mix(self, u: int, A: _State, B: _State, k: int) -> _State:
+    def mix(self, u: int, A: CodedState, B: CodedState, k: int) -> CodedState:
         "Frames [0, k) from state `A`, the rest from `B` (ECVQ with a per-frame λ: frames are coded independently)."
         cat = lambda f: np.concatenate([getattr(A, f)[:k], getattr(B, f)[k:]])
-        st = _State(B.lam, *(cat(f) for f in ("tokens", "ck", "fk", "lo", "hi", "ideal", "dist")), lam2=A.lam, split=k)
+        st = CodedState(B.lam, *(cat(f) for f in ("tokens", "ck", "fk", "lo", "hi", "ideal", "dist")), lam2=A.lam, split=k)
         return self._size(u, st)
 
-    def commit(self, u: int, st: _State):
+    def commit(self, u: int, st: CodedState):
         "Make `st` the cached state of utterance `u`."
         self.cache[u] = st
 
-    def stream_bytes(self, u: int, st: _State) -> bytes:
+    def stream_bytes(self, u: int, st: CodedState) -> bytes:
         "The exact eib.bitstream container of utterance `u` at state `st`."
-        from eib.bitstream import model_fingerprint, pack_stream
         T, ch = int(self.T[u]), int(self.chunk[u])
-        payload = _stream_payload(st.ck, st.fk, ch)
-        return pack_stream(model_fingerprint(self.rvq, self.model), T, self.D, ch, st.lam, payload)
+        return pack_stream(self.codec.fingerprint, T, self.D, ch, st.lam, encode_payload(st.ck, st.fk, ch))
 
 
 # %% [markdown]
@@ -313,14 +242,14 @@ _W = _g.normal(size=(6, 26)).astype(np.float32)
 utts = [(_g.normal(size=(int(T), 6)) @ _W + 0.3 * _g.normal(size=(int(T), 26))).astype(np.float32) for T in _g.integers(20, 60, 6)]
 rvq = fit_rvq(np.concatenate(utts), RVQConfig.for_dim(26, layers=2, codes=16), iters=3, progress=False)
 model = EntropyModel(EntropyConfig.for_rvq(rvq.cfg, "cpu", d_model=32, n_layers=1, n_heads=2, d_ff=64)).eval()
-E = _Engine(rvq, model, utts)
+E = RateEngine((rvq, model), utts)
 for u, st in enumerate(E.evaluate(range(6), [0.3] * 6)): E.commit(u, st)
 for lam in (0.0, 0.3, 0.32, 1.0, LAM_INF):
     for u, st in enumerate(E.evaluate(range(6), [lam] * 6)):
         data = E.stream_bytes(u, st)
-        test_eq(data, compress(rvq, model, utts[u], lam))
+        test_eq(data, compress((rvq, model), utts[u], lam))
         test_eq(len(data), st.stream_len)
-test_eq(decompress(rvq, model, data)[0].numpy().astype(np.uint8), st.tokens)
+test_eq(decompress((rvq, model), data)[0].numpy().astype(np.uint8), st.tokens)
 test_eq(E.mismatch, 0)
 
 # %% [markdown]
@@ -529,17 +458,17 @@ class RateResult:
 class RateController:
     "λ searches on real stream sizes for a fixed list of utterances and one codec (a `Codec` or an `(rvq, model)` pair)."
     def __init__(self, codec, utterances, count: str = "stream", batch_size: int | None = None, ids=None,
-                 calibrate: bool = True, cache: bool = True, _engine=None):
+                 calibrate: bool = True, cache: bool = True, engine=None):
         if count not in ("stream", "payload"): raise EibError(f"count must be 'stream' or 'payload', got {count!r}")
-        if _engine is None:
-            rvq, model = _unpack_codec(codec)
-            _engine = _Engine(rvq, model, _check_utterances(utterances, rvq.cfg.dim), batch_size, cache)
-        self.engine, self.count, self.use_cal = _engine, count, calibrate
-        self.T = np.asarray(_engine.T)
+        if engine is None:  # `engine`: any object with RateEngine's methods (the search is tested on a stand-in)
+            codec = as_codec(codec)
+            engine = RateEngine(codec, _check_utterances(utterances, codec.rvq.cfg.dim), batch_size, cache)
+        self.engine, self.count, self.use_cal = engine, count, calibrate
+        self.T = np.asarray(engine.T)
         self.ids = None if ids is None else list(ids)
         if self.ids is not None and len(self.ids) != len(self.T):
             raise EibError(f"{len(self.ids)} ids for {len(self.T)} utterances")
-        c = math.log(_engine.scale())
+        c = math.log(engine.scale())
         self.X0, self.X1 = c - _SPAN, c + _SPAN
         self.hist: dict = {}  # unit key (utterance index or 'set') -> [(ln λ, rate)]
         self._cal = None
@@ -552,6 +481,10 @@ class RateController:
 
     def x_of(self, lam: float) -> float:
         return self.X0 if lam <= 0 else self.X1 if lam >= LAM_INF else float(np.clip(math.log(lam), self.X0, self.X1))
+
+    def stream(self, u: int) -> bytes:
+        "The `eib.bitstream` stream of utterance `u` at its current answer (the last `solve`)."
+        return self.engine.stream_bytes(u, self.engine.cache[u])
 
     def _bits(self, st) -> int: return 8 * (st.stream_len if self.count == "stream" else st.payload_len)
 
@@ -683,7 +616,7 @@ class RateController:
                 units[k].update(xs[k], rate, self.X0, self.X1, max_iter)
                 if units[k].best is not before:
                     for u, s in zip(m, ss): E.commit(u, s)
-            if mix and mode == "utterance" and hasattr(E, "mix"):
+            if mix and mode == "utterance":
                 for k in act:
                     un = units[k]
                     if (un.status in ("step", "max_iter") or (not un.status and un.n >= _MIX_AFTER)) \
@@ -703,7 +636,7 @@ class RateController:
                           frames_encoded=E.frames_encoded - f0, tokens=[s.tokens for s in sts], ids=self.ids,
                           lam2=np.array([s.lam2 for s in sts]), split=np.array([s.split for s in sts]))
 
-    def _mix(self, u: int, un: _Unit, A: _State, B: _State) -> bool:
+    def _mix(self, u: int, un: _Unit, A: CodedState, B: CodedState) -> bool:
         """Where rate(λ) jumps over the target (`step`), code the first k frames at the λ above the target (state `A`)
         and the rest at the λ below (`B`); k by bisection on the real stream size. Commits and returns True if it
         lands within tolerance."""
@@ -765,9 +698,8 @@ class RateController:
 # staircase), a wiggle that makes it locally non-monotonic, and utterances of very different lengths and levels.
 
 # %%
-#| export
-class _FakeEngine:
-    "Stand-in for `_Engine` with a given `bits(u, λ)` (for testing the search); streams are whole bytes."
+class FakeEngine:
+    "Stand-in for `RateEngine` with a given `bits(u, λ)` (to test the search alone); streams are whole bytes."
     def __init__(self, frames, bits_fn, scale: float = 1.0):
         self.T, self.bits_fn, self._scale = np.asarray(frames), bits_fn, scale
         self.cache, self.passes, self.frames_encoded, self.mismatch = [None] * len(self.T), 0, 0, 0
@@ -782,9 +714,12 @@ class _FakeEngine:
         for u, l in zip(us, lams):
             T = int(self.T[u]); nbytes = int(math.ceil(self.bits_fn(u, l) / 8))
             self.frames_encoded += T
-            out.append(_State(float(l), np.zeros((T, 0), np.uint8), None, None, None, None, np.zeros(T), np.zeros(T, np.float32),
+            out.append(CodedState(float(l), np.zeros((T, 0), np.uint8), None, None, None, None, np.zeros(T), np.zeros(T, np.float32),
                               payload_len=nbytes, stream_len=nbytes))
         return out
+    def mix(self, u, A, B, k):  # frames [0, k) at A's rate, the rest at B's, in whole bytes
+        T = int(self.T[u]); nbytes = int(math.ceil((A.stream_len * k + B.stream_len * (T - k)) / T))
+        return CodedState(B.lam, A.tokens, None, None, None, None, A.ideal, A.dist, payload_len=nbytes, stream_len=nbytes, lam2=A.lam, split=k)
     def commit(self, u, st): self.cache[u] = st
 
 
@@ -798,7 +733,7 @@ def fake_bits(u, lam, T=None, lev=None):
 _g = np.random.default_rng(1)
 T_f, lev_f = _g.integers(40, 400, 50), _g.normal(0, 1, 50)
 bits_f = lambda u, l: fake_bits(u, l, T_f, lev_f)
-rc = RateController(None, None, _engine=_FakeEngine(T_f, bits_f))
+rc = RateController(None, None, engine=FakeEngine(T_f, bits_f))
 res = rc.solve_many([10, 15, 50, 100, 150, 200])
 for r in res:
     test_eq(r.converged.all(), True)
@@ -815,18 +750,20 @@ r = rc.solve(80, mode="set")
 test_eq(r.status[0], "ok"); assert abs(r.set_error) <= 0.1 and len(set(r.lam)) == 1
 r = rc.solve(np.linspace(20, 120, 50))
 test_eq(r.converged.all(), True); assert np.abs(r.error).max() <= 0.25
-r2 = RateController(None, None, _engine=_FakeEngine(T_f, bits_f)).solve(np.linspace(20, 120, 50), warm_start=r.lam)
+r2 = RateController(None, None, engine=FakeEngine(T_f, bits_f)).solve(np.linspace(20, 120, 50), warm_start=r.lam)
 test_eq(r2.passes, 1); test_eq(r2.lam, r.lam)  # warm-started at known answers: one pass re-measures them
 
 jump = lambda u, l: (60 if l < 1.0 else 40) * 100  # rate jumps from 60 to 40 BPF at λ = 1
-r = RateController(None, None, _engine=_FakeEngine([100], jump)).solve(50, max_iter=40)
+r = RateController(None, None, engine=FakeEngine([100], jump)).solve(50, max_iter=40, mix=False)
 test_eq(r.status[0], "step"); test_eq(abs(r.error[0]), 10)
+r = RateController(None, None, engine=FakeEngine([100], jump)).solve(50, max_iter=40)  # frames split between the two λ
+test_eq((r.status[0], r.error[0], r.split[0]), ("mixed", 0.0, 50))
 
 # %% [markdown]
 # Targets outside the range: an error that states the range, or the nearest end, flagged:
 
 # %%
-rc2 = RateController(None, None, _engine=_FakeEngine(T_f[:5], bits_f))
+rc2 = RateController(None, None, engine=FakeEngine(T_f[:5], bits_f))
 test_fail(lambda: rc2.solve(300), contains="outside the achievable range")
 test_fail(lambda: rc2.solve(1), contains="outside the achievable range")
 r = rc2.solve(300, clamp=True)
@@ -871,17 +808,17 @@ def achievable_range(codec, utterances, count: str = "stream", ids=None) -> pd.D
     "Per utterance: the smallest (λ → ∞) and largest (λ = 0) real stream rate in BPF; the set's in `.attrs`."
     return RateController(codec, utterances, count=count, ids=ids, calibrate=False).achievable_range()
 
-def compress_at_bpf(rvq, model, features, bpf: float, tol: float = 0.25) -> tuple[float, bytes]:
+def compress_at_bpf(codec, features, bpf: float, tol: float = 0.25) -> tuple[float, bytes]:
     """(λ, stream): the `eib.bitstream` stream of one utterance `features` (T, D) whose whole size is within `tol`
-    of `bpf` bits per frame: byte-for-byte what `eib.bitstream.compress(rvq, model, features, λ)` writes, unless
+    of `bpf` bits per frame: byte-for-byte what `eib.bitstream.compress(codec, features, λ)` writes, unless
     rate(λ) jumps over the target (then some frames use a second λ, see `RateResult.lam2`; the stream decodes the same way)."""
-    rc = RateController((rvq, model), [features])
+    rc = RateController(codec, [features])
     r = rc.solve(bpf, tol=tol, clamp=False)
-    return float(r.lam[0]), rc.engine.stream_bytes(0, rc.engine.cache[0])
+    return float(r.lam[0]), rc.stream(0)
 
-def lambda_for_bpf(rvq, model, features, bpf: float, tol: float = 0.25) -> float:
-    "λ at which `eib.bitstream.compress(rvq, model, features, λ)` gives `bpf` ± `tol` bits per frame (whole stream)."
-    return compress_at_bpf(rvq, model, features, bpf, tol)[0]
+def lambda_for_bpf(codec, features, bpf: float, tol: float = 0.25) -> float:
+    "λ at which `eib.bitstream.compress(codec, features, λ)` gives `bpf` ± `tol` bits per frame (whole stream)."
+    return compress_at_bpf(codec, features, bpf, tol)[0]
 
 
 # %% [markdown]
@@ -930,8 +867,8 @@ def solve_sharded(codec, utterances, targets, workers: int = 2, ids=None, count:
     """Per-utterance rate control of `targets` (in order; clamped targets flagged) with the utterances split over
     `workers` processes; yields `(target, RateResult)` per target. `on_range(df)` gets the achievable-range table."""
     import multiprocessing as mp, queue as _queue
-    rvq, model = _unpack_codec(codec)
-    utts = _check_utterances(utterances, rvq.cfg.dim)
+    codec = as_codec(codec)
+    utts = _check_utterances(utterances, codec.rvq.cfg.dim)
     ids = list(ids) if ids is not None else None
     targets = [float(t) for t in targets]
     if not targets: return
@@ -939,7 +876,7 @@ def solve_sharded(codec, utterances, targets, workers: int = 2, ids=None, count:
     order = _shards(T, max(1, min(int(workers), len(utts))))
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_shard_run, daemon=True, args=(q, k, (rvq, model), [utts[i] for i in o],
+    procs = [ctx.Process(target=_shard_run, daemon=True, args=(q, k, codec, [utts[i] for i in o],
              None if ids is None else [ids[i] for i in o], targets, count, tol, max_iter, mix)) for k, o in enumerate(order)]
     for p in procs: p.start()
     got, ranges, nxt = {}, {}, 0
@@ -978,7 +915,7 @@ def solve_sharded(codec, utterances, targets, workers: int = 2, ids=None, count:
 
 # %%
 from eib.features import load_store
-from eib.entropy import train_entropy_model
+from eib.ecvq import train_entropy_model
 from eib.bitstream import stream_bpf, payload_bpf
 from eib.core import repo_root
 _st = load_store(repo_root() / "data_subset" / "synth")
@@ -1000,9 +937,9 @@ for tgt in np.linspace(lo_t + 3, hi_t - 3, 3).round(1):
     test_eq(r.converged.all(), True)
     assert np.abs(r.error).max() <= 0.25 and abs(r.set_error) <= 0.25, r.summary()
     for i in (0, 5):
-        data = compress(rvq_t, model_t, utt[i], r.lam[i])
+        data = compress((rvq_t, model_t), utt[i], r.lam[i])
         test_eq(len(data) * 8, r.bits[i]); test_close(stream_bpf(data), r.bpf[i], eps=1e-9)
-        test_eq(decompress(rvq_t, model_t, data)[0].numpy(), r.tokens[i].astype(np.int64))
+        test_eq(decompress((rvq_t, model_t), data)[0].numpy(), r.tokens[i].astype(np.int64))
     print(tgt, r.summary()["set_bpf"], "passes", r.passes)
 test_eq(rc_t.engine.mismatch, 0)
 
@@ -1029,22 +966,22 @@ test_eq(len(set(r.lam)), 1); assert abs(r.set_error) <= 0.1
 rp = RateController((rvq_t, model_t), utt[:3], count="payload").solve((lo_t + hi_t) / 2)
 test_eq(rp.converged.all(), True)
 for i in range(3):
-    data = compress(rvq_t, model_t, utt[i], rp.lam[i])
+    data = compress((rvq_t, model_t), utt[i], rp.lam[i])
     test_close(payload_bpf(data), rp.bpf[i], eps=1e-9); assert stream_bpf(data) > rp.bpf[i]
 test_fail(lambda: rc_t.solve(rng_t.max_bpf.max() + 5), contains="outside the achievable range")
 r = rc_t.solve(rng_t.max_bpf.max() + 5, clamp=True)
 test_eq(set(r.status), {"clamped_max"}); test_close(r.bpf, rng_t.max_bpf.values, eps=1e-9)
 _mid = float(rng_t.min_bpf[1] + rng_t.max_bpf[1]) / 2
-lam, data = compress_at_bpf(rvq_t, model_t, utt[1], _mid)
-test_eq(data, compress(rvq_t, model_t, utt[1], lam)); assert abs(stream_bpf(data) - _mid) <= 0.25
-test_fail(lambda: lambda_for_bpf(rvq_t, model_t, utt[1], 1.0), contains="outside the achievable range")
+lam, data = compress_at_bpf((rvq_t, model_t), utt[1], _mid)
+test_eq(data, compress((rvq_t, model_t), utt[1], lam)); assert abs(stream_bpf(data) - _mid) <= 0.25
+test_fail(lambda: lambda_for_bpf((rvq_t, model_t), utt[1], 1.0), contains="outside the achievable range")
 
 # a mixed answer is a valid stream: frames [0, k) from one λ, the rest from another
 A, B = rc_t.engine.evaluate([2, 2], [0.05, 5.0])
 M = rc_t.engine.mix(2, A, B, 20)
 data = rc_t.engine.stream_bytes(2, M)
 test_eq(len(data), M.stream_len); assert B.stream_len < M.stream_len < A.stream_len
-test_eq(decompress(rvq_t, model_t, data)[0].numpy(), np.concatenate([A.tokens[:20], B.tokens[20:]]).astype(np.int64))
+test_eq(decompress((rvq_t, model_t), data)[0].numpy(), np.concatenate([A.tokens[:20], B.tokens[20:]]).astype(np.int64))
 
 # %% [markdown]
 # Two processes give the same kind of answer as one controller (each shard calibrates on its own frames, so the
@@ -1060,8 +997,9 @@ test_close(_rngs[0].max_bpf.values, rng_t.max_bpf.values, eps=1e-9)
 for t, r in _out:
     assert np.abs(r.error).max() <= 0.25, r.summary()
     test_eq(r.frames, np.array([len(u) for u in utt]))
-    data = compress(rvq_t, model_t, utt[3], r.lam[3]) if r.status[3] == "ok" else None
-    if data is not None: test_eq(decompress(rvq_t, model_t, data)[0].numpy(), r.tokens[3].astype(np.int64))
+    data = compress((rvq_t, model_t), utt[3], r.lam[3]) if r.status[3] == "ok" else None
+    if data is not None: test_eq(decompress((rvq_t, model_t), data)[0].numpy(), r.tokens[3].astype(np.int64))
+
 
 # %% [markdown]
 # ## Measured
@@ -1085,3 +1023,100 @@ for t, r in _out:
 # tokens change at the new λ: about one test set's worth of frames per target (0.6 in the first pass, the rest in
 # the later, smaller passes), with the exact coding model at about 1100 frames per second per core. The same run
 # one commit earlier (before `ecvq_encode` reused its distortion buffer) took 902 s.
+
+# %% [markdown]
+# ## Command line
+#
+# The console scripts live here, with rate control, which `--bpf` needs.
+#
+# `eib-compress FEATURES.npy OUT.eib --checkpoint DIR (--lam X | --bpf Y)` and
+# `eib-decompress IN.eib OUT.npy --checkpoint DIR`. Both exit with code 2 and a one-line message on a user
+# error. `--bpf` asks the project's rate controller (`eib.rate.compress_at_bpf`) for the λ whose whole stream
+# (container included) lands within 0.25 BPF of the target, measured on actual stream bytes; a target outside the
+# utterance's achievable range is refused with the range in the message.
+
+# %%
+#| export
+def _load_features(path) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file(): raise EibError(f"no such features file: {p}")
+    try: return np.load(p, allow_pickle=False)
+    except Exception as e: raise EibError(f"cannot read {p} as a .npy array ({type(e).__name__}: {e})") from None
+
+def compress_cli(argv=None) -> int:
+    "eib-compress FEATURES.npy OUT.eib --checkpoint DIR (--lam X | --bpf Y)"
+    ap = argparse.ArgumentParser(prog="eib-compress", description="Compress a (T, D) feature array into an .eib stream.")
+    ap.add_argument("features"); ap.add_argument("out")
+    ap.add_argument("--checkpoint", required=True, help="codec folder written by eib-train")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--lam", type=float, help="rate-distortion multiplier λ")
+    g.add_argument("--bpf", type=float, help="target bits per frame of the whole stream (container counted), met within 0.25 by eib.rate")
+    a = ap.parse_args(argv)
+    try:
+        codec = load_codec(a.checkpoint)
+        x = check_features(_load_features(a.features), codec.rvq.cfg.dim)
+        if a.bpf is not None:
+            lam, data = compress_at_bpf(codec, x, a.bpf)
+        else: lam = a.lam; data = compress(codec, x, lam)
+        atomic_write_bytes(a.out, data)
+    except EibError as e:
+        print(f"eib-compress: error: {e}", file=sys.stderr); return 2
+    print(f"{a.out}: {len(x)} frames, {len(data)} bytes, {stream_bpf(data):.3f} BPF "
+          f"({stream_bpf(data) * 50:.0f} bit/s, container included), λ={lam:.6g}"
+          + (f" (target {a.bpf:g} BPF)" if a.bpf is not None else ""))
+    if a.bpf is not None and abs(stream_bpf(data) - a.bpf) > 0.25:  # rate(λ) jumps over the target and no frame split fits
+        print(f"eib-compress: note: the nearest achievable rate is {stream_bpf(data):.3f} BPF, "
+              f"{stream_bpf(data) - a.bpf:+.3f} from the target", file=sys.stderr)
+    return 0
+
+def decompress_cli(argv=None) -> int:
+    "eib-decompress IN.eib OUT.npy --checkpoint DIR"
+    ap = argparse.ArgumentParser(prog="eib-decompress", description="Decode an .eib stream into a (T, D) float32 .npy array.")
+    ap.add_argument("stream"); ap.add_argument("out")
+    ap.add_argument("--checkpoint", required=True, help="the codec folder the stream was compressed with")
+    a = ap.parse_args(argv)
+    try:
+        p = Path(a.stream)
+        if not p.is_file(): raise EibError(f"no such stream file: {p}")
+        codec = load_codec(a.checkpoint)
+        _, y = decompress(codec, p.read_bytes())
+        atomic_save_npy(a.out, y)
+    except EibError as e:
+        print(f"eib-decompress: error: {e}", file=sys.stderr); return 2
+    print(f"{a.out}: {y.shape[0]} frames x {y.shape[1]} dims")
+    return 0
+
+
+# %%
+import tempfile, contextlib, io
+from pathlib import Path
+from eib.codec import Codec, save_codec
+from eib.bitstream import compress_with_result
+_c, _xs = Codec(rvq_t, model_t), utt[1]
+_data, _res = compress_with_result(_c, _xs, 0.05)
+with tempfile.TemporaryDirectory() as d:
+    d = Path(d); save_codec(_c, d / "ckpt"); np.save(d / "x.npy", _xs)
+    with contextlib.redirect_stdout(io.StringIO()) as so:
+        test_eq(compress_cli([str(d / "x.npy"), str(d / "x.eib"), "--checkpoint", str(d / "ckpt"), "--lam", "0.05"]), 0)
+        test_eq(decompress_cli([str(d / "x.eib"), str(d / "y.npy"), "--checkpoint", str(d / "ckpt")]), 0)
+        test_eq(compress_cli([str(d / "x.npy"), str(d / "b.eib"), "--checkpoint", str(d / "ckpt"), "--bpf", f"{_mid:.3f}"]), 0)
+    print(so.getvalue())
+    test_eq((d / "x.eib").read_bytes(), _data)
+    test_eq(np.load(d / "y.npy"), _res.recon.numpy())
+    b_eib = (d / "b.eib").read_bytes()
+    test_close(stream_bpf(b_eib), _mid, eps=0.25)  # the rate controller's tolerance, on the whole stream
+    test_eq(f"{stream_bpf(b_eib):.3f} BPF" in so.getvalue().splitlines()[-1], True)
+    test_eq(len(decompress(_c, b_eib)[0]), len(_xs))
+    np.save(d / "bad.npy", _xs[:, :3]); (d / "junk.eib").write_bytes(b"hello")
+    with contextlib.redirect_stderr(io.StringIO()) as se:
+        test_eq(compress_cli([str(d / "bad.npy"), str(d / "o.eib"), "--checkpoint", str(d / "ckpt"), "--lam", "1"]), 2)
+        test_eq(decompress_cli([str(d / "junk.eib"), str(d / "o.npy"), "--checkpoint", str(d / "ckpt")]), 2)
+        test_eq(decompress_cli([str(d / "x.eib"), str(d / "o.npy"), "--checkpoint", str(d / "nowhere")]), 2)
+        test_eq(compress_cli([str(d / "x.npy"), str(d / "o.eib"), "--checkpoint", str(d / "ckpt"),
+                              "--bpf", f"{float(rng_t.max_bpf[1]) + 5:.3f}"]), 2)
+    errs = se.getvalue().strip().splitlines()
+    print("\n".join(errs))
+    test_eq(len(errs), 4)
+    test_eq(["shape (T, 130)" in errs[0], "not an eib stream" in errs[1], "no codec checkpoint" in errs[2],
+             "outside the achievable range" in errs[3]], [True] * 4)
+    test_eq(sorted(f.name for f in d.iterdir()), ["b.eib", "bad.npy", "ckpt", "junk.eib", "x.eib", "x.npy", "y.npy"])

@@ -9,217 +9,23 @@
 # %%
 #| export
 from __future__ import annotations
-import argparse, importlib, io, json, platform, sys, time
+import argparse, json, platform, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from eib.core import EibError, atomic_write_bytes, atomic_write_json, atomic_write_text, fingerprint
+from eib.core import EibError
 from eib.rvq import RVQConfig, GroupedRVQ, fit_rvq, rvq_report, lloyd_update
+from eib.ecvq import ecvq_encode, lambda_grid, train_entropy_model
+from eib.codec import Codec, save_codec
+from eib.features import load_store
 
 # %%
 import tempfile
+from eib.codec import load_codec
+from eib.core import atomic_write_json
 from fastcore.test import test_eq, test_fail, test_close
-
-
-# %% [markdown]
-# ## A codec and its fingerprint
-#
-# A `Codec` is what compression needs: the grouped RVQ (normalisation + codebooks), the entropy model and
-# a `meta` dict (training data, preset, λ grid, metrics). Its fingerprint identifies the exact weights; the
-# bitstream stores it so that a stream is never decoded with another model. `codec_fingerprint` uses
-# `eib.bitstream.model_fingerprint` when that exists, and otherwise hashes every tensor of both state dicts
-# (name, dtype, shape, bytes) in sorted-name order.
-
-# %%
-#| export
-def _state_fingerprint(*modules) -> str:
-    "Fingerprint of the state dicts of `modules` (None allowed), tensor by tensor in sorted-name order."
-    parts = []
-    for i, mod in enumerate(modules):
-        if mod is None: parts.append(f"{i}:none".encode()); continue
-        for k, v in sorted(mod.state_dict().items()):
-            a = v.detach().cpu().contiguous()
-            parts += [f"{i}:{k}:{a.dtype}:{tuple(a.shape)}".encode(), a.view(torch.uint8).numpy().tobytes() if a.numel() else b""]
-    return fingerprint(b"\0".join(parts))
-
-def _fingerprint_fn(model) -> tuple[str, callable]:
-    "(name, function) of the fingerprint used for a codec with entropy model `model`."
-    if model is not None:
-        try:
-            from eib.bitstream import model_fingerprint
-            return "eib.bitstream.model_fingerprint", model_fingerprint
-        except ImportError: pass
-    return "eib.train._state_fingerprint", _state_fingerprint
-
-def codec_fingerprint(rvq: GroupedRVQ, model=None) -> str:
-    "Fingerprint of a codec's weights: `eib.bitstream.model_fingerprint` if available (and a model is given), else a state-dict hash."
-    return _fingerprint_fn(model)[1](rvq, model)
-
-@dataclass
-class Codec:
-    "A trained codec: grouped RVQ, entropy model (None for an RVQ-only codec) and metadata."
-    rvq: GroupedRVQ
-    model: torch.nn.Module | None = None
-    meta: dict = field(default_factory=dict)
-    @property
-    def fingerprint(self) -> str: return codec_fingerprint(self.rvq, self.model)
-    @property
-    def cfg(self) -> RVQConfig: return self.rvq.cfg
-
-
-# %%
-q = GroupedRVQ(RVQConfig(6, 2, layers=2, codes=4))
-f0 = _state_fingerprint(q)
-q.codebooks[0, 0, 0, 0] = 1e-7
-test_eq(_state_fingerprint(q) == f0, False)  # any weight change shows
-test_eq(Codec(q).fingerprint, codec_fingerprint(q, None))
-
-# %% [markdown]
-# ## Saving and loading
-#
-# A checkpoint is a folder: `rvq.pt` and `entropy.pt` (state dicts), `config.json` (RVQ and entropy-model
-# configuration, how to rebuild the model, training data, preset, λ grid, metrics, fingerprint) and a
-# `README.md`. Every file is written atomically and `config.json` last, so a folder with a `config.json`
-# is complete. Loading checks that the folder and files exist, that the weights fit the configuration and
-# that the fingerprint matches; each failure is an `EibError` that says what to do.
-#
-# The entropy model is rebuilt from `config.json`: its class and its configuration class (both inside the
-# `eib` package) are recorded by name, and the configuration comes from `model.cfg.to_dict()`.
-
-# %%
-#| export
-_RVQ_FILE, _ENT_FILE, _CFG_FILE = "rvq.pt", "entropy.pt", "config.json"
-_HOW = "train one with `eib-train --features data_subset/<DATASET> --preset cpu --out DIR`"
-
-def _torch_bytes(state) -> bytes:
-    buf = io.BytesIO(); torch.save(state, buf); return buf.getvalue()
-
-def _qualname(obj) -> str: return f"{type(obj).__module__}:{type(obj).__qualname__}"
-
-def _import(qual: str):
-    mod, _, name = qual.partition(":")
-    if not (mod == "eib" or mod.startswith("eib.")):
-        raise EibError(f"checkpoint names class {qual!r} outside the eib package; refusing to load it")
-    try:
-        obj = importlib.import_module(mod)
-        for part in name.split("."): obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise EibError(f"checkpoint needs {qual}, which this eib version lacks ({e}); update eib or retrain") from None
-    return obj
-
-def model_spec(model) -> dict | None:
-    "How to rebuild `model`: its class, its configuration class and configuration (a JSON-able dict)."
-    if model is None: return None
-    cfg = getattr(model, "cfg", None)
-    if cfg is None or not hasattr(cfg, "to_dict"):
-        raise EibError(f"{type(model).__name__} has no `.cfg` with `to_dict()`; cannot record how to rebuild it")
-    return {"class": _qualname(model), "config_class": _qualname(cfg), "config": cfg.to_dict()}
-
-def build_model(spec: dict | None):
-    "Rebuild an (untrained) model from `model_spec` output."
-    if spec is None: return None
-    ccls = _import(spec["config_class"])
-    cfg = ccls.from_dict(spec["config"]) if hasattr(ccls, "from_dict") else ccls(**spec["config"])
-    return _import(spec["class"])(cfg)
-
-def _readme(codec: Codec, cfgd: dict) -> str:
-    m = codec.meta
-    lines = [f"# eib codec checkpoint", "",
-             f"- fingerprint: `{cfgd['fingerprint']}`",
-             f"- RVQ: {cfgd['rvq']}",
-             f"- entropy model: {cfgd['entropy']['class'] if cfgd['entropy'] else 'none (RVQ only)'}",
-             f"- command: `{m.get('command') or '-'}`",
-             f"- preset: {m.get('preset', '-')}, seed: {m.get('seed', '-')}, entropy training: {m.get('entropy_train', '-')}",
-             f"- training data: {json.dumps(m.get('data', {}), default=str)}",
-             f"- λ grid: {m.get('lams', '-')}", "",
-             "## Metrics", "", "```json", json.dumps(m.get("metrics", {}), indent=1, default=str), "```", "",
-             "Load with `eib.train.load_codec(DIR)`.", ""]
-    return "\n".join(lines)
-
-def save_codec(codec: Codec, out: str | Path) -> Path:
-    "Write `codec` to the folder `out` (created); `config.json` is written last."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    spec = model_spec(codec.model)
-    atomic_write_bytes(out / _RVQ_FILE, _torch_bytes(codec.rvq.state_dict()))
-    if codec.model is not None: atomic_write_bytes(out / _ENT_FILE, _torch_bytes(codec.model.state_dict()))
-    else: (out / _ENT_FILE).unlink(missing_ok=True)
-    cfgd = {"format": 1, "rvq": codec.rvq.cfg.to_dict(), "entropy": spec, "fingerprint": codec.fingerprint,
-            "fingerprint_fn": _fingerprint_fn(codec.model)[0],
-            **{k: v for k, v in codec.meta.items() if k not in ("rvq", "entropy", "fingerprint", "format")}}
-    atomic_write_text(out / "README.md", _readme(codec, cfgd))
-    atomic_write_json(out / _CFG_FILE, cfgd, default=_json_default)
-    return out
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)): return int(o)
-    if isinstance(o, (np.floating,)): return float(o)
-    if isinstance(o, (np.ndarray, torch.Tensor)): return o.tolist()
-    if isinstance(o, pd.DataFrame): return o.to_dict(orient="list")
-    if isinstance(o, Path): return str(o)
-    raise TypeError(f"cannot write {type(o).__name__} to config.json")
-
-def _load_state(path: Path) -> dict:
-    try: return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise EibError(f"{path} is not a readable torch state dict ({e}); {_HOW}") from None
-
-def load_codec(path: str | Path) -> Codec:
-    "Load a codec folder written by `save_codec`, checking shapes and the fingerprint."
-    p = Path(path)
-    if not p.is_dir(): raise EibError(f"no codec checkpoint at {p}; {_HOW}")
-    if not (p / _CFG_FILE).exists():
-        raise EibError(f"{p} has no {_CFG_FILE} (not a codec checkpoint, or training did not finish); {_HOW}")
-    try: cfgd = json.loads((p / _CFG_FILE).read_text())
-    except json.JSONDecodeError as e: raise EibError(f"{p / _CFG_FILE} is not valid JSON ({e}); {_HOW}") from None
-    need = [_RVQ_FILE] + ([_ENT_FILE] if cfgd.get("entropy") else [])
-    missing = [f for f in need if not (p / f).exists()]
-    if missing: raise EibError(f"{p} lacks {', '.join(missing)} (incomplete checkpoint); {_HOW}")
-    rvq = GroupedRVQ(RVQConfig.from_dict(cfgd.get("rvq", {})))
-    model = build_model(cfgd.get("entropy"))
-    for name, mod, f in (("RVQ", rvq, _RVQ_FILE), ("entropy model", model, _ENT_FILE)):
-        if mod is None: continue
-        try: mod.load_state_dict(_load_state(p / f))
-        except RuntimeError as e:
-            raise EibError(f"{p / f} does not fit the {name} configuration in {_CFG_FILE}: "
-                           f"{str(e).splitlines()[-1].strip()}; the files come from different trainings — {_HOW}") from None
-    if model is not None: model.eval()
-    meta = {k: v for k, v in cfgd.items() if k not in ("format", "rvq", "entropy", "fingerprint", "fingerprint_fn")}
-    codec = Codec(rvq, model, meta)
-    fp_fn = _state_fingerprint if cfgd.get("fingerprint_fn") == "eib.train._state_fingerprint" else codec_fingerprint
-    got = fp_fn(rvq, model)
-    if got != cfgd.get("fingerprint"):
-        raise EibError(f"{p}: weights fingerprint {got} differs from {cfgd.get('fingerprint')} in {_CFG_FILE} "
-                       f"(weights changed or mixed from two trainings); {_HOW}")
-    return codec
-
-
-# %% [markdown]
-# Round trip, and the three kinds of failure: a missing folder, a missing file, and weights that do not
-# match the configuration (wrong shape, or changed values).
-
-# %%
-q = GroupedRVQ(RVQConfig(6, 2, layers=2, codes=4)); q.codebooks.normal_(generator=torch.Generator().manual_seed(0))
-c = Codec(q, None, {"preset": "cpu", "metrics": {"mse": np.float32(0.5)}})
-with tempfile.TemporaryDirectory() as d:
-    save_codec(c, Path(d) / "ck")
-    c2 = load_codec(Path(d) / "ck")
-    test_eq(torch.equal(c2.rvq.codebooks, q.codebooks), True)
-    test_eq((c2.fingerprint, c2.meta["preset"], c2.meta["metrics"]["mse"]), (c.fingerprint, "cpu", 0.5))
-    test_eq(sorted(x.name for x in (Path(d) / "ck").iterdir()), ["README.md", "config.json", "rvq.pt"])
-    test_fail(lambda: load_codec(Path(d) / "nope"), contains="eib-train")
-
-# %%
-with tempfile.TemporaryDirectory() as d:
-    ck = save_codec(c, Path(d) / "ck")
-    (ck / "rvq.pt").unlink()
-    test_fail(lambda: load_codec(ck), contains="lacks rvq.pt")
-    save_codec(c, ck); big = GroupedRVQ(RVQConfig(6, 2, layers=2, codes=8))
-    atomic_write_bytes(ck / "rvq.pt", _torch_bytes(big.state_dict()))
-    test_fail(lambda: load_codec(ck), contains="does not fit the RVQ")
-    q2 = GroupedRVQ(q.cfg); q2.load_state_dict(q.state_dict()); q2.codebooks[1, 1, 3, 2] += 1e-3
-    atomic_write_bytes(ck / "rvq.pt", _torch_bytes(q2.state_dict()))
-    test_fail(lambda: load_codec(ck), contains="fingerprint")
 
 
 # %% [markdown]
@@ -233,7 +39,7 @@ with tempfile.TemporaryDirectory() as d:
 
 # %%
 #| export
-def _open_features(features):
+def open_features(features):
     "-> (manifest DataFrame with id/speaker/split, frames(id) function, meta dict, description)."
     if isinstance(features, dict):
         if not features: raise EibError("no utterances in the features dict")
@@ -247,8 +53,6 @@ def _open_features(features):
         p = Path(features)
         if not p.exists():
             raise EibError(f"no feature store at {p}; make one with `eib-prepare` (e.g. data_subset/synth)")
-        try: from eib.features import load_store
-        except ImportError: raise EibError("eib.features.load_store is not available in this eib version") from None
         store = load_store(p); desc = {"source": str(p)}
     else: store, desc = features, {"source": type(features).__name__}
     man = store.manifest.copy()
@@ -299,7 +103,7 @@ test_fail(lambda: split_train_val(man.assign(split="test")), contains="at least 
 # 1. fit the grouped RVQ on the (sampled) training frames (`fit_rvq`, SKIP-aware);
 # 2. train the entropy model on ECVQ tokens of those frames, each at a λ drawn from the grid, re-encoding
 #    with the current model for `rounds` rounds and stopping early on the validation loss
-#    (`eib.entropy.train_entropy_model`);
+#    (`eib.ecvq.train_entropy_model`);
 # 3. optionally (`refine=True`) move every code to the mean of the residuals ECVQ assigns it at the middle
 #    λ (`lloyd_update`) and retrain the entropy model on the new tokens — kept only if it lowers the
 #    validation distortion at no higher rate;
@@ -321,7 +125,7 @@ def _check_preset(preset: str) -> dict:
     if preset not in PRESETS: raise EibError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     return PRESETS[preset]
 
-def _stack(ids, frames_of) -> np.ndarray:
+def stack_frames(ids, frames_of) -> np.ndarray:
     arrs = [np.asarray(frames_of(i), np.float32) for i in ids]
     arrs = [a for a in arrs if a.ndim == 2 and len(a)]
     if not arrs: raise EibError("no frames in the selected utterances")
@@ -342,13 +146,13 @@ def train_codec(features, preset: str = "cpu", out: str | Path | None = None, se
                 max_frames: int | None = -1, max_val_frames: int | None = -1, **rvq_kw) -> Codec:
     """Train RVQ + entropy model on the TRAIN split of `features` (store path, store, or dict of arrays); save to
     `out`. `rvq_kw` overrides the preset's `layers`, `codes` or any `fit_rvq` argument (`iters`, `skip_prob`, ...);
-    `entropy_kw` goes to `eib.entropy.train_entropy_model` (`epochs`, `max_steps`, `config`, ...).
+    `entropy_kw` goes to `eib.ecvq.train_entropy_model` (`epochs`, `max_steps`, `config`, ...).
     `max_frames`, `max_val_frames`: the budget (-1: the preset's; None: every frame)."""
     p = _check_preset(preset)
     t0 = time.time()
-    man, frames_of, meta, desc = _open_features(features)
+    man, frames_of, meta, desc = open_features(features)
     tr_ids, va_ids, how = split_train_val(man, val_frac, seed)
-    xtr, xva = _stack(tr_ids, frames_of), _stack(va_ids, frames_of)
+    xtr, xva = stack_frames(tr_ids, frames_of), stack_frames(va_ids, frames_of)
     n_tr, n_va = len(xtr), len(xva)
     max_frames = p["max_frames"] if max_frames == -1 else max_frames
     max_val_frames = p["max_val_frames"] if max_val_frames == -1 else max_val_frames
@@ -368,18 +172,16 @@ def train_codec(features, preset: str = "cpu", out: str | Path | None = None, se
                    "train_frames": len(xtr), "val_frames": len(xva), "train_frames_available": n_tr, "val_frames_available": n_va}
     info = {"command": command, "preset": preset, "seed": seed, "data": data, "rvq_fit": kw,
             "metrics": {"rvq_val": rep_va, "rvq_fit_s": round(t_rvq, 1)}}
-    ent, model = _entropy_api(), None
-    if ent is not None:
-        lams = [float(l) for l in (ent.lambda_grid(rvq, xtr) if lams is None else lams)]
-        ekw = dict(preset=preset, lams=lams, seed=seed, device=device, progress=progress) | ({} if rounds is None else {"rounds": rounds}) \
-            | ({} if p["entropy_steps"] is None else {"max_steps": p["entropy_steps"]}) | (entropy_kw or {})
-        model, history = ent.train_entropy_model(rvq, xtr, xva, **ekw)
-        rd = evaluate_codec(Codec(rvq, model), xva, lams)
-        info |= {"lams": lams, "entropy_train": {k: v for k, v in ekw.items() if k not in ("lams", "progress")}, "history": history}
-        info["metrics"] |= {"val_rd": rd.to_dict(orient="list"), "val_bits_per_token": _best_val_bits(history),
-                            "entropy_train_s": round(time.time() - t0 - t_rvq, 1)}
-        if refine:
-            rvq, model, history, info = _refine(rvq, model, rd, info, xtr, xva, lams, ekw, seed, progress)
+    lams = [float(l) for l in (lambda_grid(rvq, xtr) if lams is None else lams)]
+    ekw = dict(preset=preset, lams=lams, seed=seed, device=device, progress=progress) | ({} if rounds is None else {"rounds": rounds}) \
+        | ({} if p["entropy_steps"] is None else {"max_steps": p["entropy_steps"]}) | (entropy_kw or {})
+    model, history = train_entropy_model(rvq, xtr, xva, **ekw)
+    rd = evaluate_codec(Codec(rvq, model), xva, lams)
+    info |= {"lams": lams, "entropy_train": {k: v for k, v in ekw.items() if k not in ("lams", "progress")}, "history": history}
+    info["metrics"] |= {"val_rd": rd.to_dict(orient="list"), "val_bits_per_token": _best_val_bits(history),
+                        "entropy_train_s": round(time.time() - t0 - t_rvq, 1)}
+    if refine:
+        rvq, model, history, info = _refine(rvq, model, rd, info, xtr, xva, lams, ekw, seed, progress)
     info["metrics"]["train_s"] = round(time.time() - t0, 1)
     if progress: print(f"eib-train: RVQ {info['metrics']['rvq_fit_s']} s, entropy model {info['metrics'].get('entropy_train_s', 0)} s, "
                        f"{info['metrics']['train_s']} s in all", file=sys.stderr)
@@ -394,17 +196,10 @@ def _best_val_bits(history) -> float | None:
     last = max(h["round"] for h in history)
     return float(min(h["val_bits"] for h in history if h["round"] == last))
 
-def _entropy_api():
-    "The `eib.entropy` module, or None in an eib version without the entropy model."
-    try: import eib.entropy as ent
-    except ImportError: return None
-    return ent if hasattr(ent, "train_entropy_model") else None
-
 @torch.no_grad()
 def evaluate_codec(codec: Codec, frames, lams, max_frames: int = 4096, seed: int = 0) -> pd.DataFrame:
     """Rate and distortion of ECVQ with the codec's float entropy model on `frames` (at most `max_frames`,
     a seeded sample) at each λ: ideal bits per frame, normalised MSE per dimension, SKIP rate."""
-    from eib.ecvq import ecvq_encode
     x = np.asarray(frames, np.float32)
     if len(x) > max_frames: x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_frames, replace=False))]
     rows = []
@@ -426,14 +221,13 @@ def mse_at_rate(ref: pd.DataFrame, new: pd.DataFrame) -> float:
 def _refine(rvq, model, rd, info, xtr, xva, lams, ekw, seed, progress):
     """Lloyd-update the codebooks on ECVQ tokens of the training frames (each frame at a λ drawn from the grid),
     retrain the entropy model on the new codebooks, keep the result if validation MSE at equal rate drops."""
-    from eib.ecvq import ecvq_encode
     t0 = time.time()
     g = np.random.default_rng(seed + 1)
     lt = np.asarray(lams)[g.integers(len(lams), size=len(xtr))]
     tok = ecvq_encode(rvq, model, xtr, lt, exact=False, progress=progress).tokens
     rvq2 = lloyd_update(rvq, xtr, tok)
     same_model = mse_at_rate(rd, evaluate_codec(Codec(rvq2, model), xva, lams))
-    model2, hist2 = _entropy_api().train_entropy_model(rvq2, xtr, xva, **ekw)
+    model2, hist2 = train_entropy_model(rvq2, xtr, xva, **ekw)
     rd2 = evaluate_codec(Codec(rvq2, model2), xva, lams)
     gain = mse_at_rate(rd, rd2)
     keep = bool(np.isfinite(gain) and gain < 0)

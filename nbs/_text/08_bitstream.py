@@ -9,15 +9,14 @@
 # %%
 #| export
 from __future__ import annotations
-import argparse, hashlib, json, math, struct, sys, zlib
+import math, struct, zlib
 from dataclasses import dataclass
-from pathlib import Path
 import numpy as np
 import torch
 import constriction
-from eib.core import EibError, fingerprint, atomic_write_bytes, atomic_save_npy
-from eib.entropy import CodingModel
+from eib.core import EibError
 from eib.ecvq import ecvq_encode, auto_batch, ECVQResult
+from eib.codec import Codec, as_codec
 
 # %%
 from fastcore.test import test_eq, test_fail, test_close
@@ -32,7 +31,7 @@ torch.set_num_threads(1)  # the tests' tiny models run faster on one thread on a
 # |---|---|---|
 # | magic | 3 | `EIB` |
 # | version | 1 | format version, now 1 |
-# | model fingerprint | 4 | first 4 bytes of `model_fingerprint(rvq, model)`: a stream decodes only with its own checkpoint |
+# | model fingerprint | 4 | first 4 bytes of the codec's fingerprint (`eib.codec.codec_fingerprint`): a stream decodes only with its own checkpoint |
 # | frames T | varint | |
 # | dims D | varint | |
 # | chunk | varint | frames coded together (the coding order is chunk, position, frame) |
@@ -51,14 +50,6 @@ MAGIC = b"EIB"
 VERSION = 1
 MAX_FRAMES = 50 * 3600 * 6  # six hours at 50 frames/s: a bound that keeps a forged header from exhausting memory
 
-def model_fingerprint(rvq, model) -> str:
-    "16-hex-digit fingerprint of the RVQ and entropy-model configs and weights."
-    h = hashlib.sha256(json.dumps(dict(rvq=rvq.cfg.to_dict(), model=model.cfg.to_dict()), sort_keys=True).encode())
-    for tag, sd in (("rvq", rvq.state_dict()), ("model", model.state_dict())):
-        for k in sorted(sd):
-            h.update(f"{tag}.{k}{tuple(sd[k].shape)}".encode()); h.update(sd[k].detach().float().cpu().contiguous().numpy().tobytes())
-    return fingerprint(h.digest())
-
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -74,6 +65,14 @@ def _read_varint(data: bytes, i: int) -> tuple[int, int]:
         b = data[i]; i += 1
         n |= (b & 0x7F) << shift; shift += 7
         if not b & 0x80: return n, i
+
+def header_len(frames: int, dim: int, chunk: int, payload_len: int) -> int:
+    "Bytes before the payload in a stream of `frames` frames of `dim` dims, coded `chunk` frames at a time."
+    return len(MAGIC) + 1 + 4 + len(_varint(frames)) + len(_varint(dim)) + len(_varint(chunk)) + 8 + len(_varint(payload_len))
+
+def stream_len(frames: int, dim: int, chunk: int, payload_len: int) -> int:
+    "Bytes of the whole stream: header, payload and CRC32."
+    return header_len(frames, dim, chunk, payload_len) + payload_len + 4
 
 @dataclass
 class StreamInfo:
@@ -131,22 +130,31 @@ test_fail(lambda: stream_info(b"RIFF1234"), contains="not an eib stream")
 test_fail(lambda: stream_info(b"EIB\x07" + bytes(30)), contains="version 7")
 test_fail(lambda: stream_info(b"EI"), contains="truncated")
 
-
 # %% [markdown]
 # ## Coding
 #
-# The frequencies come from `CodingModel` (integers >= 1 summing to 2^24, identical on every machine).
-# constriction's lazy categorical model with `perfect=False` turns unnormalised weights `w` into the cumulative
-# `floor(cumsum(w) * (2^24 - V) / sum(w)) + index`; with `w = f - 1`, whose sum is exactly `2^24 - V`, the
-# scale is exactly 1 and the coder uses exactly the frequencies `f`. ECVQ encodes with these frequencies
-# and hands each position's symbols straight to the range encoder (`on_step`), so compressing is one pass.
-# The decoder runs the same `CodingModel` position by position for all frames of a chunk at once.
+# The frequencies come from the codec's `CodingModel` (integers >= 1 summing to 2^24, identical on every machine).
+# ECVQ encodes with these frequencies; `IntervalRecorder`, its `on_step` hook, keeps each chosen token's coder
+# interval: the cumulative frequency `ck` below it and its frequency `fk`. `encode_payload` then codes the
+# intervals chunk by chunk, position-major inside a chunk (the order the decoder needs), with constriction's range
+# coder: each token is a three-symbol categorical (below, the token, above) with weights `ck - 1`, `fk - 1`,
+# `2^24 - ck - fk - 1` (two symbols at either end). constriction's lazy categorical model with `perfect=False`
+# turns weights `w` summing to `2^24 - V` into the cumulative `floor(cumsum(w)) + index`, so the coder sees
+# exactly the interval `[ck, ck + fk)`, as it would with the full table of `V` frequencies: the bytes are the
+# ones a coder fed the whole table writes, and the decoder does use the whole table. Trailing zero bytes of the
+# last 32-bit word are dropped (`trim_payload`). The same functions size streams for rate control
+# (`eib.rate`) and code given tokens (`compress_tokens`, for the layer-sweep baseline), so every stream of the
+# project comes from this one place. The decoder runs the `CodingModel` position by position for all frames of a
+# chunk at once.
 
 # %%
 #| export
+_TOT = 1 << 24  # the coding model's frequencies sum to 2^24 (eib.entropy)
+
 def _family(): return constriction.stream.model.Categorical(perfect=False)
 
-def _check_features(features, dim: int) -> np.ndarray:
+def check_features(features, dim: int) -> np.ndarray:
+    "`features` as a float32 (T, `dim`) array with 1 to `MAX_FRAMES` finite frames, or an EibError saying what is wrong."
     x = np.asarray(features)
     if x.dtype == object or not np.issubdtype(x.dtype, np.number): raise EibError(f"features must be numeric, got dtype {x.dtype}")
     if x.ndim != 2 or x.shape[1] != dim: raise EibError(f"features must have shape (T, {dim}), got {x.shape}")
@@ -161,42 +169,104 @@ def _check_lam(lam) -> float:
     if not math.isfinite(lam) or lam < 0: raise EibError(f"λ must be finite and non-negative, got {lam}")
     return lam
 
+def chunk_size(frames: int, model, batch_size: int | None = None) -> int:
+    "Frames coded together in a stream of `frames` frames: all of them, up to `batch_size` (default `auto_batch(model)`)."
+    return int(min(int(frames), int(batch_size or auto_batch(model))))
+
+def coder_intervals(freqs: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "(cumulative frequency below, frequency) of each token under integer frequencies `freqs` (..., vocab)."
+    k = torch.as_tensor(tokens).long().unsqueeze(-1)
+    return (freqs.cumsum(-1) - freqs).gather(-1, k).squeeze(-1), freqs.gather(-1, k).squeeze(-1)
+
+class IntervalRecorder:
+    "`ecvq_encode` hook keeping the coder interval of every chosen token: `ck`, `fk` (N, L) int32, in frame order."
+    def __init__(self, N: int, L: int):
+        self.ck, self.fk = torch.zeros(N, L, dtype=torch.int32), torch.zeros(N, L, dtype=torch.int32)
+        self.s = self.n = 0  # the current batch: frames [s, s + n)
+
+    def __call__(self, p, f, k, *costs):
+        if p == 0: self.s += self.n; self.n = len(k)
+        ck, fk = coder_intervals(f, k)
+        self.ck[self.s:self.s + self.n, p], self.fk[self.s:self.s + self.n, p] = ck.int(), fk.int()
+
+def token_intervals(coding_model, tokens, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    "Coder intervals (`ck`, `fk`, each (N, L)) of given tokens (N, L) under `coding_model`, teacher-forced."
+    t = torch.as_tensor(tokens).long()
+    parts = [coder_intervals(coding_model.freqs(t[a:a + batch]), t[a:a + batch]) for a in range(0, len(t), batch)]
+    return torch.cat([c for c, _ in parts]).numpy(), torch.cat([f for _, f in parts]).numpy()
+
+def trim_payload(words: np.ndarray) -> bytes:
+    "The range coder's 32-bit words as little-endian bytes, without the trailing zero bytes of the last word."
+    payload = np.asarray(words).astype("<u4").tobytes()
+    cut = 0
+    while cut < 3 and cut < len(payload) and payload[-1 - cut] == 0: cut += 1
+    return payload[:len(payload) - cut]
+
+def encode_payload(ck: np.ndarray, fk: np.ndarray, chunk: int) -> bytes:
+    "Range-coder payload of a (T, L) token array with coder intervals `ck`, `fk`: chunk by chunk, position-major inside a chunk."
+    ck, fk = np.asarray(ck, np.int64), np.asarray(fk, np.int64)
+    T = len(ck)
+    order = lambda a: np.concatenate([a[s:s + chunk].T.ravel() for s in range(0, T, chunk)]) if T else a.ravel()
+    ck, fk = order(ck), order(fk)
+    P = np.stack([ck - 1, fk - 1, _TOT - ck - fk - 1], 1).astype(np.float64)
+    s = np.ones(len(ck), np.int32)
+    first, last = ck == 0, ck + fk == _TOT
+    P[first] = np.stack([fk[first] - 1, _TOT - fk[first] - 2, np.zeros(first.sum())], 1); s[first] = 0
+    P[last] = np.stack([ck[last] - 2, np.zeros(last.sum()), fk[last] - 1], 1); s[last] = 2
+    enc = constriction.stream.queue.RangeEncoder()
+    if len(s): enc.encode(s, _family(), P)
+    return trim_payload(enc.get_compressed())
+
 def pack_stream(fp: str, frames: int, dim: int, chunk: int, lam: float, payload: bytes) -> bytes:
     "The container around a coder `payload`: magic, version, fingerprint `fp` (hex), sizes, λ, length, CRC32."
     body = (MAGIC + bytes([VERSION]) + bytes.fromhex(fp[:8]) + _varint(frames) + _varint(dim) + _varint(chunk)
             + struct.pack("<d", lam) + _varint(len(payload)) + payload)
     return body + struct.pack("<I", zlib.crc32(body))
 
-def compress_with_result(rvq, model, features, lam: float, batch_size: int | None = None) -> tuple[bytes, ECVQResult]:
-    "Compress frames (T, D) at λ into a stream; also returns the ECVQ result (tokens, ideal bits, reconstruction)."
-    x = _check_features(features, rvq.cfg.dim)
+def compress_with_result(codec, features, lam: float, batch_size: int | None = None) -> tuple[bytes, ECVQResult]:
+    "Compress frames (T, D) at λ into a stream with `codec` (a `Codec` or an `(rvq, model)` pair); also returns the ECVQ result."
+    codec = as_codec(codec)
+    c = codec.rvq.cfg
+    x = check_features(features, c.dim)
     lam = _check_lam(lam)
-    chunk = min(len(x), int(batch_size or auto_batch(model)))
-    enc, fam = constriction.stream.queue.RangeEncoder(), _family()
-    def on_step(p, f, k): enc.encode(k.numpy().astype(np.int32), fam, (f - 1).numpy().astype(np.float64))
-    res = ecvq_encode(rvq, CodingModel(model), x, lam, batch_size=chunk, on_step=on_step)
-    payload = enc.get_compressed().astype("<u4").tobytes()
-    cut = 0
-    while cut < 3 and cut < len(payload) and payload[-1 - cut] == 0: cut += 1
-    payload = payload[:len(payload) - cut]
-    return pack_stream(model_fingerprint(rvq, model), len(x), rvq.cfg.dim, chunk, lam, payload), res
+    chunk = chunk_size(len(x), codec.model, batch_size)
+    rec = IntervalRecorder(len(x), c.positions)
+    res = ecvq_encode(codec.rvq, codec.coding_model, x, lam, batch_size=chunk, on_step=rec)
+    payload = encode_payload(rec.ck.numpy(), rec.fk.numpy(), chunk)
+    return pack_stream(codec.fingerprint, len(x), c.dim, chunk, lam, payload), res
 
-def compress(rvq, model, features, lam: float, batch_size: int | None = None) -> bytes:
+def compress(codec, features, lam: float, batch_size: int | None = None) -> bytes:
     "Compress frames (T, D) in the original feature space at λ into a self-checking byte stream."
-    return compress_with_result(rvq, model, features, lam, batch_size)[0]
+    return compress_with_result(codec, features, lam, batch_size)[0]
 
-def decompress(rvq, model, data: bytes) -> tuple[torch.Tensor, np.ndarray]:
-    "Decode a stream made by `compress` with the same checkpoint: returns tokens (T, L) and frames (T, D) float32."
+def compress_tokens(codec, tokens_list, lam: float = 0.0) -> list[bytes]:
+    """The stream of each (T, L) token array of `tokens_list` (λ field `lam`, for the record): byte for byte what
+    `decompress` reads back to those tokens (the layer-sweep baseline codes plain-RVQ tokens this way)."""
+    codec = as_codec(codec)
+    toks = [codec.rvq.check_tokens(t) for t in tokens_list]
+    if not toks: return []
+    ck, fk = token_intervals(codec.coding_model, torch.cat(toks))
+    out, a = [], 0
+    for t in toks:
+        T, b = len(t), a + len(t)
+        chunk = chunk_size(T, codec.model)
+        out.append(pack_stream(codec.fingerprint, T, codec.rvq.cfg.dim, chunk, lam, encode_payload(ck[a:b], fk[a:b], chunk)))
+        a = b
+    return out
+
+def decompress(codec, data: bytes) -> tuple[torch.Tensor, np.ndarray]:
+    "Decode a stream made by `compress` with the same codec: returns tokens (T, L) and frames (T, D) float32."
+    codec = as_codec(codec)
     s = stream_info(data)
-    fp = model_fingerprint(rvq, model)
+    fp = codec.fingerprint
     if s.fingerprint != fp[:8]:
         raise EibError(f"wrong checkpoint: the stream was made with model {s.fingerprint}, this checkpoint is {fp[:8]}; "
                        "decode with the checkpoint that compressed it")
-    c = rvq.cfg
+    c = codec.rvq.cfg
     if s.dim != c.dim: raise EibError(f"corrupted stream: it has {s.dim} dims, the checkpoint {c.dim}")
     payload = bytes(data[s.header_len:s.header_len + s.payload_len])
     payload += bytes(-len(payload) % 4)
-    dec, fam, cm = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").copy()), _family(), CodingModel(model)
+    dec, fam, cm = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").copy()), _family(), codec.coding_model
     tokens = torch.empty(s.frames, c.positions, dtype=torch.long)
     try:
         for a in range(0, s.frames, s.chunk):
@@ -209,15 +279,35 @@ def decompress(rvq, model, data: bytes) -> tuple[torch.Tensor, np.ndarray]:
     except EibError: raise
     except Exception as e:  # the coder met data it cannot decode (only possible if the checksum was forged)
         raise EibError(f"corrupted stream: the payload does not decode ({type(e).__name__}: {e})") from None
-    return tokens, rvq.decode(tokens).numpy()
+    return tokens, codec.rvq.decode(tokens).numpy()
 
+
+# %% [markdown]
+# The three-symbol coding gives exactly the bytes of a coder fed the whole table (the coding model's frequencies are integers, so the
+# coder's own quantisation of `f - 1` gives back `f`):
+
+# %%
+def _full(f, sym):
+    enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(sym.astype(np.int32), constriction.stream.model.Categorical(perfect=False), (f - 1).astype(np.float64))
+    return trim_payload(enc.get_compressed())
+
+from eib.entropy import logits_to_freqs
+_g = np.random.default_rng(0)
+for _ in range(20):
+    n = int(_g.integers(1, 200))
+    f = logits_to_freqs(torch.round(torch.from_numpy(_g.normal(size=(n, 129)) * _g.uniform(0.5, 8)) * 4096) / 4096).numpy()
+    sym = np.array([_g.choice(129, p=r / r.sum()) for r in f]); sym[0], sym[-1] = 0, 128  # first and last symbol too
+    ck, fk = (np.cumsum(f, 1) - f)[np.arange(n), sym], f[np.arange(n), sym]
+    test_eq(encode_payload(ck[:, None], fk[:, None], n), _full(f, sym))
 
 # %% [markdown]
 # A tiny codec to test with:
 
 # %%
 from eib.rvq import RVQConfig, fit_rvq
-from eib.entropy import EntropyModel, lambda_grid, train_entropy_model
+from eib.entropy import EntropyModel
+from eib.ecvq import lambda_grid, train_entropy_model
 def toy_frames(n, dim=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     basis = torch.randn(4, dim, generator=torch.Generator().manual_seed(123))
@@ -228,6 +318,7 @@ torch.manual_seed(0)
 model = train_entropy_model(rvq, trn[:1000], trn[1500:], rounds=1, epochs=3, config=dict(d_model=32, n_heads=4, d_ff=64), progress=False)[0]
 x = toy_frames(400, seed=9)
 lam = float(lambda_grid(rvq, trn)[4])
+codec = Codec(rvq, model)
 
 # %% [markdown]
 # Round trips are exact (identical tokens and reconstruction), whether the encoder codes one frame per
@@ -235,24 +326,26 @@ lam = float(lambda_grid(rvq, trn)[4])
 # fraction of a percent of the ideal code length.
 
 # %%
-data, res = compress_with_result(rvq, model, x, lam)
-tok, y = decompress(rvq, model, data)
+data, res = compress_with_result(codec, x, lam)
+tok, y = decompress(codec, data)
 test_eq(tok, res.tokens); test_eq(y, res.recon.numpy())
 test_eq(stream_info(data).chunk, 400)
+test_eq((len(data), stream_info(data).header_len), (stream_len(400, 16, 400, stream_info(data).payload_len), header_len(400, 16, 400, stream_info(data).payload_len)))
 ideal = float(res.bits.sum())
 print(f"ideal {ideal:.0f} bits, payload {stream_info(data).payload_len * 8} bits, stream {len(data) * 8} bits "
       f"({stream_bpf(data):.2f} BPF, payload {payload_bpf(data):.2f} BPF)")
 test_eq(ideal <= stream_info(data).payload_len * 8 <= ideal * 1.005 + 64, True)
-one = compress(rvq, model, x[:30], lam, batch_size=1)
+test_eq(compress_tokens(codec, [res.tokens], lam)[0], data)  # the same bytes from the tokens alone
+one = compress(codec, x[:30], lam, batch_size=1)
 test_eq(stream_info(one).chunk, 1)
-test_eq(decompress(rvq, model, one)[0], res.tokens[:30])
+test_eq(decompress(codec, one)[0], res.tokens[:30])
 for threads in (1, 2):
     torch.set_num_threads(threads)
-    d2 = compress(rvq, model, x[:45], lam, batch_size=13)
-    t2, y2 = decompress(rvq, model, d2)
+    d2 = compress(codec, x[:45], lam, batch_size=13)
+    t2, y2 = decompress(codec, d2)
     test_eq(t2, res.tokens[:45]); test_eq(y2, res.recon[:45].numpy())
     torch.set_num_threads(3 - threads)
-    test_eq(decompress(rvq, model, d2)[0], t2)  # decoded with another thread count
+    test_eq(decompress(codec, d2)[0], t2)  # decoded with another thread count
 torch.set_num_threads(1)
 
 # %% [markdown]
@@ -261,19 +354,19 @@ torch.set_num_threads(1)
 # %%
 other = EntropyModel(model.cfg); other.load_state_dict(model.state_dict())
 with torch.no_grad(): other.head.bias[0] += 1e-3
-test_fail(lambda: decompress(rvq, other, data), contains="wrong checkpoint")
-test_fail(lambda: decompress(rvq, model, data[:-1]), contains="truncated")
-test_fail(lambda: decompress(rvq, model, data[:20]), contains="truncated")
+test_fail(lambda: decompress(Codec(rvq, other), data), contains="wrong checkpoint")
+test_fail(lambda: decompress(codec, data[:-1]), contains="truncated")
+test_fail(lambda: decompress(codec, data[:20]), contains="truncated")
 bad = bytearray(data); bad[40] ^= 0x10
-test_fail(lambda: decompress(rvq, model, bytes(bad)), contains="checksum")
-test_fail(lambda: decompress(rvq, model, b"\x89PNG\r\n" + bytes(100)), contains="not an eib stream")
-test_fail(lambda: decompress(rvq, model, data[:3] + b"\x02" + data[4:]), contains="unsupported stream format version 2")
-test_fail(lambda: decompress(rvq, model, data + b"\x00"), contains="corrupted")
-test_fail(lambda: compress(rvq, model, x[:0], lam), contains="empty")
-test_fail(lambda: compress(rvq, model, x[:, :5], lam), contains="shape (T, 16)")
+test_fail(lambda: decompress(codec, bytes(bad)), contains="checksum")
+test_fail(lambda: decompress(codec, b"\x89PNG\r\n" + bytes(100)), contains="not an eib stream")
+test_fail(lambda: decompress(codec, data[:3] + b"\x02" + data[4:]), contains="unsupported stream format version 2")
+test_fail(lambda: decompress(codec, data + b"\x00"), contains="corrupted")
+test_fail(lambda: compress(codec, x[:0], lam), contains="empty")
+test_fail(lambda: compress(codec, x[:, :5], lam), contains="shape (T, 16)")
 xn = x.copy(); xn[1, 1] = np.inf
-test_fail(lambda: compress(rvq, model, xn, lam), contains="NaN or infinite")
-test_fail(lambda: compress(rvq, model, x, float("nan")), contains="finite")
+test_fail(lambda: compress(codec, xn, lam), contains="NaN or infinite")
+test_fail(lambda: compress(codec, x, float("nan")), contains="finite")
 
 
 # %% [markdown]
@@ -295,12 +388,13 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
     else: i = rng.integers(len(b)); del b[i:i + int(rng.integers(1, 5))]
     return bytes(b)
 
-def fuzz(rvq, model, data: bytes, tokens, n: int = 1000, seed: int = 0) -> dict:
+def fuzz(codec, data: bytes, tokens, n: int = 1000, seed: int = 0) -> dict:
     "Decode `n` mutated copies of `data`; count outcomes. Anything but an exact decode or an EibError is raised."
+    codec = as_codec(codec)
     rng, out = np.random.default_rng(seed), dict(exact=0, eib_error=0)
     for _ in range(n):
         m = mutate(data, rng)
-        try: t, _ = decompress(rvq, model, m)
+        try: t, _ = decompress(codec, m)
         except EibError: out["eib_error"] += 1; continue
         if not torch.equal(t, tokens): raise AssertionError(f"a mutated stream decoded to different tokens: {m.hex()}")
         out["exact"] += 1
@@ -309,108 +403,7 @@ def fuzz(rvq, model, data: bytes, tokens, n: int = 1000, seed: int = 0) -> dict:
 
 # %%
 import time
-small = compress(rvq, model, x[:50], lam)
-t0 = time.time(); out = fuzz(rvq, model, small, res.tokens[:50], n=300)
+small = compress(codec, x[:50], lam)
+t0 = time.time(); out = fuzz(codec, small, res.tokens[:50], n=300)
 print(out, f"{time.time() - t0:.1f} s")
 test_eq(out["exact"] + out["eib_error"], 300); test_eq(out["eib_error"] > 250, True)
-
-
-# %% [markdown]
-# ## Command line
-#
-# `eib-compress FEATURES.npy OUT.eib --checkpoint DIR (--lam X | --bpf Y)` and
-# `eib-decompress IN.eib OUT.npy --checkpoint DIR`. Both exit with code 2 and a one-line message on a user
-# error. `--bpf` asks the project's rate controller (`eib.rate.compress_at_bpf`) for the λ whose whole stream
-# (container included) lands within 0.25 BPF of the target, measured on actual stream bytes; a target outside the
-# utterance's achievable range is refused with the range in the message.
-
-# %%
-#| export
-def _load(path_ckpt):
-    try: from eib.train import load_codec
-    except ImportError as e: raise EibError(f"eib.train is not available to load checkpoints ({e})") from None
-    return load_codec(path_ckpt)
-
-def _load_features(path) -> np.ndarray:
-    p = Path(path)
-    if not p.is_file(): raise EibError(f"no such features file: {p}")
-    try: return np.load(p, allow_pickle=False)
-    except Exception as e: raise EibError(f"cannot read {p} as a .npy array ({type(e).__name__}: {e})") from None
-
-def compress_cli(argv=None) -> int:
-    "eib-compress FEATURES.npy OUT.eib --checkpoint DIR (--lam X | --bpf Y)"
-    ap = argparse.ArgumentParser(prog="eib-compress", description="Compress a (T, D) feature array into an .eib stream.")
-    ap.add_argument("features"); ap.add_argument("out")
-    ap.add_argument("--checkpoint", required=True, help="codec folder written by eib-train")
-    g = ap.add_mutually_exclusive_group(required=True)
-    g.add_argument("--lam", type=float, help="rate-distortion multiplier λ")
-    g.add_argument("--bpf", type=float, help="target bits per frame of the whole stream (container counted), met within 0.25 by eib.rate")
-    a = ap.parse_args(argv)
-    try:
-        codec = _load(a.checkpoint)
-        x = _check_features(_load_features(a.features), codec.rvq.cfg.dim)
-        if a.bpf is not None:
-            from eib.rate import compress_at_bpf  # here, not at the top: eib.rate imports eib.bitstream
-            lam, data = compress_at_bpf(codec.rvq, codec.model, x, a.bpf)
-        else: lam = a.lam; data = compress(codec.rvq, codec.model, x, lam)
-        atomic_write_bytes(a.out, data)
-    except EibError as e:
-        print(f"eib-compress: error: {e}", file=sys.stderr); return 2
-    print(f"{a.out}: {len(x)} frames, {len(data)} bytes, {stream_bpf(data):.3f} BPF "
-          f"({stream_bpf(data) * 50:.0f} bit/s, container included), λ={lam:.6g}"
-          + (f" (target {a.bpf:g} BPF)" if a.bpf is not None else ""))
-    if a.bpf is not None and abs(stream_bpf(data) - a.bpf) > 0.25:  # rate(λ) jumps over the target and no frame split fits
-        print(f"eib-compress: note: the nearest achievable rate is {stream_bpf(data):.3f} BPF, "
-              f"{stream_bpf(data) - a.bpf:+.3f} from the target", file=sys.stderr)
-    return 0
-
-def decompress_cli(argv=None) -> int:
-    "eib-decompress IN.eib OUT.npy --checkpoint DIR"
-    ap = argparse.ArgumentParser(prog="eib-decompress", description="Decode an .eib stream into a (T, D) float32 .npy array.")
-    ap.add_argument("stream"); ap.add_argument("out")
-    ap.add_argument("--checkpoint", required=True, help="the codec folder the stream was compressed with")
-    a = ap.parse_args(argv)
-    try:
-        p = Path(a.stream)
-        if not p.is_file(): raise EibError(f"no such stream file: {p}")
-        codec = _load(a.checkpoint)
-        _, y = decompress(codec.rvq, codec.model, p.read_bytes())
-        atomic_save_npy(a.out, y)
-    except EibError as e:
-        print(f"eib-decompress: error: {e}", file=sys.stderr); return 2
-    print(f"{a.out}: {y.shape[0]} frames x {y.shape[1]} dims")
-    return 0
-
-
-# %%
-import tempfile, contextlib, io
-from eib.train import Codec, save_codec
-from eib.rate import achievable_range
-rng_s = achievable_range((rvq, model), [x[:100]])
-mid = float(rng_s.min_bpf[0] + rng_s.max_bpf[0]) / 2  # a target inside the achievable range of x[:100]
-with tempfile.TemporaryDirectory() as d:
-    d = Path(d); save_codec(Codec(rvq, model), d / "ckpt"); np.save(d / "x.npy", x); np.save(d / "s.npy", x[:100])
-    with contextlib.redirect_stdout(io.StringIO()) as so:
-        test_eq(compress_cli([str(d / "x.npy"), str(d / "x.eib"), "--checkpoint", str(d / "ckpt"), "--lam", str(lam)]), 0)
-        test_eq(decompress_cli([str(d / "x.eib"), str(d / "y.npy"), "--checkpoint", str(d / "ckpt")]), 0)
-        test_eq(compress_cli([str(d / "s.npy"), str(d / "b.eib"), "--checkpoint", str(d / "ckpt"), "--bpf", f"{mid:.3f}"]), 0)
-    print(so.getvalue())
-    test_eq((d / "x.eib").read_bytes(), data)
-    test_eq(np.load(d / "y.npy"), res.recon.numpy())
-    b_eib = (d / "b.eib").read_bytes()
-    test_close(stream_bpf(b_eib), mid, eps=0.25)  # the rate controller's tolerance, on the whole stream
-    test_eq(f"{stream_bpf(b_eib):.3f} BPF" in so.getvalue().splitlines()[-1], True)
-    test_eq(len(decompress(rvq, model, b_eib)[0]), 100)
-    np.save(d / "bad.npy", x[:, :3]); (d / "junk.eib").write_bytes(b"hello")
-    with contextlib.redirect_stderr(io.StringIO()) as se:
-        test_eq(compress_cli([str(d / "bad.npy"), str(d / "o.eib"), "--checkpoint", str(d / "ckpt"), "--lam", "1"]), 2)
-        test_eq(decompress_cli([str(d / "junk.eib"), str(d / "o.npy"), "--checkpoint", str(d / "ckpt")]), 2)
-        test_eq(decompress_cli([str(d / "x.eib"), str(d / "o.npy"), "--checkpoint", str(d / "nowhere")]), 2)
-        test_eq(compress_cli([str(d / "s.npy"), str(d / "o.eib"), "--checkpoint", str(d / "ckpt"),
-                              "--bpf", f"{float(rng_s.max_bpf[0]) + 5:.3f}"]), 2)
-    errs = se.getvalue().strip().splitlines()
-    print("\n".join(errs))
-    test_eq(len(errs), 4)
-    test_eq("shape (T, 16)" in errs[0] and "not an eib stream" in errs[1] and "no codec checkpoint" in errs[2], True)
-    test_eq("outside the achievable range" in errs[3], True)
-    test_eq(sorted(f.name for f in d.iterdir()), ["b.eib", "bad.npy", "ckpt", "junk.eib", "s.npy", "x.eib", "x.npy", "y.npy"])

@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 from eib.core import EibError, repo_root, fingerprint
+from eib.bitstream import compress_tokens, decompress
 from eib.evaluate import (QUICK_RATES_BPF, THESIS_RATES_BPF, evaluate_predictions, fit_probe, PlusHead, gaussian_rd_bound,
                           majority_baseline, new_results, start_results, store_split, validate_results, write_results)
 
 # %%
 from fastcore.test import test_eq, test_fail, test_close
+from eib.codec import Codec
 
 # %% [markdown]
 # One sweep = one dataset, one encoder, one codec. `run_sweep` does, in order:
@@ -92,9 +94,9 @@ def resolve_data_root(dataset: str, data_root=None) -> Path | None:
     cands = [p] if p.is_absolute() else [Path.cwd() / p, repo_root() / p]
     for c in cands:
         if c.is_dir(): return c.resolve()
-    from eib.data import _HOWTO
+    from eib.data import HOWTO
     raise EibError(f"{dataset}: no data at {' or '.join(str(c) for c in cands)}. To get it: "
-                   f"{_HOWTO.get(dataset, 'see eib.data')}; or pass data_root=<folder>.")
+                   f"{HOWTO.get(dataset, 'see eib.data')}; or pass data_root=<folder>.")
 
 def _in_repo(p) -> Path:
     "A relative path of the repository (features, checkpoints) made absolute against the repository root."
@@ -166,7 +168,8 @@ def default_checkpoint(dataset: str, preset: str, encoder: str = "compare") -> P
 
 def get_codec(store, checkpoint, preset: str = "cpu", seed: int = 0, device: str = "cpu", progress: bool = True):
     "Load the codec at `checkpoint`, or train one on `store` and save it there."
-    from eib.train import load_codec, train_codec
+    from eib.codec import load_codec
+    from eib.train import train_codec
     ck = Path(checkpoint)
     if (ck / "config.json").exists(): codec = load_codec(ck)
     else: codec = train_codec(store, preset=preset, out=ck, seed=seed, device=device, progress=progress)
@@ -246,9 +249,10 @@ def train_layer_model(codec, store, seed: int = 0, max_steps: int = 1500, epochs
                       progress: bool = True):
     "An `EntropyModel` (the codec's config) trained on layer-sweep tokens of `store`'s training split."
     from tqdm.auto import tqdm
-    from eib.entropy import EntropyModel, _fit_model
-    from eib.train import _open_features, _stack, split_train_val
-    man, frames_of, _, _ = _open_features(store)
+    from eib.entropy import EntropyModel
+    from eib.ecvq import fit_entropy_model
+    from eib.train import open_features, stack_frames, split_train_val
+    man, frames_of, _, _ = open_features(store)
     tr_ids, va_ids, how = split_train_val(man, 0.1, seed)
     rvq, c = codec.rvq, codec.cfg
     g = torch.Generator().manual_seed(seed)
@@ -257,19 +261,20 @@ def train_layer_model(codec, store, seed: int = 0, max_steps: int = 1500, epochs
         out = torch.empty(len(x), c.positions, dtype=torch.long)
         for k in n.unique().tolist(): out[n == k] = layer_tokens(rvq, x[(n == k).numpy()], k)
         return out
-    tr, va = toks(_stack(tr_ids, frames_of)), toks(_stack(va_ids, frames_of))
+    tr, va = toks(stack_frames(tr_ids, frames_of)), toks(stack_frames(va_ids, frames_of))
     torch.manual_seed(seed)
     model = EntropyModel(codec.model.cfg).to(device)
     lr = 1e-3 if model.cfg.d_model <= 128 else 5e-4
     bar = tqdm(total=epochs, desc="layer-sweep entropy model", disable=not progress)
-    model, hist = _fit_model(model, tr, va, epochs, max_steps, 256, lr, 3, g, device, bar, 0)
+    model, hist = fit_entropy_model(model, tr, va, epochs=epochs, max_steps=max_steps, batch_size=256, lr=lr, patience=3,
+                                    generator=g, device=device, bar=bar)
     bar.close()
     return model.cpu().eval(), dict(history=hist, validation=how, train_frames=len(tr), val_frames=len(va),
                                     max_steps=max_steps, epochs=epochs, seed=seed)
 
 def get_layer_codec(codec, store, checkpoint, seed: int = 0, device: str = "cpu", progress: bool = True, **kw):
     "The layer-sweep codec (codec's RVQ + its own entropy model) at `checkpoint`, trained and saved if missing."
-    from eib.train import Codec, load_codec, save_codec
+    from eib.codec import Codec, load_codec, save_codec
     ck = Path(checkpoint)
     if (ck / "config.json").exists():
         lc = load_codec(ck)
@@ -280,37 +285,6 @@ def get_layer_codec(codec, store, checkpoint, seed: int = 0, device: str = "cpu"
     return lc
 
 
-# %%
-#| export
-def _intervals(cm, tokens, batch: int = 4096):
-    "Coder intervals (left cumulative frequency, frequency) of every token (N, L) under CodingModel `cm`."
-    ck, fk = [], []
-    for a in range(0, len(tokens), batch):
-        t = tokens[a:a + batch]
-        f = cm.freqs(t)
-        fk.append(f.gather(-1, t.unsqueeze(-1)).squeeze(-1)); ck.append((f.cumsum(-1) - f).gather(-1, t.unsqueeze(-1)).squeeze(-1))
-    return torch.cat(ck).numpy(), torch.cat(fk).numpy()
-
-def streams_of_tokens(rvq, model, tokens_list) -> list[bytes]:
-    """The `eib.bitstream` containers (λ field 0) coding each (T, L) token array of `tokens_list` with `model`:
-    byte for byte what `decompress` reads back to those tokens."""
-    from eib.bitstream import model_fingerprint, pack_stream
-    from eib.ecvq import auto_batch
-    from eib.entropy import CodingModel
-    from eib.rate import _stream_payload
-    toks = [rvq.check_tokens(t) for t in tokens_list]
-    ck, fk = _intervals(CodingModel(model), torch.cat(toks))
-    fp = model_fingerprint(rvq, model)
-    out, a = [], 0
-    for t in toks:
-        T, b = len(t), a + len(t)
-        chunk = min(T, int(auto_batch(model)))
-        payload = _stream_payload(ck[a:b], fk[a:b], chunk)
-        out.append(pack_stream(fp, T, rvq.cfg.dim, chunk, 0.0, payload))
-        a = b
-    return out
-
-
 # %% [markdown]
 # A small random codec (k-means codebooks from a few frames, an untrained entropy model) checks the layer-sweep
 # streams: they decode with `eib.bitstream.decompress` to exactly the tokens coded, and their size is the ideal code
@@ -319,16 +293,14 @@ def streams_of_tokens(rvq, model, tokens_list) -> list[bytes]:
 # %%
 from eib.rvq import RVQConfig, fit_rvq
 from eib.entropy import EntropyConfig, EntropyModel
-from eib.train import Codec
-from eib.bitstream import decompress
 _x = np.concatenate(_fr)
 _rvq = fit_rvq(_x, RVQConfig.for_dim(130, layers=3, codes=8), iters=1, progress=False)
 torch.manual_seed(0)
 _em = EntropyModel(EntropyConfig.for_rvq(_rvq.cfg, "cpu", d_model=16, n_layers=1, n_heads=2, d_ff=32)).eval()
 _toks = [layer_tokens(_rvq, f, n) for f, n in zip(_fr[:3], (10, 20, 30))]
 test_eq([int((t == _rvq.cfg.skip).sum(1)[0]) for t in _toks], [20, 10, 0])
-_ss = streams_of_tokens(_rvq, _em, _toks)
-for _t, _s in zip(_toks, _ss): test_eq(decompress(_rvq, _em, _s)[0].numpy(), _t.numpy())
+_ss = compress_tokens((_rvq, _em), _toks)
+for _t, _s in zip(_toks, _ss): test_eq(decompress((_rvq, _em), _s)[0].numpy(), _t.numpy())
 from eib.entropy import CodingModel
 for _t, _s in zip(_toks, _ss):  # the stream is the ideal code length plus a small container and termination cost
     _ideal = float(CodingModel(_em).bits(_t).sum()); assert _ideal <= 8 * len(_s) <= _ideal + 8 * 48, (_ideal, len(_s))
@@ -353,8 +325,7 @@ def _evaluate(probe, frames, y, seed) -> dict:
     return evaluate_predictions(y, probe.predict_proba(frames), probe.classes_, seed=seed)
 
 def _roundtrip(codec, data: bytes, tokens) -> None:
-    from eib.bitstream import decompress
-    tok, _ = decompress(codec.rvq, codec.model, data)
+    tok, _ = decompress(codec, data)
     if not np.array_equal(tok.numpy(), np.asarray(tokens, np.int64)):
         raise EibError("a stream did not decode to the tokens it coded: the codec is broken (report it)")
 
@@ -452,6 +423,8 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
         path = results_path(label, out_dir, encoder, kind)
         obj = start_results(path, skel, force=force)
         obj.setdefault("notes", skel["notes"])
+        if {q["target_bpf"] for q in obj["rate_points"]} <= set(targets) and (layer_sweep or not obj["layer_sweep"]):
+            obj["command"] = cmd  # a resumed file names the latest command that reproduces all of its points
         timing = obj.setdefault("timing", {})
         timing.update(features_s=round(t_feat - t_start, 2), codec_s=round(t_codec - t_feat, 2),
                       probe_s=round(time.time() - t_codec, 2), threads=torch.get_num_threads(), machine=platform.machine(),
@@ -489,7 +462,7 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
             maxb = rng_box[0]["max_bpf"].to_numpy()[:n]
             r, r_train = r_all.subset(range(n)), r_all.subset(range(n, len(coded)))
             u = int(np.argmin(T))  # the shortest stream is rebuilt from its tokens: its size must be the counted one
-            data = streams_of_tokens(rvq, codec.model, [r.tokens[u]])[0]
+            data = compress_tokens(codec, [r.tokens[u]])[0]
             if 8 * len(data) != r.bits[u]: raise EibError(f"stream of {ids[u]} has {8 * len(data)} bits, counted {r.bits[u]:.0f}")
             _roundtrip(codec, data, r.tokens[u])
             capped = bool(r.clamped.any() or (t > maxb).any())
@@ -518,7 +491,7 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
             for k in tqdm(ns, desc=f"{label} layer sweep", disable=not progress):
                 t0 = time.time()
                 toks = [layer_tokens(rvq, f, k) for f in frames]
-                streams = streams_of_tokens(rvq, lc.model, toks)
+                streams = compress_tokens(lc, toks)
                 u = int(np.argmin(T))
                 _roundtrip(lc, streams[u], toks[u])
                 bpf = np.array([8 * len(s) for s in streams]) / T
@@ -544,7 +517,7 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
 #| slow
 import tempfile
 from eib.evaluate import load_results
-from eib.train import save_codec
+from eib.codec import save_codec
 _tmp = Path(tempfile.mkdtemp())
 save_codec(Codec(_rvq, _em, dict(preset="test")), _tmp / "ck")
 _p = run_sweep("synth", rates=[5, 1000], samples_per_emotion=2, out_dir=_tmp, checkpoint=_tmp / "ck", progress=False,
@@ -568,7 +541,7 @@ import tempfile
 import soundfile as sf
 from eib.evaluate import evaluate_predictions, load_results
 from eib.features import build_store, tiny_emotion2vec, PLUS_LABELS
-from eib.train import save_codec
+from eib.codec import save_codec
 _tmp2 = Path(tempfile.mkdtemp())
 _mdir = tiny_emotion2vec(_tmp2 / "plus", labels=PLUS_LABELS)
 _rng, _rows = np.random.default_rng(0), []

@@ -226,16 +226,16 @@ class Explorer:
     "Re-encode one utterance at a λ or a target rate and report rate, distortion, tokens and class probabilities."
     def __init__(self, codec, store, probe=None, split: str = "test", protocol: str | None = None,
                  threads: int | None = 1, cache: bool = True):
-        from eib.train import load_codec
+        from eib.codec import load_codec
         from eib.features import load_store
         from eib.evaluate import Probe, load_probe, store_split
-        from eib.entropy import lambda_grid
+        from eib.ecvq import lambda_grid
         if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
             raise EibError(f"threads must be a positive integer or None, got {threads!r}")
         self.threads = threads
         self.codec = load_codec(codec) if isinstance(codec, (str, Path)) else codec
         if not hasattr(self.codec, "rvq") or not hasattr(self.codec, "model"):
-            raise EibError(f"codec must be a checkpoint folder or an eib.train.Codec, got {type(codec).__name__}")
+            raise EibError(f"codec must be a checkpoint folder or an eib.codec.Codec, got {type(codec).__name__}")
         if self.codec.model is None:
             raise EibError("the codec has no entropy model, so it cannot make a stream; train one with eib-train")
         self.rvq, self.model = self.codec.rvq, self.codec.model
@@ -295,13 +295,12 @@ class Explorer:
         if bpf is not None:
             rc = self._controller(u)
             r = rc.solve(bpf, clamp=True, mix=False)
-            st = rc.engine.cache[0]
-            data = rc.engine.stream_bytes(0, st)
+            data = rc.stream(0)
             tokens = torch.from_numpy(r.tokens[0].astype(np.int64))
             return dict(data=data, tokens=tokens, recon=self.rvq.decode(tokens).numpy(), lam=float(r.lam[0]),
                         status=str(r.status[0]), passes=int(r.passes))
         from eib.bitstream import compress_with_result
-        data, res = compress_with_result(self.rvq, self.model, x, lam)
+        data, res = compress_with_result(self.codec, x, lam)
         return dict(data=data, tokens=res.tokens, recon=res.recon.numpy(), lam=float(lam), status="λ", passes=1)
 
     def update(self, lam=None, bpf=None, utt=None) -> dict:
@@ -353,8 +352,8 @@ ex
 a = ex.update(lam=ex.lam_grid[2])
 b = ex.update(lam=ex.lam_grid[-2])
 assert b["bpf"] < a["bpf"] and b["mse"] > a["mse"] and b["skip"] > a["skip"], (a["bpf"], b["bpf"], a["mse"], b["mse"])
-test_eq(b["data"], compress(ex.rvq, ex.model, ex.frames[ex.utt], ex.lam_grid[-2]))  # the readout's stream is compress's
-tok, rec = decompress(ex.rvq, ex.model, b["data"])
+test_eq(b["data"], compress(ex.codec, ex.frames[ex.utt], ex.lam_grid[-2]))  # the readout's stream is compress's
+tok, rec = decompress(ex.codec, b["data"])
 test_eq(tok.numpy().reshape(b["tokens"].shape), b["tokens"])  # ... and decodes to the tokens shown
 test_close(b["bpf"], len(b["data"]) * 8 / b["frames"], eps=1e-12)
 test_close(b["proba"], ex.probe.predict_proba([rec])[0], eps=1e-9)  # probabilities of the decoded stream
@@ -370,7 +369,7 @@ print(f"{b['id']} ({b['frames']} frames): λ {a['lam']:.3g} -> {a['bpf']:.1f} BP
 mid = (a["bpf"] + b["bpf"]) / 2
 r = ex.update(bpf=mid)
 assert abs(r["bpf"] - mid) <= 1 or r["status"].startswith("clamped"), (mid, r["bpf"], r["status"])
-test_eq(r["data"], compress(ex.rvq, ex.model, ex.frames[ex.utt], r["lam"]))  # one λ, the stream compress writes
+test_eq(r["data"], compress(ex.codec, ex.frames[ex.utt], r["lam"]))  # one λ, the stream compress writes
 far = 2 * ex.bpf_max  # twice the rate of a plain fixed-length code: out of reach
 hi = ex.update(bpf=far)
 test_eq(hi["status"], "clamped_max"); assert hi["bpf"] < far
