@@ -4,20 +4,16 @@
 
 # %% ../nbs/11_evaluate.ipynb #c5e3d069
 from __future__ import annotations
-import json, math, os, shlex, sys, warnings
-from datetime import datetime, timezone
+import json, math, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from .core import EibError, atomic_write_json, fingerprint, repo_root
 
 # %% auto #0
-__all__ = ['POOLINGS', 'DEFAULT_CS', 'PLUS_HEAD_LABELS', 'CI_METRICS', 'RESULTS_SCHEMA_VERSION', 'RESULTS_SCHEMA_VERSIONS',
-           'METRICS_SCHEMA', 'RATE_POINT_SCHEMA', 'LAYER_POINT_SCHEMA', 'RESULTS_SCHEMA', 'THESIS_RATES_BPF',
-           'QUICK_RATES_BPF', 'pool', 'pool_many', 'Probe', 'load_probe', 'fit_probe', 'blobs', 'plus_head_available',
-           'PlusHead', 'evaluate_predictions', 'majority_baseline', 'unquantised_baseline', 'gaussian_rd_bound',
-           'store_split', 'validate_results', 'new_results', 'write_results', 'load_results', 'start_results',
-           'upsert_rate_point', 'upsert_layer_point', 'finished_targets', 'results_files', 'rerun_files']
+__all__ = ['POOLINGS', 'DEFAULT_CS', 'PLUS_HEAD_LABELS', 'CI_METRICS', 'THESIS_RATES_BPF', 'QUICK_RATES_BPF', 'pool', 'pool_many',
+           'Probe', 'load_probe', 'fit_probe', 'blobs', 'plus_head_available', 'PlusHead', 'evaluate_predictions',
+           'majority_baseline', 'unquantised_baseline', 'gaussian_rd_bound', 'store_split']
 
 # %% ../nbs/11_evaluate.ipynb #3ca79ad8
 POOLINGS = ("mean", "meanstd")
@@ -333,214 +329,6 @@ def store_split(store, protocol: str, split: str | None) -> tuple[list, list, np
     if len(m) == 0: raise EibError(f"split {split!r} holds no utterance labelled by protocol {protocol!r}")
     ids = list(m["id"])
     return ids, [store.frames(u) for u in ids], m["label"].to_numpy(str), m["speaker"].to_numpy(str)
-
-# %% ../nbs/11_evaluate.ipynb #6bef27fc
-RESULTS_SCHEMA_VERSION = 2
-RESULTS_SCHEMA_VERSIONS = (1, 2)  # versions that load
-
-_P01 = {"type": "number", "minimum": 0, "maximum": 1}
-_P01N = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
-_NN = {"type": "number", "minimum": 0}
-_INT = {"type": "array", "items": _P01, "minItems": 2, "maxItems": 2}
-_STR = {"type": "string", "minLength": 1}
-
-METRICS_SCHEMA = {
-    "type": "object",
-    "required": ["n", "accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "mean_max_prob",
-                 "mean_true_label_prob", "per_class", "confusion", "ci"],
-    "properties": {
-        "n": {"type": "integer", "minimum": 1},
-        **{k: _P01 for k in ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "mean_max_prob", "mean_true_label_prob")},
-        "per_class": {"type": "object", "additionalProperties": {
-            "type": "object", "required": ["precision", "recall", "f1", "support"],
-            "properties": {"precision": _P01N, "recall": _P01N, "f1": _P01N, "support": {"type": "integer", "minimum": 0},
-                           "predicted": {"type": "integer", "minimum": 0}, "mean_true_label_prob": _P01N}}},
-        "confusion": {"type": "object", "required": ["classes", "matrix"], "properties": {
-            "classes": {"type": "array", "items": _STR},
-            "matrix": {"type": "array", "items": {"type": "array", "items": {"type": "integer", "minimum": 0}}}}},
-        "ci": {"type": "object", "required": ["level", "n_boot", "seed", *CI_METRICS], "properties": {
-            "level": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-            "n_boot": {"type": "integer", "minimum": 1}, "seed": {"type": "integer"},
-            **{k: _INT for k in CI_METRICS}}},
-    },
-}
-
-RATE_POINT_SCHEMA = {
-    "type": "object",
-    "required": ["target_bpf", "capped", "achieved_bpf_mean", "achieved_bpf_std", "achieved_bpf_min",
-                 "achieved_bpf_max", "lam", "mse", "metrics"],
-    "properties": {
-        "target_bpf": _NN, "capped": {"type": "boolean"},
-        **{k: _NN for k in ("achieved_bpf_mean", "achieved_bpf_std", "achieved_bpf_min", "achieved_bpf_max", "mse")},
-        "lam": {"oneOf": [_NN, {"type": "object", "required": ["mean", "min", "max"],
-                                "additionalProperties": _NN}]},
-        "metrics": METRICS_SCHEMA,
-    },
-}
-
-LAYER_POINT_SCHEMA = {
-    "type": "object", "required": ["layers", "achieved_bpf_mean", "mse", "metrics"],
-    "properties": {"layers": {"type": "integer", "minimum": 0}, "achieved_bpf_mean": _NN, "mse": _NN, "metrics": METRICS_SCHEMA},
-}
-
-RESULTS_SCHEMA = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "eib rate sweep results",
-    "description": "Emotion recognition on decoded features across bit rates, with baselines (eib.evaluate).",
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["schema_version", "dataset", "encoder", "classifier", "label_protocol", "classes", "config", "created",
-                 "command", "baselines", "rd_bound", "rate_points", "layer_sweep", "timing"],
-    "properties": {
-        "schema_version": {"enum": list(RESULTS_SCHEMA_VERSIONS)},
-        "classifier_training": {"type": "object", "required": ["fitted_on", "utterances", "cv"],
-                                "properties": {"fitted_on": _STR, "utterances": {"type": "integer", "minimum": 1}, "cv": _STR}},
-        "dataset": _STR, "encoder": _STR, "classifier": _STR, "label_protocol": _STR,
-        "classes": {"type": "array", "items": _STR, "minItems": 2, "uniqueItems": True},
-        "config": {"type": "object",
-                   "required": ["codec_fingerprint", "preset", "rate_mode", "seed", "samples_per_emotion", "counts"],
-                   "properties": {"codec_fingerprint": _STR, "preset": _STR, "rate_mode": _STR, "seed": {"type": "integer"},
-                                  "samples_per_emotion": {"type": ["integer", "null"], "minimum": 1},
-                                  "counts": {"type": "object"}}},
-        "created": {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d"},
-        "command": {"type": "string"},
-        "baselines": {"type": "object", "required": ["unquantised", "majority"],
-                      "properties": {"unquantised": METRICS_SCHEMA, "majority": METRICS_SCHEMA}},
-        "rd_bound": {"type": "array", "items": {"type": "object", "required": ["bpf", "mse"],
-                                                 "properties": {"bpf": _NN, "mse": _NN}}},
-        "rate_points": {"type": "array", "items": RATE_POINT_SCHEMA},
-        "layer_sweep": {"type": "array", "items": LAYER_POINT_SCHEMA},
-        "timing": {"type": "object"},
-        "notes": {"type": "string"},
-    },
-}
-
-# %% ../nbs/11_evaluate.ipynb #4b33a113
-def _path_str(parts) -> str:
-    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
-
-def _nonfinite(obj, parts=()):
-    "Path of the first NaN or infinite number in `obj`, or None."
-    if isinstance(obj, float) and not math.isfinite(obj): return parts
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
-    for k, v in items:
-        if (r := _nonfinite(v, (*parts, k))) is not None: return r
-    return None
-
-def _check_schema(obj, schema, where=()):
-    import jsonschema
-    from jsonschema.exceptions import best_match
-    err = best_match(jsonschema.Draft202012Validator(schema).iter_errors(obj))
-    if err is not None:
-        raise EibError(f"invalid results at {_path_str((*where, *err.absolute_path))}: {err.message}")
-
-def _check_metrics(m: dict, classes: list, where: tuple):
-    bad = lambda what, p=(): EibError(f"invalid results at {_path_str((*where, *p))}: {what}")
-    if m["confusion"]["classes"] != classes:
-        raise bad(f"class order {m['confusion']['classes']} differs from the top-level classes {classes}", ("confusion", "classes"))
-    cm = m["confusion"]["matrix"]
-    if len(cm) != len(classes) or any(len(r) != len(classes) for r in cm):
-        raise bad(f"confusion matrix is not {len(classes)}x{len(classes)}", ("confusion", "matrix"))
-    if sum(map(sum, cm)) != m["n"]: raise bad(f"confusion matrix sums to {sum(map(sum, cm))}, not n = {m['n']}", ("confusion", "matrix"))
-    if sorted(m["per_class"]) != sorted(classes): raise bad(f"per_class keys {sorted(m['per_class'])} are not the classes", ("per_class",))
-    for k in CI_METRICS:
-        lo, hi = m["ci"][k]
-        if lo > hi: raise bad(f"interval [{lo}, {hi}] is reversed", ("ci", k))
-
-def validate_results(obj) -> dict:
-    "Check `obj` against `RESULTS_SCHEMA` and the cross-field rules; raise EibError naming the first bad path."
-    if (p := _nonfinite(obj)) is not None: raise EibError(f"invalid results at {_path_str(p)}: NaN or infinite number")
-    _check_schema(obj, RESULTS_SCHEMA)
-    cl = obj["classes"]
-    for k in ("unquantised", "majority"): _check_metrics(obj["baselines"][k], cl, ("baselines", k, ))
-    for key, ident in (("rate_points", "target_bpf"), ("layer_sweep", "layers")):
-        seen = set()
-        for i, pt in enumerate(obj[key]):
-            _check_metrics(pt["metrics"], cl, (key, i, "metrics"))
-            if pt[ident] in seen: raise EibError(f"invalid results at {_path_str((key, i, ident))}: {ident} {pt[ident]} repeats")
-            seen.add(pt[ident])
-    return obj
-
-# %% ../nbs/11_evaluate.ipynb #822f34e6
-def new_results(dataset: str, encoder: str, classifier: str, label_protocol: str, classes, config: dict,
-                baselines: dict, rd_bound, command: str | None = None, timing: dict | None = None,
-                classifier_training: dict | None = None) -> dict:
-    """A validated results object with no rate points yet (`rd_bound`: a DataFrame(bpf, mse) or list of dicts;
-    `classifier_training`: `{fitted_on, utterances, cv}`)."""
-    if isinstance(rd_bound, pd.DataFrame): rd_bound = rd_bound[["bpf", "mse"]].to_dict("records")
-    obj = dict(schema_version=RESULTS_SCHEMA_VERSION, dataset=dataset, encoder=encoder, classifier=classifier,
-               label_protocol=label_protocol, classes=[str(c) for c in classes], config=config,
-               created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               command=command if command is not None else " ".join(shlex.quote(a) for a in sys.argv),
-               baselines=baselines, rd_bound=[{k: float(v) for k, v in r.items()} for r in rd_bound],
-               rate_points=[], layer_sweep=[], timing=dict(timing or {}))
-    if classifier_training is not None: obj["classifier_training"] = dict(classifier_training)
-    return validate_results(obj)
-
-def write_results(path, obj: dict) -> Path:
-    "Validate `obj`, then write it as JSON atomically."
-    validate_results(obj)
-    return atomic_write_json(path, obj, allow_nan=False)
-
-def load_results(path) -> dict:
-    "Read and validate a results file."
-    p = Path(path)
-    if not p.is_file(): raise EibError(f"no results file at {p}")
-    try: obj = json.loads(p.read_text())
-    except json.JSONDecodeError as e: raise EibError(f"{p} is not valid JSON ({e}); it was not written by write_results") from None
-    try: return validate_results(obj)
-    except EibError as e: raise EibError(f"{p}: {e}") from None
-
-def start_results(path, skeleton: dict, force: bool = False) -> dict:
-    """Resume or begin a sweep: an existing file at `path` with the same dataset, encoder, classifier, protocol,
-    classes and config is returned (its finished points kept); otherwise a new one is written from `skeleton`.
-    An existing file of another configuration (or any, with `force`) is first moved to `superseded/` beside it."""
-    validate_results(skeleton)
-    p = Path(path)
-    if p.exists():
-        old = load_results(p)
-        key = lambda o: fingerprint({k: o[k] for k in ("dataset", "encoder", "classifier", "label_protocol", "classes", "config")})
-        k_old, same = key(old)[:8], key(old) == key(skeleton)
-        if same and not force: return old
-        keep, n = p.parent / "superseded" / f"{p.stem}.{k_old}.json", 1
-        while keep.exists(): keep, n = keep.with_name(f"{p.stem}.{k_old}-{n}.json"), n + 1
-        keep.parent.mkdir(exist_ok=True)
-        os.replace(p, keep)
-        warnings.warn(f"{p} held results of {'this' if same else 'another'} configuration (config {old['config']}); "
-                      f"kept as {keep}, starting afresh")
-    write_results(p, skeleton)
-    return skeleton
-
-def _upsert(path, point: dict, key: str, ident: str, schema: dict) -> dict:
-    _check_schema(point, schema, (key, "<new>"))
-    obj = load_results(path)
-    pts = [q for q in obj[key] if q[ident] != point[ident]] + [point]
-    obj[key] = sorted(pts, key=lambda q: q[ident])
-    write_results(path, obj)
-    return obj
-
-def upsert_rate_point(path, point: dict) -> dict:
-    "Add (or replace, same `target_bpf`) one rate point in the results file at `path`; rewritten atomically."
-    return _upsert(path, point, "rate_points", "target_bpf", RATE_POINT_SCHEMA)
-
-def upsert_layer_point(path, point: dict) -> dict:
-    "Add (or replace, same `layers`) one layer-sweep point in the results file at `path`; rewritten atomically."
-    return _upsert(path, point, "layer_sweep", "layers", LAYER_POINT_SCHEMA)
-
-def finished_targets(path) -> list[float]:
-    "Target rates already in the results file at `path` (empty if there is no file): skip these when resuming."
-    return [q["target_bpf"] for q in load_results(path)["rate_points"]] if Path(path).exists() else []
-
-# %% ../nbs/11_evaluate.ipynb #94249cb0
-def results_files(folder=None) -> dict:
-    "Dataset name (upper case, from the file name) -> `rate_sweep_*.json` in `folder` (default evaluation_results/)."
-    d = Path(folder) if folder is not None else repo_root() / "evaluation_results"
-    return {f.stem[len("rate_sweep_"):].upper(): f for f in sorted(d.glob("rate_sweep_*.json"))}
-
-def rerun_files() -> dict:
-    "The results files of the sweep `make book` has just rerun (`$EIB_BOOK_RESULTS`), or {} when there is none."
-    d = os.environ.get("EIB_BOOK_RESULTS", "").strip()
-    return results_files(d) if d and Path(d).is_dir() else {}
 
 # %% ../nbs/11_evaluate.ipynb #c207f967
 THESIS_RATES_BPF = tuple(float(r) for r in [*range(10, 201, 5), *range(220, 301, 20)])

@@ -11,7 +11,7 @@ import pandas as pd
 import altair as alt
 from IPython.display import Markdown, display
 from .core import EibError, atomic_write_text, fingerprint, repo_root
-from .evaluate import load_results
+from .records import load_results
 from . import figures as F
 
 # %% auto #0

@@ -4,7 +4,7 @@ import copy, struct, xml.etree.ElementTree as ET, zlib
 import pytest
 
 from eib.core import EibError
-from eib.evaluate import new_results, validate_results
+from eib.records import new_results, validate_results
 import eib.figures as F
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
@@ -95,7 +95,7 @@ def test_save_figure_writes_valid_png_and_svg(demos, tmp_path):
 
 
 def test_saved_results_files_are_figure_input(demos, tmp_path):
-    from eib.evaluate import write_results
+    from eib.records import write_results
     for k in ("full", "lean"): write_results(tmp_path / f"rate_sweep_{demos[k]['dataset']}.json", demos[k])
     ix = F.figure_index(tmp_path)
     assert [e["dataset"] for e in ix] == ["SYNTH-A", "SYNTH-B"] and all(e["error"] is None for e in ix)

@@ -88,7 +88,7 @@ def test_results_pages_follow_the_results_files(site):
     """Results and Findings name every dataset whose results file is present and every expected one that is missing,
     and Results shows every figure each dataset supports (plus the compared ones with two datasets or more)."""
     import eib.figures as F
-    from eib.evaluate import results_files
+    from eib.records import results_files
     from eib.results import load_all, missing_datasets
     page = site / "nbs/21_results.html"
     html = page.read_text()

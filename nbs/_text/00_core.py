@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 # %%
-from fastcore.test import test_eq, test_fail, test_close
+from fastcore.test import test_eq, test_ne, test_fail, test_close
 
 # %% [markdown]
 # ## Numbers that hold throughout
@@ -79,7 +79,7 @@ def datasets_root() -> Path:
 
 
 # %%
-test_eq((repo_root() / "settings.ini").exists(), True)
+assert (repo_root() / "settings.ini").exists(), repo_root()
 test_eq(datasets_root().name, "datasets")
 
 
@@ -151,4 +151,4 @@ def fingerprint(obj, n: int = 16) -> str:
 # %%
 test_eq(fingerprint({"a": 1, "b": 2}), fingerprint({"b": 2, "a": 1}))
 test_eq(len(fingerprint(b"x", 8)), 8)
-test_eq(fingerprint({"a": 1}) == fingerprint({"a": 2}), False)
+test_ne(fingerprint({"a": 1}), fingerprint({"a": 2}))

@@ -18,7 +18,7 @@ from eib.core import EibError, SAMPLE_RATE, datasets_root, repo_root
 
 # %%
 import tempfile
-from fastcore.test import test_eq, test_fail, test_close
+from fastcore.test import test_eq, test_ne, test_fail, test_close
 
 # %% [markdown]
 # Every corpus becomes the same table, one row per utterance:
@@ -78,7 +78,7 @@ def _finish(rows: list[dict], name: str, **attrs) -> pd.DataFrame:
 # %%
 test_eq(len(DATASETS), 6)
 test_eq(synth_root().parts[-2:], ("_cache", "synth_audio"))
-test_eq(math.isnan(_duration("/nonexistent.wav")), True)
+_dur = _duration("/nonexistent.wav"); assert math.isnan(_dur), _dur
 
 # %% [markdown]
 # ## Where a corpus lives
@@ -455,7 +455,7 @@ _d = pd.DataFrame(dict(id=[f"u{i:03d}" for i in range(50)], split="test", label=
 _s1, _s2 = select_subset(_d, 20, seed=1), select_subset(_d.sample(frac=1, random_state=0), 20, seed=1)
 test_eq(list(_s1["id"]), list(_s2["id"]))                       # same seed, any row order: same ids
 test_eq(_s1["label"].value_counts().to_dict(), {"a": 20, "b": 10}); test_eq(_s1.attrs["short_classes"], {"b": 10})
-test_eq(list(select_subset(_d, 20, seed=2)["id"]) != list(_s1["id"]), True)
+test_ne(list(select_subset(_d, 20, seed=2)["id"]), list(_s1["id"]))
 test_fail(lambda: select_subset(_d.drop(columns="label")), contains="apply_protocol")
 
 
@@ -511,7 +511,7 @@ if (datasets_root() / "ravdess").is_dir():
     rav = read_dataset("ravdess")
     test_eq((len(rav), rav["speaker"].nunique(), rav["emotion"].nunique()), (1440, 24, 8))
     test_eq(rav["split"].value_counts().to_dict(), {"train": 1080, "test": 360})
-    test_eq(rav["duration"].isna().sum(), 0); test_eq(rav["id"].is_unique, True)
+    test_eq(rav["duration"].isna().sum(), 0); test_eq(rav["id"][rav["id"].duplicated()].tolist(), [])
     r7 = apply_protocol(rav, "ravdess")
     test_eq((len(r7), r7["label"].nunique()), (1440, 7))
     test_eq(r7.groupby("split")["label"].value_counts()["test"].to_dict(),
@@ -640,7 +640,7 @@ with tempfile.TemporaryDirectory() as d:
     t = read_dataset("manifest", d)
     test_eq(t.set_index("id").loc["clips__s3__c7", ["speaker", "split", "emotion", "text"]].tolist(), ["s3", "test", "happy", "x"])
     test_eq(sorted(t["emotion"].unique()), ["fear", "happy"]); test_eq((t["split"] == "test").sum(), 2)
-    test_eq(Path(t["path"][0]).is_absolute(), True)
+    assert Path(t["path"][0]).is_absolute(), t["path"][0]
     m.drop(columns="emotion").to_csv(d / "manifest.csv", index=False)
     test_fail(lambda: read_dataset("manifest", d), contains="missing column(s) emotion")
     m.assign(split="dev").to_csv(d / "manifest.csv", index=False)

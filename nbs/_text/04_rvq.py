@@ -17,7 +17,8 @@ import torch
 from eib.core import EibError
 
 # %%
-from fastcore.test import test_eq, test_fail, test_close
+import operator
+from fastcore.test import test, test_eq, test_fail, test_close
 
 
 # %% [markdown]
@@ -228,7 +229,7 @@ q.codebooks.normal_(); q.mean.fill_(1.0); q.std.fill_(2.0)
 x = torch.randn(5, 6)
 test_close(q.denormalise(q.normalise(x)), x, eps=1e-5)
 tok = q.encode_nearest(x)
-test_eq(tok.shape, (5, 4)); test_eq(bool((tok < 4).all()), True)  # no SKIP in plain RVQ
+test_eq(tok.shape, (5, 4)); test_eq(tok[tok >= 4].tolist(), [])  # no SKIP in plain RVQ
 # decode is the sum of the chosen codes per group, group-major positions p = g*M + m
 z = q.decode_normalised(tok)
 test_close(z[:, :3], q.codebooks[0, 0][tok[:, 0]] + q.codebooks[0, 1][tok[:, 1]], eps=1e-6)
@@ -344,10 +345,10 @@ def _toy(n=3000, seed=0):
 X = _toy()
 cfg = RVQConfig(12, 3, layers=3, codes=16)
 a = fit_rvq(X, cfg, seed=1, iters=6, progress=False)
-test_eq(torch.equal(a.codebooks, fit_rvq(X, cfg, seed=1, iters=6, progress=False).codebooks), True)  # deterministic
+test_eq(a.codebooks, fit_rvq(X, cfg, seed=1, iters=6, progress=False).codebooks)  # deterministic
 test_close(a.mean, torch.tensor(X.mean(0)), eps=1e-4)
 errs = [((a.decode(a.encode_nearest(X, l)) - torch.tensor(X)) ** 2).mean().item() for l in (0, 1, 2, 3)]
-test_eq(errs == sorted(errs, reverse=True) and errs[3] < 0.25 * errs[0], True)  # each layer lowers the error
+test_eq(errs, sorted(errs, reverse=True)); assert errs[3] < 0.25 * errs[0], errs  # each layer lowers the error
 test_fail(lambda: fit_rvq(X[:10], cfg, progress=False), contains="at least 16")
 
 # %% [markdown]
@@ -362,8 +363,8 @@ mask = torch.rand(len(Xt), 9, generator=torch.Generator().manual_seed(2)) < 0.5
 mask[:, 2::3] = False  # the last layer of each group always runs
 a0 = fit_rvq(X, cfg, seed=1, iters=6, skip_prob=0.0, progress=False)
 err = lambda q: ((q.decode(q.encode_nearest(Xt, skip_mask=mask)) - torch.tensor(Xt)) ** 2).mean().item()
-test_eq(err(a) < err(a0), True)
-test_eq(bool((a.encode_nearest(Xt, skip_mask=mask)[mask] == cfg.skip).all()), True)
+test(err(a), err(a0), operator.lt, "<")
+test_eq(set(a.encode_nearest(Xt, skip_mask=mask)[mask].tolist()) - {cfg.skip}, set())
 
 
 # %% [markdown]
@@ -402,8 +403,8 @@ def lloyd_update(rvq: GroupedRVQ, frames, tokens, min_count: int = 1) -> Grouped
 tok = a.encode_nearest(X, [2, 1, 3])  # tokens with SKIPs, not made by this codebook's own fit
 b = lloyd_update(a, X, tok)
 mse = lambda q, t: ((q.decode(t) - torch.tensor(X)) ** 2).mean().item()
-test_eq(mse(b, tok) <= mse(a, tok) + 1e-6, True)
-test_eq(torch.equal(b.codebooks[0, 2], a.codebooks[0, 2]), True)  # codes never used keep their place
+test(mse(b, tok), mse(a, tok) + 1e-6, operator.le, "<=")
+test_eq(b.codebooks[0, 2], a.codebooks[0, 2])  # codes never used keep their place
 test_fail(lambda: lloyd_update(a, X[:5], tok), contains="token rows")
 
 
@@ -441,7 +442,7 @@ def rvq_report(rvq: GroupedRVQ, frames) -> dict:
 rep = rvq_report(a, X)
 test_eq(list(rep["positions"].columns), ["position", "group", "layer", "perplexity", "utilisation"])
 test_eq(len(rep["positions"]), 9)
-test_eq(bool(((rep["positions"].perplexity > 1) & (rep["positions"].perplexity <= 16)).all()), True)
+_pp = rep["positions"].perplexity; test_eq(_pp[~((_pp > 1) & (_pp <= 16))].tolist(), [])
 test_close(rep["mse_normalised_by_layers"][0], 1.0, eps=0.01)  # no layer: error = variance of normalised data
-test_eq(0.95 < rep["cosine"] <= 1, True)
+assert 0.95 < rep["cosine"] <= 1, rep["cosine"]
 rep["positions"].head(3)

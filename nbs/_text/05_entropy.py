@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from eib.core import EibError
 
 # %%
-from fastcore.test import test_eq, test_fail, test_close
+import operator
+from fastcore.test import test, test_eq, test_fail, test_close
 torch.set_num_threads(1)  # the tests' tiny models run faster on one thread on a shared machine
 from eib.rvq import RVQConfig, GroupedRVQ, fit_rvq
 
@@ -222,7 +223,7 @@ full = m(tok)
 st, inp, steps = m.start(5), torch.full((5,), tc.bos), []
 for p in range(4): steps.append(m.step(st, inp)); inp = tok[:, p]
 test_close(torch.stack(steps, 1), full, eps=1e-5)
-test_eq(full.std() > 0.3, True)
+test(float(full.std()), 0.3, operator.gt, ">")
 test_fail(lambda: m.step(st, inp), contains="already stepped")
 test_fail(lambda: m(torch.full((2, 4), 9)), contains="0..8")
 test_close(m.bits(tok), -full.log_softmax(-1).gather(-1, tok[..., None])[..., 0] / math.log(2), eps=1e-5)
@@ -302,7 +303,7 @@ def freqs_to_bits(f: torch.Tensor) -> torch.Tensor:
 test_close(exp_table()[4096].item(), math.exp(-1), eps=1e-11)
 test_close(exp_table()[:4096 * 28:997].numpy(), np.exp(-np.arange(0, 4096 * 28, 997) / 4096), eps=2e-12)
 f = logits_to_freqs(_q(torch.randn(1000, 129, dtype=torch.float64) * 4))
-test_eq(f.sum(-1).unique().tolist(), [2 ** 24]); test_eq(int(f.min()) >= 1, True)
+test_eq(f.sum(-1).unique().tolist(), [2 ** 24]); test(int(f.min()), 1, operator.ge, ">=")
 l = _q(torch.tensor([[0.0, math.log(3.0), -40.0]], dtype=torch.float64))
 test_close((logits_to_freqs(l)[0] / 2 ** 24).tolist(), [0.25, 0.75, 0], eps=1e-4)
 test_close(freqs_to_bits(logits_to_freqs(l))[0, :2].tolist(), [2.0, math.log2(4 / 3)], eps=1e-4)

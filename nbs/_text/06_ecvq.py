@@ -18,7 +18,8 @@ from eib.core import EibError
 from eib.entropy import EntropyConfig, EntropyModel, CodingModel, UnigramModel, freqs_to_bits
 
 # %%
-from fastcore.test import test_eq, test_fail, test_close
+import operator
+from fastcore.test import test, test_eq, test_fail, test_close
 torch.set_num_threads(1)  # the tests' tiny models run faster on one thread on a shared machine
 from eib.rvq import RVQConfig, fit_rvq
 from eib.entropy import EntropyConfig, MODEL_SIZES
@@ -292,8 +293,8 @@ lams = lambda_grid(rvq, trn, n=5)
 model, hist = train_entropy_model(rvq, trn, val, lams=lams, rounds=2, epochs=4, config=dict(d_model=32, n_heads=4, d_ff=64), progress=False)
 test_eq(sorted({h["round"] for h in hist}), [0, 1])
 r0 = [h for h in hist if h["round"] == 0]
-test_eq(min(h["val_bits"] for h in r0[1:]) < r0[0]["val_bits"], True)  # training lowers validation bits
-test_eq(isinstance(model, EntropyModel) and not model.training, True)
+test(min(h["val_bits"] for h in r0[1:]), r0[0]["val_bits"], operator.lt, "<")  # training lowers validation bits
+test_eq((type(model).__name__, model.training), ("EntropyModel", False))
 
 # %% [markdown]
 # ## Choosing the cpu preset
@@ -371,10 +372,10 @@ print("λ    ", np.round(grid, 4)); print("skip ", np.round(skips, 3)); print("b
 
 # %%
 floor = ecvq_encode(rvq, None, x, 0.0).skip_rate  # λ = 0: SKIP only where no code lowers the distortion
-test_eq(floor < 0.15 and skips[0] - floor < 0.02, True)  # tiny λ: almost no SKIP beyond that floor
-test_eq(skips[-1] > 0.8, True)  # huge λ: mostly SKIP
-test_eq(np.mean(np.diff(bpf)) < 0 and bpf[0] > bpf[-1], True)  # bits fall as λ rises (on average)
-test_eq(np.mean(np.diff(dist)) > 0 and dist[-1] > dist[0], True)  # distortion rises
+assert floor < 0.15 and skips[0] - floor < 0.02, (floor, skips[0])  # tiny λ: almost no SKIP beyond that floor
+test(skips[-1], 0.8, operator.gt, ">")  # huge λ: mostly SKIP
+assert np.mean(np.diff(bpf)) < 0 and bpf[0] > bpf[-1], bpf  # bits fall as λ rises (on average)
+assert np.mean(np.diff(dist)) > 0 and dist[-1] > dist[0], dist  # distortion rises
 r = res[4]
 test_eq(r.tokens.shape, (300, 4)); test_eq(r.recon.shape, (300, 16))
 test_close(r.distortion, ((rvq.normalise(x) - rvq.normalise(r.recon)) ** 2).sum(1), eps=1e-3)
@@ -390,7 +391,7 @@ mixed = ecvq_encode(rvq, model, x, lam)
 test_eq(mixed.tokens[::9], res[0].tokens[::9]); test_eq(mixed.tokens[4::9], res[4].tokens[4::9])
 test_eq(ecvq_encode(rvq, model, x, lam, batch_size=7).tokens, mixed.tokens)
 fl = ecvq_encode(rvq, model, x, lam, exact=False)
-test_eq(float((fl.tokens == mixed.tokens).double().mean()) > 0.97, True)
+test(float((fl.tokens == mixed.tokens).double().mean()), 0.97, operator.gt, ">")
 test_close(fl.bits.mean(), mixed.bits.mean(), eps=0.05 * float(mixed.bits.mean()))
 test_close(ecvq_encode(rvq, None, x, 0.0).bits, torch.full((300,), 4 * (24 - math.log2((2 ** 24 - 9) // 9 + 1))), eps=1e-3)
 test_fail(lambda: ecvq_encode(rvq, model, x, -1.0), contains="non-negative")

@@ -21,7 +21,7 @@ from eib.entropy import EntropyModel, EntropyConfig, CodingModel
 
 # %%
 import tempfile
-from fastcore.test import test_eq, test_fail
+from fastcore.test import test_eq, test_ne, test_is, test_fail
 
 
 # %% [markdown]
@@ -109,9 +109,9 @@ c = Codec(q, m)
 f0 = c.fingerprint
 q.codebooks[0, 0, 0, 0] = 1e-7
 test_eq(c.fingerprint, f0)  # cached: computed once
-test_eq(c.update().fingerprint == f0, False)  # any weight change shows after update()
+test_ne(c.update().fingerprint, f0)  # any weight change shows after update()
 test_eq(c.fingerprint, codec_fingerprint(q, m))
-test_eq(c.coding_model is c.coding_model, True)
+test_is(c.coding_model, c.coding_model)
 test_eq(as_codec((q, m)).fingerprint, c.fingerprint)
 test_fail(lambda: Codec(q).coding_model, contains="RVQ-only")
 test_fail(lambda: as_codec("codec"), contains="expected a Codec")
@@ -243,7 +243,7 @@ c = Codec(q, None, {"preset": "cpu", "metrics": {"mse": np.float32(0.5)}})
 with tempfile.TemporaryDirectory() as d:
     save_codec(c, Path(d) / "ck")
     c2 = load_codec(Path(d) / "ck")
-    test_eq(torch.equal(c2.rvq.codebooks, q.codebooks), True)
+    test_eq(c2.rvq.codebooks, q.codebooks)
     test_eq((c2.fingerprint, c2.meta["preset"], c2.meta["metrics"]["mse"]), (c.fingerprint, "cpu", 0.5))
     test_eq(sorted(x.name for x in (Path(d) / "ck").iterdir()), ["README.md", "config.json", "rvq.pt"])
     test_fail(lambda: load_codec(Path(d) / "nope"), contains="eib-train")

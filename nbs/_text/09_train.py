@@ -25,7 +25,8 @@ from eib.features import load_store
 import tempfile
 from eib.codec import load_codec
 from eib.core import atomic_write_json
-from fastcore.test import test_eq, test_fail, test_close
+import operator
+from fastcore.test import test, test_eq, test_fail, test_close
 
 
 # %% [markdown]
@@ -253,20 +254,20 @@ with tempfile.TemporaryDirectory() as d:
     cd = train_codec(toy, out=Path(d) / "ck", progress=False, codes=16, iters=4, lams=[0.01, 0.1, 1.0], rounds=1, entropy_kw=tiny)
     test_eq((cd.cfg.groups, cd.cfg.group_dim, cd.cfg.codes), (2, 13, 16))
     test_eq((cd.meta["data"]["train_utterances"], cd.meta["data"]["val_utterances"]), (11, 1))
-    test_eq(cd.meta["metrics"]["rvq_val"]["cosine"] > 0.9, True)
+    test(cd.meta["metrics"]["rvq_val"]["cosine"], 0.9, operator.gt, ">")
     rd = pd.DataFrame(cd.meta["metrics"]["val_rd"])
-    test_eq(rd.bpf.is_monotonic_decreasing and rd.mse.is_monotonic_increasing, True)  # larger λ: fewer bits, more error
+    assert rd.bpf.is_monotonic_decreasing and rd.mse.is_monotonic_increasing, rd[["bpf", "mse"]].to_dict("list")  # larger λ: fewer bits, more error
     cl = load_codec(Path(d) / "ck")
     test_eq(cl.fingerprint, cd.fingerprint)
     tk = cd.rvq.encode_nearest(toy["u0"])
-    test_eq(torch.equal(cl.model.bits(tk), cd.model.eval().bits(tk)), True)  # the same entropy model comes back
+    test_eq(cl.model.bits(tk).detach(), cd.model.eval().bits(tk).detach())  # the same entropy model comes back
     spec = json.loads((Path(d) / "ck" / "config.json").read_text())
     spec["entropy"]["config"]["d_model"] = 64; atomic_write_json(Path(d) / "ck" / "config.json", spec)
     test_fail(lambda: load_codec(Path(d) / "ck"), contains="does not fit the entropy model")
 cr = train_codec(toy, progress=False, codes=16, iters=4, lams=[0.01, 0.1, 1.0], rounds=1, entropy_kw=tiny, refine=True)
 rf = cr.meta["refine"]
-test_eq(np.isfinite(rf["log2_mse_ratio_at_equal_rate"]) and rf["kept"] == (rf["log2_mse_ratio_at_equal_rate"] < 0), True)
-test_eq(cr.meta["metrics"]["val_rd"] == (rf["val_rd_refined"] if rf["kept"] else cd.meta["metrics"]["val_rd"]), True)
+assert np.isfinite(rf["log2_mse_ratio_at_equal_rate"]), rf; test_eq(rf["kept"], rf["log2_mse_ratio_at_equal_rate"] < 0)
+test_eq(cr.meta["metrics"]["val_rd"], rf["val_rd_refined"] if rf["kept"] else cd.meta["metrics"]["val_rd"])
 test_fail(lambda: train_codec(toy, preset="huge"), contains="known: cpu, paper")
 test_fail(lambda: train_codec("/nonexistent/store"), contains="eib-prepare")
 
@@ -336,7 +337,7 @@ codec = load_codec(ck) if (ck / "config.json").exists() else train_codec(feature
 store = load_store(features)
 rep = rvq_report(codec.rvq, store.stack("test"))
 print({k: rep[k] for k in ("frames", "mse", "mse_normalised", "cosine")})
-test_eq(rep["cosine"] > 0.8, True)
+test(rep["cosine"], 0.8, operator.gt, ">")
 rep["positions"].groupby("layer")[["perplexity", "utilisation"]].mean()
 
 # %%

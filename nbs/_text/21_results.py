@@ -16,19 +16,19 @@ import pandas as pd
 import altair as alt
 from IPython.display import Markdown, display
 from eib.core import EibError, atomic_write_text, fingerprint, repo_root
-from eib.evaluate import load_results
+from eib.records import load_results
 from eib import figures as F
 
 # %%
 #| code-fold: true
 import copy, tempfile, xml.etree.ElementTree as ET
 from fastcore.test import test_eq, test_fail, test_close
-from eib.evaluate import write_results
+from eib.records import write_results
 from eib.results import *  # the helpers of this page, defined (and tested) in its last section
 
 # %% [markdown]
 # Every number on this page is read from the results files `evaluation_results/rate_sweep_<DATASET>.json`
-# (schema `eib.evaluate.RESULTS_SCHEMA`) when the page is built; none is typed in. A dataset whose file is
+# (schema `eib.records.RESULTS_SCHEMA`) when the page is built; none is typed in. A dataset whose file is
 # missing is named as missing, never filled in. The book expects three sweeps:
 #
 # - **SYNTH**, the embedded synthetic corpus (speech rendered with `espeak-ng`, features from openSMILE):
@@ -65,7 +65,7 @@ save_book_figures(named) if named else "no results: no figures"
 # here each fresh run is checked against the committed results of the same dataset, encoder and classifier.
 
 # %%
-from eib.evaluate import rerun_files, results_files
+from eib.records import rerun_files, results_files
 _fresh = {k: load_results(v) for k, v in rerun_files().items()}
 _committed = {k: load_results(v) for k, v in results_files().items()}  # keyed like the fresh files: dataset, encoder, classifier
 for _k, _fr in _fresh.items():
@@ -425,7 +425,7 @@ test_eq(rate_control_summary(_c).iloc[0].codings, 0)
 # ### Checking a fresh run against the committed one
 #
 # `make book` first re-runs the synthetic sweep (the quick targets) from the committed codec into a scratch folder,
-# named to the book by the environment variable `EIB_BOOK_RESULTS` (`eib.evaluate.rerun_files`). `compare_runs`
+# named to the book by the environment variable `EIB_BOOK_RESULTS` (`eib.records.rerun_files`). `compare_runs`
 # sets each of its rate points against the committed point of the same target: achieved rate and weighted F1 of
 # both, and two checks: the fresh F1 lies inside the committed point's 95% interval, and the fresh achieved rate
 # is within 1 BPF of the committed one. `describe_rerun` says whether the two runs share the codec, the test

@@ -91,8 +91,8 @@
 # make lab    # = .venv/bin/jupyter lab --ip 127.0.0.1 --no-browser [--allow-root when root] nbs
 # ```
 #
-# then open `14_explorer.ipynb` and run it: sliders for λ (log scale) and for a target rate, and an utterance picker
-# ([the λ explorer](14_explorer.ipynb)).
+# then open `15_explorer.ipynb` and run it: sliders for λ (log scale) and for a target rate, and an utterance picker
+# ([the λ explorer](15_explorer.ipynb)).
 #
 # ## Tests
 #
@@ -113,7 +113,7 @@
 # | path | what |
 # |---|---|
 # | `_site/` | the website (`make book`); `artifacts/site/` is the copy the browser test builds |
-# | `evaluation_results/rate_sweep_<DATASET>.json` | one results file per sweep (schema `eib.evaluate.RESULTS_SCHEMA`) |
+# | `evaluation_results/rate_sweep_<DATASET>.json` | one results file per sweep (schema `eib.records.RESULTS_SCHEMA`) |
 # | `evaluation_results/rate_sweep_<DATASET>_<encoder>[_head].json` | a sweep on emotion2vec features; `_head`: the same points scored by an emotion2vec_plus model's own head |
 # | `evaluation_results/superseded/` | a results file of another configuration, set aside when a sweep starts afresh (a fresh clone retrains a licensed corpus's codec, so its sweep does not resume the committed file but keeps it here) |
 # | `artifacts/figures/<DATASET>/fig_*.png`, `.svg` | every figure as a file, written when the Results chapter runs |

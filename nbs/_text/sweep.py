@@ -7,7 +7,7 @@
 #
 # *Not run by `nbdev_test` (`skip_exec`): on 2 CPU cores the rate controller's start-up and each rate point take
 # minutes with the exact coding model, so even the default quick sweep is far too slow for a test run. Run it
-# with papermill; the sweep's logic is tested in `13_sweep.ipynb`.*
+# with papermill; the sweep's logic is tested in `14_sweep.ipynb`.*
 #
 # > The parameterised sweep: emotion recognition on decoded features across the rate axis, for one dataset.
 #
@@ -45,7 +45,8 @@ rates = "quick"  # "quick", "full" or a list of target BPF
 rate_mode = "utterance"  # λ per utterance, or "set": one λ for the whole test set
 preset = "cpu"  # codec preset (when a codec must be trained)
 device = "cpu"
-seed = 42
+seed = 42  # subsets, classifiers, bootstrap intervals
+codec_seed = 0  # training of a missing codec or layer-sweep model (0: as the committed checkpoints were trained)
 samples_per_emotion = 100  # test utterances per class (select_subset of the TEST split)
 out_dir = "../evaluation_results"  # relative to nbs/ (whatever the working directory)
 checkpoint = None  # codec folder (None: checkpoints/<dataset>_<preset>)
@@ -61,20 +62,21 @@ import time
 from pathlib import Path
 from eib.core import repo_root
 from eib.sweep import run_sweep, resolve_rates, results_path
-from eib.evaluate import load_results
+from eib.records import load_results
 from eib import figures as F
 F.use_offline_renderer()
 _cmd = (f"papermill nbs/sweep.ipynb -p dataset {dataset} -p data_root {data_root} -p encoder {encoder} -p rates {rates!r} "
         f"-p rate_mode {rate_mode} -p preset {preset} -p device {device} -p seed {seed} "
         f"-p samples_per_emotion {samples_per_emotion} -p layer_sweep {layer_sweep} -p workers {workers}"
-        + (f" -p model_dir {model_dir}" if model_dir else "") + (f" -p name {name}" if name else "")
+        + (f" -p model_dir {model_dir}" if model_dir else "") + (f" -p name {name}" if name else "") + (f" -p codec_seed {codec_seed}" if codec_seed else "")
         + f" -p matched {matched} -p matched_per_emotion {matched_per_emotion}")
 _out = Path(out_dir) if Path(out_dir).is_absolute() else repo_root() / "nbs" / out_dir  # relative to nbs/ from any working directory
 t0 = time.time()
 path = run_sweep(dataset, data_root=data_root, encoder=encoder, rates=resolve_rates(rates), rate_mode=rate_mode,
                  preset=preset, device=device, seed=seed, samples_per_emotion=samples_per_emotion, out_dir=_out,
                  checkpoint=checkpoint, layer_sweep=layer_sweep, force=force, progress=False, command=_cmd,
-                 workers=workers, model_dir=model_dir, matched=matched, matched_per_emotion=matched_per_emotion, name=name)
+                 workers=workers, model_dir=model_dir, matched=matched, matched_per_emotion=matched_per_emotion, name=name,
+                 codec_seed=codec_seed)
 res = load_results(path)
 print(f"{path}: {len(res['rate_points'])} rate points, {len(res['layer_sweep'])} layer points; this run {time.time() - t0:.0f} s")
 _label = res["dataset"].lower()

@@ -53,18 +53,18 @@ def png_bytes(rgb) -> bytes:
 
 # %%
 def _read_png(b: bytes) -> np.ndarray:  # the inverse, for the test: chunks, CRCs, filter bytes, pixels
-    assert b[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b[:8] == b"\x89PNG\r\n\x1a\n", b[:8]
     i, idat, hdr = 8, b"", None
     while i < len(b):
         n, t = struct.unpack(">I", b[i:i + 4])[0], b[i + 4:i + 8]
         d = b[i + 8:i + 8 + n]
-        assert struct.unpack(">I", b[i + 8 + n:i + 12 + n])[0] == zlib.crc32(t + d)
+        assert struct.unpack(">I", b[i + 8 + n:i + 12 + n])[0] == zlib.crc32(t + d), (t, i, struct.unpack(">I", b[i + 8 + n:i + 12 + n])[0], zlib.crc32(t + d))
         if t == b"IHDR": hdr = struct.unpack(">IIBBBBB", d)
         if t == b"IDAT": idat += d
         i += 12 + n
     w, h = hdr[:2]
     rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)
-    assert (rows[:, 0] == 0).all()
+    assert (rows[:, 0] == 0).all(), np.unique(rows[:, 0])
     return rows[:, 1:].reshape(h, w, 3)
 
 img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
@@ -147,7 +147,7 @@ def proba_html(classes, original, decoded, true_label: str | None = None, width:
 # %%
 h = proba_html(["angry", "sad"], [0.75, 0.25], [0.4, 0.6], "sad")
 test_eq(h.count("eib-class"), 2); test_eq(h.count("eib-true"), 1)
-assert "width:165.0px" in h and "60.0%" in h and "&#9664; true" in h
+assert "width:165.0px" in h and "60.0%" in h and "&#9664; true" in h, h
 test_fail(lambda: proba_html(["a", "b"], [1.0], [0.5, 0.5]), contains="one probability per class")
 
 
@@ -357,7 +357,7 @@ tok, rec = decompress(ex.codec, b["data"])
 test_eq(tok.numpy().reshape(b["tokens"].shape), b["tokens"])  # ... and decodes to the tokens shown
 test_close(b["bpf"], len(b["data"]) * 8 / b["frames"], eps=1e-12)
 test_close(b["proba"], ex.probe.predict_proba([rec])[0], eps=1e-9)  # probabilities of the decoded stream
-test_close(b["proba_original"].sum(), 1.0, eps=1e-9); test_eq(b["label"] in b["classes"], True)
+test_close(b["proba_original"].sum(), 1.0, eps=1e-9); assert b["label"] in b["classes"], (b["label"], b["classes"])
 print(f"{b['id']} ({b['frames']} frames): λ {a['lam']:.3g} -> {a['bpf']:.1f} BPF, MSE {a['mse']:.3f}; "
       f"λ {b['lam']:.3g} -> {b['bpf']:.1f} BPF, MSE {b['mse']:.3f}, SKIP {b['skip']:.0%}")
 
@@ -372,7 +372,7 @@ assert abs(r["bpf"] - mid) <= 1 or r["status"].startswith("clamped"), (mid, r["b
 test_eq(r["data"], compress(ex.codec, ex.frames[ex.utt], r["lam"]))  # one λ, the stream compress writes
 far = 2 * ex.bpf_max  # twice the rate of a plain fixed-length code: out of reach
 hi = ex.update(bpf=far)
-test_eq(hi["status"], "clamped_max"); assert hi["bpf"] < far
+test_eq(hi["status"], "clamped_max"); assert hi["bpf"] < far, (hi["bpf"], far)
 print(f"target {mid:.1f} BPF -> λ {r['lam']:.4g}, {r['bpf']:.2f} BPF ({r['status']}, {r['passes']} passes); "
       f"target {far} -> {hi['bpf']:.1f} BPF ({hi['status']})")
 
@@ -384,7 +384,7 @@ other = (ex.utt + 1) % len(ex.ids)
 o = ex.update(utt=ex.ids[other])
 test_eq((o["utt"], o["target_bpf"], o["status"]), (other, far, "clamped_max"))
 o = ex.update(lam=b["lam"])
-assert o["bpf"] != b["bpf"] and o["id"] != b["id"]
+assert o["bpf"] != b["bpf"] and o["id"] != b["id"], (o["bpf"], o["id"], b["id"])
 test_fail(lambda: ex.update(utt="nope"), contains="unknown utterance")
 test_fail(lambda: ex.update(utt=len(ex.ids)), contains="out of range")
 test_fail(lambda: ex.update(lam=-1), contains="non-negative")
@@ -495,15 +495,15 @@ x0 = float(w["bpf"].value); m0 = float(w["mse"].value)
 w["lam_slider"].value = ex.lam_max / 10
 x1 = float(w["bpf"].value); m1 = float(w["mse"].value)
 assert x1 < x0 and m1 > m0, (x0, x1, m0, m1)
-test_eq(w["status"].value.endswith("(set by hand)"), True)
+test_eq(w["status"].value[-len("(set by hand)"):], "(set by hand)")
 w["utt"].value = (w["utt"].value + 2) % len(ex.ids)
-assert float(w["bpf"].value) != x1 and ex.last["id"] == ex.ids[w["utt"].value]
+assert float(w["bpf"].value) != x1 and ex.last["id"] == ex.ids[w["utt"].value], (float(w["bpf"].value), x1, ex.last["id"], ex.ids[w["utt"].value])
 tgt = round((x0 + x1) / 2)
 w["bpf_slider"].value = tgt
 got = float(w["bpf"].value)
 assert abs(got - tgt) <= 1 or "clamped" in w["status"].value, (tgt, got, w["status"].value)
 test_close(w["lam_slider"].value, np.clip(ex.lam, ex.lam_min, ex.lam_max), eps=1e-9)  # the λ slider follows
-assert bytes(w["map"].value[:8]) == b"\x89PNG\r\n\x1a\n" and w["proba"].value.count("eib-true") == 1
+test_eq((bytes(w["map"].value[:8]), w["proba"].value.count("eib-true")), (b"\x89PNG\r\n\x1a\n", 1))
 print(f"slider: {x0:.2f} -> {x1:.2f} BPF; target {tgt} -> {got:.2f} BPF at λ {ex.lam:.4g}; update took {w['time'].value}")
 
 

@@ -15,16 +15,18 @@ import numpy as np
 import pandas as pd
 import altair as alt
 from eib.core import EibError, atomic_write_bytes, fingerprint, repo_root
-from eib.evaluate import (CI_METRICS, blobs, evaluate_predictions, fit_probe, gaussian_rd_bound, load_results,
-                          majority_baseline, new_results, unquantised_baseline, validate_results)
+from eib.evaluate import (CI_METRICS, blobs, evaluate_predictions, fit_probe, gaussian_rd_bound, majority_baseline,
+                          unquantised_baseline)
+from eib.records import load_results, new_results, validate_results
 
 # %%
 import tempfile, xml.etree.ElementTree as ET
-from fastcore.test import test_eq, test_fail, test_close
+import operator
+from fastcore.test import test, test_eq, test_fail, test_close
 
 # %% [markdown]
 # Every figure of the book is a function of the results files `evaluation_results/rate_sweep_<DATASET>.json`
-# (schema: `eib.evaluate.RESULTS_SCHEMA`) and returns an altair chart. A function takes one results object or
+# (schema: `eib.records.RESULTS_SCHEMA`) and returns an altair chart. A function takes one results object or
 # a list of them (dicts, or paths to results files), one per dataset, and draws every dataset it is given.
 # Optional parts of a results file (the layer sweep, the Gaussian bound, points not run yet) are left out of a
 # figure when they are missing, never invented.
@@ -90,7 +92,8 @@ _c = alt.Chart(pd.DataFrame(dict(x=[1, 2, 3], y=[3, 1, 2]))).mark_line().encode(
 _b = show(_c)._repr_mimebundle_()
 test_eq(list(_b), ["image/svg+xml"])
 _root = ET.fromstring(_b["image/svg+xml"]); test_eq(_root.tag, "{http://www.w3.org/2000/svg}svg")
-assert "<script" not in _b["image/svg+xml"] and "cdn" not in _b["image/svg+xml"].lower()
+_svg = _b["image/svg+xml"]
+assert "<script" not in _svg and "cdn" not in _svg.lower(), [_svg[max(0, i - 60):i + 60] for i in (_svg.find("<script"), _svg.lower().find("cdn")) if i >= 0]
 _old = use_offline_renderer()
 test_eq(alt.renderers.active, "svg"); test_eq(list(_c._repr_mimebundle_()), ["image/svg+xml"])  # what a notebook stores
 test_eq(to_png(_c)[:8], b"\x89PNG\r\n\x1a\n")
@@ -208,12 +211,12 @@ def demo_results(dataset: str = "SYNTH-DEMO", rates=(10, 20, 50, 100, 200), laye
 
 # %%
 demo = demo_results()
-test_eq(len(demo["rate_points"]), 5); test_eq(len(demo["layer_sweep"]), 3); assert len(demo["rd_bound"]) > 0
+test_eq(len(demo["rate_points"]), 5); test_eq(len(demo["layer_sweep"]), 3); assert len(demo["rd_bound"]) > 0, demo["rd_bound"]
 _f1 = [p["metrics"]["f1_weighted"] for p in demo["rate_points"]]
-assert _f1[-1] > _f1[0]                                               # less noise (a higher pseudo-rate), more emotion
+assert _f1[-1] > _f1[0], _f1                                          # less noise (a higher pseudo-rate), more emotion
 _m = demo["rate_points"][0]["metrics"]
 for c in demo["classes"]:                                             # the per-class true-label probability is a probability
-    assert 0 <= _m["per_class"][c]["mean_true_label_prob"] <= 1
+    assert 0 <= _m["per_class"][c]["mean_true_label_prob"] <= 1, (c, _m["per_class"][c]["mean_true_label_prob"])
 test_close(sum(_m["per_class"][c]["mean_true_label_prob"] * _m["per_class"][c]["support"] for c in demo["classes"]) / _m["n"],
            _m["mean_true_label_prob"], eps=1e-9)                      # support-weighted, it is the overall mean
 test_eq(demo_results(layer_bpf=None, rd_bound=False, rates=(10, 100))["layer_sweep"], [])
@@ -297,7 +300,7 @@ _EMPTY_METRICS = dict(**{k: 0.0 for k in SUMMARY_METRICS}, ci={k: [0.0, 0.0] for
 # %%
 _t = rate_table(demo)
 test_eq(len(_t), 5); test_eq(list(_t.target_bpf), [10.0, 20.0, 50.0, 100.0, 200.0])
-assert (_t.f1_weighted_lo <= _t.f1_weighted).all() and (_t.f1_weighted <= _t.f1_weighted_hi).all()
+assert (_t.f1_weighted_lo <= _t.f1_weighted).all() and (_t.f1_weighted <= _t.f1_weighted_hi).all(), _t[["f1_weighted_lo", "f1_weighted", "f1_weighted_hi"]]
 demo_b = demo_results("SYNTH-B", seed=1, layer_bpf=None, rd_bound=False)
 test_eq(named_results([demo, demo_b])[1][0], "SYNTH-B")
 test_eq([l for l, _ in named_results([demo, demo])], ["SYNTH-DEMO #0", "SYNTH-DEMO #1"])  # same name twice: still unique
@@ -331,7 +334,7 @@ def _color(labels):
 
 def _need_points(t: pd.DataFrame, what: str):
     if t.empty: raise EibError(f"no rate points in the results given: {what} needs a finished rate sweep "
-                               "(see eib.evaluate.upsert_rate_point)")
+                               "(see eib.records.upsert_rate_point)")
 
 def _metric_panel(rs, metric: str, title: str, band: bool, log_x: bool, width: int, height: int):
     t, b = rate_table(rs), baseline_table(rs)
@@ -525,7 +528,7 @@ _s = fig5.to_dict()
 test_eq([len(r["hconcat"]) for r in _s["vconcat"]], [5, 5])
 _titles = [p["title"][1] for p in _s["vconcat"][0]["hconcat"]]
 test_eq(_titles[0], "unquantised features"); assert all("BPF" in t for t in _titles[1:]), _titles
-assert "nearest to 150" in fig_confusion(demo, rates=(150,)).to_dict()["vconcat"][0]["hconcat"][1]["title"][1]
+_ttl = fig_confusion(demo, rates=(150,)).to_dict()["vconcat"][0]["hconcat"][1]["title"][1]; assert "nearest to 150" in _ttl, _ttl
 _rows = [v for v in _s["datasets"].values() if "share" in v[0]][0]          # each true class's shares sum to 1
 test_close(pd.DataFrame(_rows).dropna(subset=["share"]).groupby("true").share.sum().to_numpy(), 1, eps=1e-9)
 fig5
@@ -580,7 +583,7 @@ fig6 = fig_rd([demo, demo_b])
 _t = rd_table([demo, demo_b])
 test_eq(_t.groupby(["dataset", "curve"]).size().to_dict(),
         {("SYNTH-B", "ECVQ"): 5, ("SYNTH-DEMO", "ECVQ"): 5, ("SYNTH-DEMO", "Gaussian bound"): 41, ("SYNTH-DEMO", "layer sweep (plain RVQ)"): 3})
-assert _t[_t.curve == "Gaussian bound"].bpf.max() <= 200 * 1.05
+test(_t[_t.curve == "Gaussian bound"].bpf.max(), 200 * 1.05, operator.le, "<=")
 test_eq(len(rd_table(demo, bound_max_bpf=50).query("curve == 'Gaussian bound'")), 11)   # 0, 5, ..., 50
 test_eq(fig6.to_dict()["layer"][0]["encoding"]["y"]["scale"]["type"], "log")
 test_eq(rd_table(demo_b).curve.unique().tolist(), ["ECVQ"])              # no layer sweep, no bound: one curve
@@ -736,7 +739,7 @@ def figure_index(results_dir="evaluation_results") -> list[dict]:
 
 
 # %%
-from eib.evaluate import write_results
+from eib.records import write_results
 with tempfile.TemporaryDirectory() as _t:
     test_eq(figure_index(Path(_t) / "none"), [])
     write_results(Path(_t) / "rate_sweep_SYNTH-DEMO.json", demo); write_results(Path(_t) / "rate_sweep_SYNTH-B.json", demo_b)
@@ -744,7 +747,7 @@ with tempfile.TemporaryDirectory() as _t:
     _ix = figure_index(_t)
     test_eq([(e["dataset"], e["error"] is None) for e in _ix], [("BROKEN", False), ("SYNTH-B", True), ("SYNTH-DEMO", True)])
     test_eq((_ix[2]["n_rate_points"], _ix[2]["n_layer_points"], _ix[2]["has_rd_bound"], _ix[1]["has_rd_bound"]), (5, 3, True, False))
-    assert _ix[2]["per_class_true_prob"] and _ix[2]["per_utterance"]
+    assert _ix[2]["per_class_true_prob"] and _ix[2]["per_utterance"], _ix[2]
     test_eq(fig_f1([e["path"] for e in _ix[1:]]).to_dict()["layer"][0]["mark"]["type"], "area")  # paths work as input
 figure_index()  # the repository's own results (empty until the sweeps have run)
 
@@ -776,4 +779,4 @@ test_eq(list(_figs), list(FIGURES))
 test_eq(list(all_figures(_bare)), ["f1", "confidence", "recall", "precision", "confusion", "rd", "rate_control"])
 with tempfile.TemporaryDirectory() as _t:
     _p = save_figure(_figs["rd"], "fig_rd", _t)
-    assert _p["png"].stat().st_size > 1000 and ET.parse(_p["svg"]).getroot().get("width")
+    assert _p["png"].stat().st_size > 1000 and ET.parse(_p["svg"]).getroot().get("width"), (_p["png"].stat().st_size, ET.parse(_p["svg"]).getroot().attrib)

@@ -10,6 +10,7 @@
 #| export
 from __future__ import annotations
 import json, math, platform, shlex, sys, time
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -17,38 +18,43 @@ import torch
 from eib.core import EibError, repo_root, fingerprint
 from eib.bitstream import compress_tokens, decompress
 from eib.evaluate import (QUICK_RATES_BPF, THESIS_RATES_BPF, evaluate_predictions, fit_probe, PlusHead, gaussian_rd_bound,
-                          majority_baseline, new_results, start_results, store_split, validate_results, write_results)
+                          majority_baseline, store_split)
+from eib.records import new_results, start_results, validate_results, write_results
 
 # %%
 from fastcore.test import test_eq, test_fail, test_close
 from eib.codec import Codec
 
 # %% [markdown]
-# One sweep = one dataset, one encoder, one codec. `run_sweep` does, in order:
+# One sweep = one dataset, one encoder, one codec. `run_sweep` does seven steps in order, each a function of its own
+# that reads and fills a `Sweep` (the store, the codec, the coded subsets, the results files):
 #
-# 1. **features**: the feature store `data_subset/<dataset>[_<encoder>]` (built with `eib.features.build_store` if
+# 1. **features** (`sweep_features`): the feature store `data_subset/<dataset>[_<encoder>]` (built with `eib.features.build_store` if
 #    missing); `dataset="manifest"` takes any folder with a `manifest.csv` (`data_root`) under the name `name`;
-# 2. **codec**: `checkpoints/<dataset>_<preset>` loaded, or trained with `eib.train.train_codec` if missing;
-# 3. **classifiers**: the *fixed* linear probe, fitted on the unquantised TRAIN split (speaker-grouped CV; folds over
+# 2. **codec** (`sweep_codec`): `checkpoints/<dataset>_<preset>` loaded, or trained with `eib.train.train_codec` if missing;
+# 3. **subsets** (`sweep_subsets`): the TEST subset (`select_subset`, `samples_per_emotion` per class,
+#    seeded) and, for the matched probe, a training subset (`matched_per_emotion` per class);
+# 4. **classifiers** (`sweep_classifiers`): the *fixed* linear probe, fitted on the unquantised TRAIN split (speaker-grouped CV; folds over
 #    utterances when the corpus has a single training speaker, and the file says so), labels by the dataset's
 #    protocol; and the *matched* probe, the same recipe fitted at every point on the **decoded** training subset
 #    (`matched_per_emotion` training utterances per class, seeded), coded by the same codec with the same
 #    per-utterance λ search as the test set (both subsets go through one search; per-utterance control answers each
 #    utterance on its own);
-# 4. **test set**: `select_subset` of the TEST split (`samples_per_emotion` per class, seeded);
-# 5. **baselines**: unquantised features and the majority class; the **Gaussian RD bound** on the test frames in
+# 5. **baselines and results files** (`sweep_results`): unquantised features and the majority class; the **Gaussian RD bound** on the test frames in
 #    the codec's *normalised* space (per-dimension MSE after the codec's training-split standardisation, the
 #    same space and unit as the codec's MSE);
-# 6. **rate points**: for each target BPF, `eib.rate` finds λ on the real stream size (whole container counted),
+# 6. **rate points** (`sweep_rate_points`): for each target BPF, `eib.rate` finds λ on the real stream size (whole container counted),
 #    per utterance or per set; targets above an utterance's λ = 0 rate are capped there and flagged; the tokens
 #    are decoded, the classifiers score the decoded frames; one stream per point is decoded from its bytes with
 #    `eib.bitstream.decompress` to check it round-trips;
-# 7. **layer sweep**: plain RVQ, n = G..G·M layers spread over the groups (`spread_layers`; at most `layer_points`
+# 7. **layer sweep** (`sweep_layer_points`): plain RVQ, n = G..G·M layers spread over the groups (`spread_layers`; at most `layer_points`
 #    depths, evenly spaced, when a deep codec has more), nearest code, no SKIP choice; its tokens are coded by a second entropy model of the codec's own shape trained on layer-sweep
 #    tokens of the training split (n drawn per frame), and the rate is the size of the real range-coded stream.
 #
 # The results files `rate_sweep_<DATASET>[_<encoder>].json` (fixed probe) and `..._matched.json` (matched probe)
-# (`eib.evaluate.RESULTS_SCHEMA`) are rewritten atomically after every point; a rerun skips the points already there.
+# (`eib.records.RESULTS_SCHEMA`) are rewritten atomically after every point; a rerun skips the points already there. Seeds: `seed` drives the
+# subsets, the classifiers and the bootstrap intervals; `codec_seed` (default 0, the committed checkpoints' seed) the
+# training of a codec or layer-sweep model that is missing.
 #
 # With emotion2vec_plus features (`encoder="emotion2vec_plus_base"` or `_large`) and that model's weights present,
 # the model's **own 9-class head** (`eib.evaluate.PlusHead`) scores the same decoded frames as a second classifier,
@@ -359,83 +365,36 @@ def _matched(y, y_train, spk_train, classes, seed):
         return _evaluate(p, recon, y, seed), dict(pooling=p.pooling, C=p.C, cv_best=p.cv["best"])
     return score
 
-def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="quick", rate_mode: str = "utterance",
-              preset: str = "cpu", device: str = "cpu", seed: int = 42, samples_per_emotion: int | None = 100,
-              out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
-              progress: bool = True, force: bool = False, layer_max_steps: int = 1500, command: str | None = None,
-              workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 30,
-              name: str | None = None, layer_points: int = 24) -> Path:
-    """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
-    write `results_path(...)` after every point, resuming the points already there. Every decoded point is scored
-    by the fixed probe and (`matched`) by a probe fitted on the decoded training subset (`matched_per_emotion`
-    training utterances per class, coded like the test set), each into its own file; with emotion2vec_plus features
-    and weights (`model_dir`), the model's own head scores them into a third. `dataset="manifest"`: any folder
-    (`data_root`) with a `manifest.csv`, named `name`. The layer sweep takes at most `layer_points` depths n, evenly
-    spaced from G to G*M layers (all of them when there are fewer)."""
-    from tqdm.auto import tqdm
-    from eib.data import LABEL_PROTOCOLS
-    from eib.rate import RateController, solve_sharded
-    t_start = time.time()
-    targets = resolve_rates(rates)
-    if rate_mode not in ("utterance", "set"): raise EibError(f"rate_mode must be 'utterance' or 'set', got {rate_mode!r}")
-    if matched and rate_mode != "utterance": raise EibError("the matched classifier needs rate_mode='utterance' (pass matched=False)")
-    if device == "cuda" and not torch.cuda.is_available(): raise EibError("device='cuda' but no CUDA device is available")
-    store = prepare_features(dataset, data_root, encoder, features_dir, device, progress, model_dir=model_dir, name=name)
-    label = store.path.name[:-len(f"_{encoder}")] if encoder != "compare" and store.path.name.endswith(f"_{encoder}") else store.path.name
-    t_feat = time.time()
-    ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder)
-    codec = get_codec(store, ck, preset, seed=0, device=device, progress=progress)
-    t_codec = time.time()
-    protocol = dataset if dataset in LABEL_PROTOCOLS else "identity"
-    probe, y_train = fit_classifier(store, protocol, seed)
-    ids, frames, y = test_subset(store, protocol, samples_per_emotion, seed)
-    T = np.array([len(f) for f in frames])
-    classes = probe.classes_
-    if set(y) - set(classes): raise EibError(f"test labels {sorted(set(y) - set(classes))} never occur in training")
-    head = plus_head(store, classes, model_dir)
-    mids, mframes, my, mspk = split_subset(store, protocol, "train", matched_per_emotion, seed) if matched else ([], [], [], [])
-    rvq = codec.rvq
-    bound = gaussian_rd_bound(frames, np.unique(np.r_[np.linspace(0, max(targets), 61), targets]),
-                              mean=rvq.mean.numpy(), std=rvq.std.numpy())
-    config = dict(codec_fingerprint=codec.fingerprint, preset=preset, rate_mode=rate_mode, seed=int(seed),
-                  samples_per_emotion=samples_per_emotion, counts={c: int((y == c).sum()) for c in classes},
-                  count="stream", checkpoint=ck.name, store=store.path.name, test_ids_fingerprint=fingerprint(ids),
-                  layer_model="EntropyModel(codec config) on layer-sweep tokens", layer_max_steps=int(layer_max_steps))
-    cmd = command if command is not None else " ".join(shlex.quote(a) for a in sys.argv)
-    majority = majority_baseline(y_train, y, classes, seed=seed)
-    clfs = [("linear_probe", probe, _fixed(probe, y, seed), dict(fitted_on="unquantised training split", utterances=len(y_train),
-                                                                 cv=probe.cv["scheme"]))]
-    if matched:
-        clean = fit_probe(mframes, my, groups=mspk, seed=seed)
-        clfs.append(("matched_linear_probe", clean, _matched(y, my, mspk, classes, seed),
-                     dict(fitted_on="decoded training split at each point", utterances=len(mids), cv=clean.cv["scheme"])))
-    if head is not None:
-        clfs.append((head.kind, head, _fixed(head, y, seed), dict(fitted_on="the emotion2vec_plus model's own training",
-                                                                   utterances=1, cv="none (a pretrained head)")))
-    outs = []  # (kind, results path, results object, scorer): one file per classifier, the same coded frames
-    for kind, clf, score, training in clfs:
-        cfg = config | (dict(matched_per_emotion=matched_per_emotion, matched_ids_fingerprint=fingerprint(mids))
-                        if kind == "matched_linear_probe" else {})
-        base = dict(unquantised=evaluate_predictions(y, clf.predict_proba(frames), classes, seed=seed), majority=majority)
-        skel = new_results(label.upper(), store.encoder, kind, protocol, classes, cfg, base, bound, command=cmd,
-                           classifier_training=training)
-        skel["notes"] = _NOTES.format(clf=_CLF_NOTES[kind])
-        path = results_path(label, out_dir, encoder, kind)
-        obj = start_results(path, skel, force=force)
-        obj.setdefault("notes", skel["notes"])
-        if {q["target_bpf"] for q in obj["rate_points"]} <= set(targets) and (layer_sweep or not obj["layer_sweep"]):
-            obj["command"] = cmd  # a resumed file names the latest command that reproduces all of its points
-        timing = obj.setdefault("timing", {})
-        timing.update(features_s=round(t_feat - t_start, 2), codec_s=round(t_codec - t_feat, 2),
-                      probe_s=round(time.time() - t_codec, 2), threads=torch.get_num_threads(), machine=platform.machine(),
-                      python=platform.python_version(), torch=torch.__version__)
-        timing.setdefault("rate_points_s", {}); timing.setdefault("layer_points_s", {})
-        write_results(path, obj)
-        outs.append((kind, path, obj, score))
+@dataclass
+class Sweep:
+    "What the steps of one sweep share: the store, the codec, the coded subsets and one results file per classifier."
+    label: str
+    store: object
+    codec: object
+    checkpoint: Path
+    protocol: str
+    seed: int
+    ids: list = field(default_factory=list)  # the test subset
+    frames: list = field(default_factory=list)
+    y: np.ndarray | None = None
+    train_ids: list = field(default_factory=list)  # the matched probe's training subset (empty without it)
+    train_frames: list = field(default_factory=list)
+    train_y: np.ndarray | None = None
+    train_spk: np.ndarray | None = None
+    outs: list = field(default_factory=list)  # (classifier kind, results path, results object, scorer)
 
-    def save_point(key, ident, point, recon, recon_train, secs):
+    @property
+    def T(self) -> np.ndarray: return np.array([len(f) for f in self.frames])
+    @property
+    def matched(self) -> bool: return bool(self.train_ids)
+
+    def done(self, key: str, ident: str) -> set:
+        "The points (`key`: rate_points or layer_sweep, named by `ident`) present in every results file."
+        return set.intersection(*({q[ident] for q in obj[key]} for _, _, obj, _ in self.outs))
+
+    def save_point(self, key, ident, point, recon, recon_train, secs):
         "Score the decoded test frames `recon` with every classifier (the matched one fitted on `recon_train`); write each file's point."
-        for kind, path, obj, score in outs:
+        for kind, path, obj, score in self.outs:
             t0 = time.time()
             metrics, fit = score(recon, recon_train)
             p = dict(point, metrics=metrics, **({} if fit is None else dict(classifier_fit=fit)))
@@ -445,68 +404,179 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
             timing["total_s"] = round(timing.get("total_s", 0.0) + s, 2)
             write_results(path, obj)
 
-    n = len(frames)
-    done = set.intersection(*({q["target_bpf"] for q in obj["rate_points"]} for _, _, obj, _ in outs))
-    todo = [t for t in targets if t not in done]
-    if todo:
-        coded, coded_ids = frames + mframes, ids + mids  # test and training subsets: one per-utterance search
-        def solved():  # (target, RateResult) in order; per-utterance control is split over `workers` processes
-            if rate_mode == "utterance" and workers > 1:
-                yield from solve_sharded(codec, coded, todo, workers=workers, ids=coded_ids, on_range=rng_box.append)
-                return
-            rc = RateController(codec, coded, count="stream", ids=coded_ids)
-            rng_box.append(rc.achievable_range())
-            for t in todo: yield t, rc.solve(t, mode=rate_mode, clamp=True)
-        rng_box, t0 = [], time.time()
-        for t, r_all in tqdm(solved(), total=len(todo), desc=f"{label} rate points", disable=not progress):
-            maxb = rng_box[0]["max_bpf"].to_numpy()[:n]
-            r, r_train = r_all.subset(range(n)), r_all.subset(range(n, len(coded)))
-            u = int(np.argmin(T))  # the shortest stream is rebuilt from its tokens: its size must be the counted one
-            data = compress_tokens(codec, [r.tokens[u]])[0]
-            if 8 * len(data) != r.bits[u]: raise EibError(f"stream of {ids[u]} has {8 * len(data)} bits, counted {r.bits[u]:.0f}")
-            _roundtrip(codec, data, r.tokens[u])
-            capped = bool(r.clamped.any() or (t > maxb).any())
-            save_point("rate_points", "target_bpf", dict(
-                target_bpf=float(t), capped=capped, n_capped=int(max(r.clamped.sum(), (t > maxb).sum())),
-                **{f"achieved_bpf_{k}": v for k, v in _stats(r.bpf).items()}, set_bpf=r.set_bpf,
-                lam=dict(mean=float(r.lam.mean()), min=float(r.lam.min()), max=float(r.lam.max())),
-                mse=_mse(r.distortion, T, rvq.cfg.dim), status={s: int((r.status == s).sum()) for s in sorted(set(r.status))},
-                per_utterance=dict(id=list(ids), achieved_bpf=r.bpf.round(4).tolist(), lam=r.lam.tolist()),
-                roundtrip_checked=ids[u], workers=int(workers) if rate_mode == "utterance" else 1,
-                passes=int(r.passes), evals=np.bincount(r.evals).tolist(), frames_encoded=int(r.frames_encoded),
-                **({} if not matched else dict(train_achieved_bpf_mean=float(r_train.bpf.mean()), train_set_bpf=r_train.set_bpf))),
-                r.recon(rvq), r_train.recon(rvq) if matched else None, time.time() - t0)
-            t0 = time.time()
-    if layer_sweep:
-        c = rvq.cfg
-        have = set.intersection(*({q["layers"] for q in obj["layer_sweep"]} for _, _, obj, _ in outs))
-        ns = [k for k in layer_depths(c.groups, c.positions, layer_points) if k not in have]
-        if ns:
-            t0 = time.time()
-            lc = get_layer_codec(codec, store, Path(str(ck) + "_layers"), seed=0, device=device, progress=progress,
-                                 max_steps=layer_max_steps)
-            for _, _, obj, _ in outs: obj["timing"]["layer_model_s"] = round(time.time() - t0, 2)
-            z = [rvq.normalise(f) for f in frames]
-            decode = lambda toks: [rvq.denormalise(rvq.decode_normalised(tk)).numpy() for tk in toks]
-            for k in tqdm(ns, desc=f"{label} layer sweep", disable=not progress):
-                t0 = time.time()
-                toks = [layer_tokens(rvq, f, k) for f in frames]
-                streams = compress_tokens(lc, toks)
-                u = int(np.argmin(T))
-                _roundtrip(lc, streams[u], toks[u])
-                bpf = np.array([8 * len(s) for s in streams]) / T
-                zr = [rvq.decode_normalised(tk) for tk in toks]
-                dist = np.array([float(((a - b) ** 2).sum(1).mean()) for a, b in zip(z, zr)])
-                save_point("layer_sweep", "layers", dict(
-                    layers=int(k), **{f"achieved_bpf_{s}": v for s, v in _stats(bpf).items()},
-                    set_bpf=float(8 * sum(len(s) for s in streams) / T.sum()), mse=_mse(dist, T, c.dim),
-                    per_utterance=dict(id=list(ids), achieved_bpf=bpf.round(4).tolist())),
-                    [rvq.denormalise(q).numpy() for q in zr], decode([layer_tokens(rvq, f, k) for f in mframes]) if matched else None,
-                    time.time() - t0)
-    for _, path, obj, _ in outs:
-        obj["timing"]["wall_s_last_run"] = round(time.time() - t_start, 2)
+    def finish(self, t_start: float) -> Path:
+        for _, path, obj, _ in self.outs:
+            obj["timing"]["wall_s_last_run"] = round(time.time() - t_start, 2)
+            write_results(path, obj)
+        return self.outs[0][1]
+
+
+def sweep_features(dataset, data_root, encoder, features_dir, device, progress, model_dir, name):
+    "Step 1: the feature store and the sweep's label (the dataset, or the manifest corpus's name)."
+    store = prepare_features(dataset, data_root, encoder, features_dir, device, progress, model_dir=model_dir, name=name)
+    suffix = f"_{encoder}"
+    label = store.path.name[:-len(suffix)] if encoder != "compare" and store.path.name.endswith(suffix) else store.path.name
+    return store, label
+
+def sweep_codec(store, label, encoder, checkpoint, preset, codec_seed, device, progress):
+    "Step 2: the codec at `checkpoint` (default `checkpoints/<label>_<preset>[_<encoder>]`), trained there if missing."
+    ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder)
+    return get_codec(store, ck, preset, seed=codec_seed, device=device, progress=progress), ck
+
+def sweep_subsets(sw: Sweep, samples_per_emotion, matched: bool, matched_per_emotion):
+    "Step 3: the test subset and, for the matched probe, the training subset that is coded like it."
+    sw.ids, sw.frames, sw.y = test_subset(sw.store, sw.protocol, samples_per_emotion, sw.seed)
+    if matched:
+        sw.train_ids, sw.train_frames, sw.train_y, sw.train_spk = split_subset(sw.store, sw.protocol, "train", matched_per_emotion, sw.seed)
+
+def sweep_classifiers(sw: Sweep, model_dir) -> list:
+    """Step 4: `(kind, classifier, scorer, training)` of each classifier: the fixed probe (unquantised training split),
+    the matched probe (its recipe refitted on the decoded training subset at every point) and emotion2vec_plus's head."""
+    probe, y_train = fit_classifier(sw.store, sw.protocol, sw.seed)
+    if set(sw.y) - set(probe.classes_): raise EibError(f"test labels {sorted(set(sw.y) - set(probe.classes_))} never occur in training")
+    clfs = [("linear_probe", probe, _fixed(probe, sw.y, sw.seed), dict(fitted_on="unquantised training split", utterances=len(y_train),
+                                                                       cv=probe.cv["scheme"]))]
+    if sw.matched:
+        clean = fit_probe(sw.train_frames, sw.train_y, groups=sw.train_spk, seed=sw.seed)
+        clfs.append(("matched_linear_probe", clean, _matched(sw.y, sw.train_y, sw.train_spk, probe.classes_, sw.seed),
+                     dict(fitted_on="decoded training split at each point", utterances=len(sw.train_ids), cv=clean.cv["scheme"])))
+    head = plus_head(sw.store, probe.classes_, model_dir)
+    if head is not None:
+        clfs.append((head.kind, head, _fixed(head, sw.y, sw.seed), dict(fitted_on="the emotion2vec_plus model's own training",
+                                                                         utterances=1, cv="none (a pretrained head)")))
+    return clfs, y_train
+
+def sweep_results(sw: Sweep, clfs, y_train, targets, out_dir, config: dict, command: str, force: bool, timing: dict,
+                  matched_per_emotion, layer_sweep: bool):
+    "Step 5: the baselines (unquantised, majority, Gaussian bound) and one results file per classifier, resumed if there."
+    rvq, classes = sw.codec.rvq, clfs[0][1].classes_
+    bound = gaussian_rd_bound(sw.frames, np.unique(np.r_[np.linspace(0, max(targets), 61), targets]),
+                              mean=rvq.mean.numpy(), std=rvq.std.numpy())
+    majority = majority_baseline(y_train, sw.y, classes, seed=sw.seed)
+    for kind, clf, score, training in clfs:
+        cfg = config | (dict(matched_per_emotion=matched_per_emotion, matched_ids_fingerprint=fingerprint(sw.train_ids))
+                        if kind == "matched_linear_probe" else {})
+        base = dict(unquantised=evaluate_predictions(sw.y, clf.predict_proba(sw.frames), classes, seed=sw.seed), majority=majority)
+        skel = new_results(sw.label.upper(), sw.store.encoder, kind, sw.protocol, classes, cfg, base, bound, command=command,
+                           classifier_training=training)
+        skel["notes"] = _NOTES.format(clf=_CLF_NOTES[kind])
+        path = results_path(sw.label, out_dir, sw.store.encoder, kind)
+        obj = start_results(path, skel, force=force)
+        obj.setdefault("notes", skel["notes"])
+        if {q["target_bpf"] for q in obj["rate_points"]} <= set(targets) and (layer_sweep or not obj["layer_sweep"]):
+            obj["command"] = command  # a resumed file names the latest command that reproduces all of its points
+        t = obj.setdefault("timing", {})
+        t.update(timing, threads=torch.get_num_threads(), machine=platform.machine(), python=platform.python_version(), torch=torch.__version__)
+        t.setdefault("rate_points_s", {}); t.setdefault("layer_points_s", {})
         write_results(path, obj)
-    return outs[0][1]
+        sw.outs.append((kind, path, obj, score))
+
+def sweep_rate_points(sw: Sweep, targets, rate_mode: str, workers: int, progress: bool):
+    """Step 6: for each target not yet in every file, the per-utterance (or set) λ search on real stream sizes over the
+    test and matched-training subsets at once; decode, check one stream's size and round trip, score, write."""
+    from tqdm.auto import tqdm
+    from eib.rate import RateController, solve_sharded
+    todo = [t for t in targets if t not in sw.done("rate_points", "target_bpf")]
+    if not todo: return
+    codec, rvq, n, T = sw.codec, sw.codec.rvq, len(sw.frames), sw.T
+    coded, coded_ids = sw.frames + sw.train_frames, sw.ids + sw.train_ids  # one per-utterance search for both subsets
+    def solved():  # (target, RateResult) in order; per-utterance control is split over `workers` processes
+        if rate_mode == "utterance" and workers > 1:
+            yield from solve_sharded(codec, coded, todo, workers=workers, ids=coded_ids, on_range=rng_box.append)
+            return
+        rc = RateController(codec, coded, count="stream", ids=coded_ids)
+        rng_box.append(rc.achievable_range())
+        for t in todo: yield t, rc.solve(t, mode=rate_mode, clamp=True)
+    rng_box, t0 = [], time.time()
+    for t, r_all in tqdm(solved(), total=len(todo), desc=f"{sw.label} rate points", disable=not progress):
+        maxb = rng_box[0]["max_bpf"].to_numpy()[:n]
+        r, r_train = r_all.subset(range(n)), r_all.subset(range(n, len(coded)))
+        u = int(np.argmin(T))  # the shortest stream is rebuilt from its tokens: its size must be the counted one
+        data = compress_tokens(codec, [r.tokens[u]])[0]
+        if 8 * len(data) != r.bits[u]: raise EibError(f"stream of {sw.ids[u]} has {8 * len(data)} bits, counted {r.bits[u]:.0f}")
+        _roundtrip(codec, data, r.tokens[u])
+        capped = bool(r.clamped.any() or (t > maxb).any())
+        sw.save_point("rate_points", "target_bpf", dict(
+            target_bpf=float(t), capped=capped, n_capped=int(max(r.clamped.sum(), (t > maxb).sum())),
+            **{f"achieved_bpf_{k}": v for k, v in _stats(r.bpf).items()}, set_bpf=r.set_bpf,
+            lam=dict(mean=float(r.lam.mean()), min=float(r.lam.min()), max=float(r.lam.max())),
+            mse=_mse(r.distortion, T, rvq.cfg.dim), status={s: int((r.status == s).sum()) for s in sorted(set(r.status))},
+            per_utterance=dict(id=list(sw.ids), achieved_bpf=r.bpf.round(4).tolist(), lam=r.lam.tolist()),
+            roundtrip_checked=sw.ids[u], workers=int(workers) if rate_mode == "utterance" else 1,
+            passes=int(r.passes), evals=np.bincount(r.evals).tolist(), frames_encoded=int(r.frames_encoded),
+            **({} if not sw.matched else dict(train_achieved_bpf_mean=float(r_train.bpf.mean()), train_set_bpf=r_train.set_bpf))),
+            r.recon(rvq), r_train.recon(rvq) if sw.matched else None, time.time() - t0)
+        t0 = time.time()
+
+def sweep_layer_points(sw: Sweep, layer_points: int, layer_max_steps: int, codec_seed: int, device: str, progress: bool):
+    """Step 7: the layer-sweep baseline at up to `layer_points` depths not yet in every file: plain RVQ with n layers,
+    coded by the layer-sweep entropy model (trained and saved beside the codec if missing)."""
+    from tqdm.auto import tqdm
+    rvq = sw.codec.rvq
+    c, T = rvq.cfg, sw.T
+    ns = [k for k in layer_depths(c.groups, c.positions, layer_points) if k not in sw.done("layer_sweep", "layers")]
+    if not ns: return
+    t0 = time.time()
+    lc = get_layer_codec(sw.codec, sw.store, Path(str(sw.checkpoint) + "_layers"), seed=codec_seed, device=device,
+                         progress=progress, max_steps=layer_max_steps)
+    for _, _, obj, _ in sw.outs: obj["timing"]["layer_model_s"] = round(time.time() - t0, 2)
+    z = [rvq.normalise(f) for f in sw.frames]
+    decode = lambda toks: [rvq.denormalise(rvq.decode_normalised(tk)).numpy() for tk in toks]
+    for k in tqdm(ns, desc=f"{sw.label} layer sweep", disable=not progress):
+        t0 = time.time()
+        toks = [layer_tokens(rvq, f, k) for f in sw.frames]
+        streams = compress_tokens(lc, toks)
+        u = int(np.argmin(T))
+        _roundtrip(lc, streams[u], toks[u])
+        bpf = np.array([8 * len(s) for s in streams]) / T
+        zr = [rvq.decode_normalised(tk) for tk in toks]
+        dist = np.array([float(((a - b) ** 2).sum(1).mean()) for a, b in zip(z, zr)])
+        sw.save_point("layer_sweep", "layers", dict(
+            layers=int(k), **{f"achieved_bpf_{s}": v for s, v in _stats(bpf).items()},
+            set_bpf=float(8 * sum(len(s) for s in streams) / T.sum()), mse=_mse(dist, T, c.dim),
+            per_utterance=dict(id=list(sw.ids), achieved_bpf=bpf.round(4).tolist())),
+            [rvq.denormalise(q).numpy() for q in zr], decode([layer_tokens(rvq, f, k) for f in sw.train_frames]) if sw.matched else None,
+            time.time() - t0)
+
+
+def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="quick", rate_mode: str = "utterance",
+              preset: str = "cpu", device: str = "cpu", seed: int = 42, samples_per_emotion: int | None = 100,
+              out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
+              progress: bool = True, force: bool = False, layer_max_steps: int = 1500, command: str | None = None,
+              workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 30,
+              name: str | None = None, layer_points: int = 24, codec_seed: int = 0) -> Path:
+    """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
+    write `results_path(...)` after every point, resuming the points already there. Every decoded point is scored
+    by the fixed probe and (`matched`) by a probe fitted on the decoded training subset (`matched_per_emotion`
+    training utterances per class, coded like the test set), each into its own file; with emotion2vec_plus features
+    and weights (`model_dir`), the model's own head scores them into a third. `dataset="manifest"`: any folder
+    (`data_root`) with a `manifest.csv`, named `name`. The layer sweep takes at most `layer_points` depths n, evenly
+    spaced from G to G*M layers (all of them when there are fewer). Seeds: `seed` drives the subsets, the classifiers
+    and the bootstrap; `codec_seed` the training of a codec or layer-sweep model that is missing (0: the seed of the
+    committed checkpoints, so that a recorded command rebuilds the same codec)."""
+    from eib.data import LABEL_PROTOCOLS
+    t_start = time.time()
+    targets = resolve_rates(rates)
+    if rate_mode not in ("utterance", "set"): raise EibError(f"rate_mode must be 'utterance' or 'set', got {rate_mode!r}")
+    if matched and rate_mode != "utterance": raise EibError("the matched classifier needs rate_mode='utterance' (pass matched=False)")
+    if device == "cuda" and not torch.cuda.is_available(): raise EibError("device='cuda' but no CUDA device is available")
+    store, label = sweep_features(dataset, data_root, encoder, features_dir, device, progress, model_dir, name)  # 1
+    t_feat = time.time()
+    codec, ck = sweep_codec(store, label, encoder, checkpoint, preset, codec_seed, device, progress)  # 2
+    t_codec = time.time()
+    sw = Sweep(label, store, codec, ck, dataset if dataset in LABEL_PROTOCOLS else "identity", seed)
+    sweep_subsets(sw, samples_per_emotion, matched, matched_per_emotion)  # 3
+    clfs, y_train = sweep_classifiers(sw, model_dir)  # 4
+    config = dict(codec_fingerprint=codec.fingerprint, preset=preset, rate_mode=rate_mode, seed=int(seed),
+                  samples_per_emotion=samples_per_emotion, counts={c: int((sw.y == c).sum()) for c in clfs[0][1].classes_},
+                  count="stream", checkpoint=ck.name, store=store.path.name, test_ids_fingerprint=fingerprint(sw.ids),
+                  layer_model="EntropyModel(codec config) on layer-sweep tokens", layer_max_steps=int(layer_max_steps))
+    cmd = command if command is not None else " ".join(shlex.quote(a) for a in sys.argv)
+    sweep_results(sw, clfs, y_train, targets, out_dir, config, cmd, force, dict(features_s=round(t_feat - t_start, 2),
+                  codec_s=round(t_codec - t_feat, 2), probe_s=round(time.time() - t_codec, 2)), matched_per_emotion, layer_sweep)  # 5
+    sweep_rate_points(sw, targets, rate_mode, workers, progress)  # 6
+    if layer_sweep: sweep_layer_points(sw, layer_points, layer_max_steps, codec_seed, device, progress)  # 7
+    return sw.finish(t_start)
 
 
 # %% [markdown]
@@ -516,7 +586,7 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
 # %%
 #| slow
 import tempfile
-from eib.evaluate import load_results
+from eib.records import load_results
 from eib.codec import save_codec
 _tmp = Path(tempfile.mkdtemp())
 save_codec(Codec(_rvq, _em, dict(preset="test")), _tmp / "ck")
@@ -539,7 +609,8 @@ test_fail(lambda: run_sweep("synth", rates="x", out_dir=_tmp), contains="unknown
 # %%
 import tempfile
 import soundfile as sf
-from eib.evaluate import evaluate_predictions, load_results
+from eib.evaluate import evaluate_predictions
+from eib.records import load_results
 from eib.features import build_store, tiny_emotion2vec, PLUS_LABELS
 from eib.codec import save_codec
 _tmp2 = Path(tempfile.mkdtemp())
