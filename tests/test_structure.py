@@ -75,3 +75,44 @@ def test_the_checks_see_what_they_look_for(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "MODULES", ["a", "b"])
     assert imports("a") == ({"b"}, ["a: from b import _g"])
     assert imports("b") == ({"a"}, ["b: A._h"])
+
+
+NBS = PKG.parent / "nbs"
+
+
+def chapter_of() -> dict:
+    "Module name -> the number of the chapter (notebook) that exports it."
+    import json, re
+    out = {}
+    for nb in sorted(NBS.glob("[0-9]*.ipynb")):
+        for c in json.loads(nb.read_text())["cells"]:
+            m = re.match(r"#\|\s*default_exp\s+(\S+)", "".join(c["source"]))
+            if m: out[m.group(1)] = int(nb.name.split("_")[0])
+    return out
+
+
+def later_imports() -> list[str]:
+    "`chapter: module` for every eib module a chapter's cells import that a later chapter exports."
+    import json, re
+    ch, bad = chapter_of(), []
+    for nb in sorted(NBS.glob("[0-9]*.ipynb")):
+        n = int(nb.name.split("_")[0])
+        if n >= 20: continue  # the findings, results and reproduction pages read the whole library, by design
+        src = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+        for mod in sorted(set(re.findall(r"(?m)^[ \t]*(?:from|import)\s+eib\.(\w+)", src))):
+            if ch.get(mod, -1) > n: bad.append(f"{nb.stem}: {mod}")
+    return bad
+
+
+def test_chapters_use_only_earlier_chapters():
+    assert set(chapter_of()) >= {"core", "codec", "bitstream", "rate", "records", "sweep"}
+    assert later_imports() == []
+
+
+def test_the_chapter_check_sees_a_later_chapter(tmp_path, monkeypatch):
+    import json, sys
+    cell = lambda s: {"cell_type": "code", "source": [s], "metadata": {}, "outputs": [], "execution_count": None}
+    for name, src in (("01_a", "#| default_exp a\n"), ("02_b", "#| default_exp b\n")):
+        (tmp_path / f"{name}.ipynb").write_text(json.dumps({"cells": [cell(src), cell("from eib.b import f\n" if name == "01_a" else "x = 1\n")]}))
+    monkeypatch.setattr(sys.modules[__name__], "NBS", tmp_path)
+    assert later_imports() == ["01_a: b"]
