@@ -12,7 +12,7 @@ import torch
 from .core import EibError
 
 # %% auto #0
-__all__ = ['RVQConfig', 'spread_layers', 'GroupedRVQ', 'fit_rvq', 'lloyd_update', 'rvq_report']
+__all__ = ['RVQConfig', 'spread_layers', 'GroupedRVQ', 'fit_rvq', 'lloyd_update', 'rvq_report', 'toy_frames']
 
 # %% ../nbs/04_rvq.ipynb #72fa9f1d
 def _group_dim_for(dim: int) -> int:
@@ -270,3 +270,10 @@ def rvq_report(rvq: GroupedRVQ, frames) -> dict:
     return dict(frames=len(x), mse=float(((y - x) ** 2).mean()), mse_normalised=float(((zy - z) ** 2).mean()),
                 cosine=float(torch.nn.functional.cosine_similarity(y, x, dim=1).mean()),
                 mse_normalised_by_layers=by_layer, positions=pd.DataFrame(rows))
+
+# %% ../nbs/04_rvq.ipynb #9a242295
+def toy_frames(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    "`n` correlated toy frames (n, dim) float32: a low-rank signal (a fixed basis) plus noise, seeded."
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(4, dim, generator=torch.Generator().manual_seed(123))
+    return (torch.randn(n, 4, generator=g) @ basis + 0.3 * torch.randn(n, dim, generator=g)).numpy()

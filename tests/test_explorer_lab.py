@@ -1,4 +1,4 @@
-"""The λ explorer in a real JupyterLab: start it on 127.0.0.1, open nbs/15_explorer.ipynb, run every cell, move the
+"""The λ explorer in a real JupyterLab: start it on 127.0.0.1, open nbs/17_explorer.ipynb, run every cell, move the
 λ slider with the keyboard and read the new achieved BPF from the page. No request may leave 127.0.0.1."""
 import json, os, re, secrets, signal, socket, subprocess, sys, time, urllib.request
 
@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ARTIFACTS, ROOT, offline_page
 
-NOTEBOOK = "nbs/15_explorer.ipynb"
+NOTEBOOK = "nbs/17_explorer.ipynb"
 RUN_TIMEOUT_S = float(os.environ.get("EIB_LAB_RUN_TIMEOUT", 600))  # the whole notebook, its tests included
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 

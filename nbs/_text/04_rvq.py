@@ -18,7 +18,7 @@ from eib.core import EibError
 
 # %%
 import operator
-from fastcore.test import test, test_eq, test_fail, test_close
+from fastcore.test import test, test_eq, test_ne, test_fail, test_close
 
 
 # %% [markdown]
@@ -446,3 +446,24 @@ _pp = rep["positions"].perplexity; test_eq(_pp[~((_pp > 1) & (_pp <= 16))].tolis
 test_close(rep["mse_normalised_by_layers"][0], 1.0, eps=0.01)  # no layer: error = variance of normalised data
 assert 0.95 < rep["cosine"] <= 1, rep["cosine"]
 rep["positions"].head(3)
+
+
+# %% [markdown]
+# ## Toy frames
+#
+# One small source of correlated frames for the examples and tests of this and later chapters (ECVQ, the
+# bitstream): a rank-4 signal (a fixed random basis) plus independent noise.
+
+# %%
+#| export
+def toy_frames(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    "`n` correlated toy frames (n, dim) float32: a low-rank signal (a fixed basis) plus noise, seeded."
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(4, dim, generator=torch.Generator().manual_seed(123))
+    return (torch.randn(n, 4, generator=g) @ basis + 0.3 * torch.randn(n, dim, generator=g)).numpy()
+
+
+# %%
+test_eq(toy_frames(5).shape, (5, 16)); test_eq(toy_frames(5), toy_frames(5)); test_ne(toy_frames(5), toy_frames(5, seed=1))
+_ev = np.linalg.eigvalsh(np.cov(toy_frames(4000).T))
+assert _ev[-4:].min() > 10 * _ev[:-4].max(), _ev  # four strong directions over the noise floor

@@ -21,7 +21,7 @@ from eib.entropy import EntropyConfig, EntropyModel, CodingModel, UnigramModel, 
 import operator
 from fastcore.test import test, test_eq, test_fail, test_close
 torch.set_num_threads(1)  # the tests' tiny models run faster on one thread on a shared machine
-from eib.rvq import RVQConfig, fit_rvq
+from eib.rvq import RVQConfig, fit_rvq, toy_frames
 from eib.entropy import EntropyConfig, MODEL_SIZES
 
 
@@ -282,11 +282,6 @@ def train_entropy_model(rvq, train_frames, val_frames, preset: str = "cpu", lams
 # second round (tokens re-encoded with the trained model) is recorded.
 
 # %%
-def toy_frames(n, dim=16, seed=0):
-    "Correlated toy features: a low-rank signal plus noise."
-    g = torch.Generator().manual_seed(seed)
-    basis = torch.randn(4, dim, generator=torch.Generator().manual_seed(123))
-    return (torch.randn(n, 4, generator=g) @ basis + 0.3 * torch.randn(n, dim, generator=g)).numpy()
 trn, val = toy_frames(1500), toy_frames(300, seed=1)
 rvq = fit_rvq(trn, RVQConfig(16, 2, 2, 8), iters=5, progress=False)
 lams = lambda_grid(rvq, trn, n=5)
@@ -345,7 +340,6 @@ for name, cfg in {"d64 L2 ffn128": dict(d_model=64, n_layers=2, n_heads=4, d_ff=
                      val_bits_per_token=round(min(r["val_bits"] for r in h), 4)))
 pd.DataFrame(rows)
 
-
 # %% [markdown]
 # **Does `lambda_grid` span the range?** Measured on the ComParE store of RAVDESS (130 dims, 10 groups x 3 layers
 # x 128 codes, RVQ fitted on 6000 training frames, 500 validation frames, ECVQ under the round-0 prior with SKIP
@@ -356,10 +350,6 @@ pd.DataFrame(rows)
 # A tiny codec to test with (D=16, 2 groups x 2 layers of 8 codes, an untrained small model):
 
 # %%
-def toy_frames(n, dim=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    basis = torch.randn(4, dim, generator=torch.Generator().manual_seed(123))
-    return (torch.randn(n, 4, generator=g) @ basis + 0.3 * torch.randn(n, dim, generator=g)).numpy()
 trn = toy_frames(2000)
 rvq = fit_rvq(trn, RVQConfig(16, 2, 2, 8), iters=5, progress=False)
 torch.manual_seed(0)

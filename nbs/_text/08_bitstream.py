@@ -306,13 +306,9 @@ for _ in range(20):
 # A tiny codec to test with:
 
 # %%
-from eib.rvq import RVQConfig, fit_rvq
+from eib.rvq import RVQConfig, fit_rvq, toy_frames
 from eib.entropy import EntropyModel
 from eib.ecvq import lambda_grid, train_entropy_model
-def toy_frames(n, dim=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    basis = torch.randn(4, dim, generator=torch.Generator().manual_seed(123))
-    return (torch.randn(n, 4, generator=g) @ basis + 0.3 * torch.randn(n, dim, generator=g)).numpy()
 trn = toy_frames(2000)
 rvq = fit_rvq(trn, RVQConfig(16, 2, 2, 8), iters=5, progress=False)
 torch.manual_seed(0)

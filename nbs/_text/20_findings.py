@@ -251,9 +251,9 @@ else: md("No results file yet.")
 #
 # - *Claim:* "\"Weighted F1\" was never computed (the figure plots accuracy)". Here weighted and macro F1, accuracy
 #   and balanced accuracy are computed with bootstrap 95% intervals, next to the unquantised and majority-class
-#   baselines ([Evaluation](11_evaluate.ipynb)).
+#   baselines ([Evaluation](13_evaluate.ipynb)).
 # - *Claim:* "\"47 rate points\" were really 44: 10..200 step 5, then 220..300 step 20". The full sweep here runs those
-#   44 targets and reports the achieved rate of each ([Evaluation](14_sweep.ipynb)).
+#   44 targets and reports the achieved rate of each ([Evaluation](16_sweep.ipynb)).
 # - *Claim:* "Codebooks trained without SKIP; entropy model trained on tokens from a different, threshold-based skip
 #   rule". Here the codebooks are fitted with SKIP simulated in their residuals ([Grouped-RVQ](04_rvq.ipynb)), and the
 #   entropy model is trained on the tokens of the same ECVQ encoder it serves, re-encoded with the current model, with

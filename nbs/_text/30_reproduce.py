@@ -91,8 +91,8 @@
 # make lab    # = .venv/bin/jupyter lab --ip 127.0.0.1 --no-browser [--allow-root when root] nbs
 # ```
 #
-# then open `15_explorer.ipynb` and run it: sliders for λ (log scale) and for a target rate, and an utterance picker
-# ([the λ explorer](15_explorer.ipynb)).
+# then open `17_explorer.ipynb` and run it: sliders for λ (log scale) and for a target rate, and an utterance picker
+# ([the λ explorer](17_explorer.ipynb)).
 #
 # ## Tests
 #

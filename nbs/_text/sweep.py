@@ -7,7 +7,7 @@
 #
 # *Not run by `nbdev_test` (`skip_exec`): on 2 CPU cores the rate controller's start-up and each rate point take
 # minutes with the exact coding model, so even the default quick sweep is far too slow for a test run. Run it
-# with papermill; the sweep's logic is tested in `14_sweep.ipynb`.*
+# with papermill; the sweep's logic is tested in `16_sweep.ipynb`.*
 #
 # > The parameterised sweep: emotion recognition on decoded features across the rate axis, for one dataset.
 #

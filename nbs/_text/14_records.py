@@ -347,7 +347,7 @@ with tempfile.TemporaryDirectory() as _t:
     with warnings.catch_warnings(record=True) as _w:
         warnings.simplefilter("always")
         test_eq(start_results(_fp, _other)["rate_points"], [])           # another configuration starts afresh ...
-    test_eq(finished_targets(_fp), []); test_eq("another configuration" in str(_w[0].message), True)
+    test_eq(finished_targets(_fp), []); assert "another configuration" in str(_w[0].message), _w[0].message
     _kept = list((_fp.parent / "superseded").iterdir())
     test_eq(len(_kept), 1); test_eq(load_results(_kept[0]), _o)          # ... and the old file is kept, not overwritten
     test_eq(sorted(p.name for p in _fp.parent.iterdir()), ["rate_sweep_SYNTH.json", "superseded"])  # no temporary files

@@ -16,353 +16,15 @@ import numpy as np
 import pandas as pd
 import torch
 from eib.core import EibError, atomic_write_bytes, atomic_save_npy
-from eib.ecvq import ecvq_encode, auto_batch, distortion_scale
 from eib.codec import as_codec, load_codec
-from eib.bitstream import (IntervalRecorder, check_features, chunk_size, compress, decompress, encode_payload, pack_stream,
-                           stream_bpf, stream_len)
+from eib.bitstream import check_features, compress, decompress, stream_bpf
+from eib.engine import LAM_INF, CodedState, RateEngine, check_utterances
+from eib.search import LambdaSearch, LN_LAMBDA_SPAN, MIX_AFTER
 
 # %%
 import operator
 from fastcore.test import test, test_eq, test_fail, test_close
 torch.set_num_threads(1)  # the tests' tiny models run faster on one thread on a shared machine
-
-# %% [markdown]
-# ## What is counted
-#
-# A rate here is always the size of a real, decodable stream made by `eib.bitstream`, divided by the number of
-# frames. By default (`count="stream"`) everything is counted: the container header (magic, version, model
-# fingerprint, lengths, λ), the range coder's payload with its termination bits, and the CRC32 — a fixed cost of
-# 28 bytes plus 0–4 bytes of coder termination, i.e. about 1.1–1.7 BPF on a 3–4 s clip. `count="payload"` counts the range-coder
-# payload only (termination included, container excluded).
-#
-# The stream of an utterance depends only on its tokens and on the entropy model's integer frequencies of those
-# tokens. The range coder's state after a symbol depends only on that symbol's interval (left cumulative frequency,
-# frequency), so the engine keeps those two integers per token and codes them with `eib.bitstream.encode_payload`, the function
-# every stream of the project is written with: the size it counts is the size of the stream `eib.bitstream.compress`
-# writes (tested below).
-
-# %% [markdown]
-# ## The batched engine
-#
-# One *pass* encodes, with `eib.ecvq.ecvq_encode` and the deterministic `CodingModel`, every frame of every
-# utterance that needs it, each at its utterance's λ (λ is a per-row tensor), and then range-codes each utterance.
-#
-# Most frames need no re-encoding between nearby λ: at every position, the chosen token stays the argmin of
-# `distortion + λ·bits` over an interval of λ that follows from the candidates' distortions and bits, and as long
-# as all earlier tokens of the frame are unchanged the frame's tokens stay the same for every λ inside the
-# intersection of its positions' intervals. The engine keeps, for each utterance, the tokens, the coder intervals
-# and this λ interval of every frame at the best λ found so far, and re-encodes only the frames whose interval does
-# not contain the new λ (with a safety margin of 10⁻⁶ relative). The intervals come from `ecvq_encode`'s own candidate
-# tables (distortions and bits, handed to its `on_step` hook), so they are computed from exactly the costs it compared.
-
-# %%
-#| export
-LAM_INF = 1e12  # stands for λ → ∞: the fewest-bits path (SKIP wherever SKIP is the likeliest symbol)
-
-def _check_utterances(utterances, dim: int) -> list[np.ndarray]:
-    "Utterances as a list of float32 (T, dim) arrays, checked."
-    if isinstance(utterances, np.ndarray) and utterances.ndim == 2: utterances = [utterances]
-    if isinstance(utterances, dict): utterances = list(utterances.values())
-    try: utts = list(utterances)
-    except TypeError: raise EibError(f"utterances must be a list of (T, {dim}) arrays, got {type(utterances).__name__}") from None
-    if not utts: raise EibError("no utterances given")
-    out = []
-    for i, u in enumerate(utts):
-        try: out.append(np.ascontiguousarray(check_features(u.numpy() if torch.is_tensor(u) else u, dim)))
-        except EibError as e: raise EibError(f"utterance {i}: {e}") from None
-    return out
-
-
-# %% [markdown]
-# A state is one utterance encoded at one λ; the hook runs inside `ecvq_encode` at every position.
-
-# %%
-#| export
-@dataclass
-class CodedState:
-    "One utterance encoded at one λ: per frame tokens, coder intervals, λ-validity interval, ideal bits, distortion."
-    lam: float
-    tokens: np.ndarray  # (T, L) uint8
-    ck: np.ndarray  # (T, L) int32 left cumulative frequency of each token
-    fk: np.ndarray  # (T, L) int32 frequency of each token
-    lo: np.ndarray  # (T,) float64: the frame's tokens are the same for λ in (lo, hi)
-    hi: np.ndarray
-    ideal: np.ndarray  # (T,) float64 -log2 q
-    dist: np.ndarray  # (T,) float32 squared error (normalised space)
-    payload_len: int = 0
-    stream_len: int = 0
-    reencoded: int = 0
-    lam2: float = float("nan")  # a mixed state: its first `split` frames were coded at lam2
-    split: int = 0
-
-
-class _Hook(IntervalRecorder):
-    "`on_step` hook: records each chosen token's coder interval and the λ interval over which it stays the argmin."
-    wants_costs = True  # ecvq_encode hands over its own (dist, bits) tables: the costs are exactly the ones it compared
-
-    def __init__(self, N: int, L: int):
-        super().__init__(N, L)
-        self.lo, self.hi = torch.full((N,), -math.inf, dtype=torch.float64), torch.full((N,), math.inf, dtype=torch.float64)
-        self.mismatch = 0
-
-    def __call__(self, p, f, k, dist, b):
-        super().__call__(p, f, k)
-        s, n = self.s, self.n
-        k1 = k[:, None]
-        db, dd = b - b.gather(1, k1), dist.gather(1, k1) - dist  # k stays best while λ·db >= dd for every candidate
-        ratio = dd / db  # where db == 0 this is inf or nan, masked out below
-        lo = torch.where(db > 0, ratio, -math.inf).max(1).values
-        hi = torch.where(db < 0, ratio, math.inf).min(1).values
-        bad = ((db == 0) & (dd > 0)).any(1)  # a cheaper candidate with the same bits: tables inconsistent, never reuse
-        if bad.any():
-            lo[bad], hi[bad] = math.inf, -math.inf
-            self.mismatch += int(bad.sum())
-        self.lo[s:s + n] = torch.maximum(self.lo[s:s + n], lo)
-        self.hi[s:s + n] = torch.minimum(self.hi[s:s + n], hi)
-
-
-# %%
-#| export
-def _inside(lam: float, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    "Frames whose cached tokens are certainly still the ECVQ choice at `lam`."
-    with np.errstate(invalid="ignore"):
-        ok_lo = np.isneginf(lo) | (lam > lo + 1e-6 * np.abs(lo) + 1e-12)
-        ok_hi = np.isposinf(hi) | (lam < hi - 1e-6 * np.abs(hi) - 1e-12)
-    return ok_lo & ok_hi
-
-
-class RateEngine:
-    "Batched ECVQ + exact stream sizes for a fixed list of utterances, with a per-utterance cache at the best λ."
-    def __init__(self, codec, utterances: list[np.ndarray], batch_size: int | None = None, cache: bool = True):
-        self.codec = codec = as_codec(codec)
-        self.rvq, self.model, self.cm = codec.rvq, codec.model, codec.coding_model
-        self.utts = utterances
-        self.T = np.array([len(u) for u in utterances])
-        self.off = np.concatenate([[0], np.cumsum(self.T)])
-        self.X = torch.from_numpy(np.concatenate(utterances, 0))
-        self.D, self.L = self.rvq.cfg.dim, self.rvq.cfg.positions
-        self.chunk = np.array([chunk_size(t, self.model) for t in self.T])  # eib.bitstream.compress's chunk
-        self.batch = int(batch_size or auto_batch(self.model))
-        self.use_cache = cache
-        self.cache: list[CodedState | None] = [None] * len(utterances)
-        self.passes = self.frames_encoded = self.mismatch = 0
-        self._scale = None
-
-    def scale(self) -> float:
-        "λ scale of this data (eib.ecvq.distortion_scale on a sample)."
-        if self._scale is None:
-            self._scale = float(distortion_scale(self.rvq, self.X.numpy(), max_frames=2048)) or 1.0
-        return self._scale
-
-    def _encode(self, rows: torch.Tensor, lam: torch.Tensor):
-        "ECVQ of frames `rows` (n, D) at per-row λ; returns (tokens, ideal bits, distortion, hook)."
-        hook = _Hook(len(rows), self.L)
-        res = ecvq_encode(self.rvq, self.cm, rows, lam, batch_size=self.batch, on_step=hook)
-        self.frames_encoded += len(rows); self.mismatch += hook.mismatch
-        return res, hook
-
-    def calibrate(self, lams: np.ndarray, max_frames: int) -> np.ndarray:
-        "Mean ideal bits per frame at each λ on a frame sample (one pass, all λ together)."
-        N = len(self.X)
-        idx = np.linspace(0, N - 1, min(N, max_frames)).round().astype(int)
-        rows = self.X[idx].repeat(len(lams), 1)
-        lam = torch.as_tensor(np.repeat(lams, len(idx)), dtype=torch.float64)
-        res = ecvq_encode(self.rvq, self.cm, rows, lam, batch_size=self.batch)
-        self.frames_encoded += len(rows); self.passes += 1
-        return res.bits.numpy().reshape(len(lams), len(idx)).mean(1)
-
-    def overhead_bits(self, u: int, bpf: float) -> float:
-        "Container + CRC + average termination, in bits, for utterance `u` at about `bpf` payload bits per frame."
-        plen = max(1, int(self.T[u] * bpf / 8))
-        return 8 * (stream_len(int(self.T[u]), self.D, int(self.chunk[u]), plen) - plen + 2)
-
-    def evaluate(self, us, lams) -> list[CodedState]:
-        "One batched pass: utterance `us[i]` at λ `lams[i]`; returns a state per request (cache untouched)."
-        us, lams = np.asarray(us, int), np.asarray(lams, np.float64)
-        need = []
-        for u, lam in zip(us, lams):
-            c = self.cache[u]
-            need.append(np.arange(self.T[u]) if c is None or not self.use_cache else np.flatnonzero(~_inside(lam, c.lo, c.hi)))
-        n_rows = sum(len(x) for x in need)
-        if n_rows:
-            gidx = np.concatenate([self.off[u] + x for u, x in zip(us, need)])
-            lam_rows = torch.as_tensor(np.repeat(lams, [len(x) for x in need]), dtype=torch.float64)
-            res, hook = self._encode(self.X[torch.as_tensor(gidx)], lam_rows)
-        self.passes += 1
-        out, a = [], 0
-        for u, lam, rows in zip(us, lams, need):
-            c, n, b = self.cache[u], len(rows), a + len(rows)
-            if c is None or n == self.T[u]:
-                st = CodedState(float(lam), res.tokens[a:b].numpy().astype(np.uint8), hook.ck[a:b].numpy(), hook.fk[a:b].numpy(),
-                            hook.lo[a:b].numpy(), hook.hi[a:b].numpy(), res.bits[a:b].numpy(), res.distortion[a:b].numpy())
-            else:
-                st = CodedState(float(lam), c.tokens.copy(), c.ck.copy(), c.fk.copy(), c.lo.copy(), c.hi.copy(), c.ideal.copy(), c.dist.copy())
-                if n:
-                    st.tokens[rows] = res.tokens[a:b].numpy(); st.ck[rows] = hook.ck[a:b].numpy(); st.fk[rows] = hook.fk[a:b].numpy()
-                    st.lo[rows] = hook.lo[a:b].numpy(); st.hi[rows] = hook.hi[a:b].numpy()
-                    st.ideal[rows] = res.bits[a:b].numpy(); st.dist[rows] = res.distortion[a:b].numpy()
-            a = b
-            st.reencoded = n
-            out.append(self._size(u, st))
-        return out
-
-    def _size(self, u: int, st: CodedState) -> CodedState:
-        "Fill in the payload and stream lengths of `st` by running the range coder."
-        T, ch = int(self.T[u]), int(self.chunk[u])
-        st.payload_len = len(encode_payload(st.ck, st.fk, ch))
-        st.stream_len = stream_len(T, self.D, ch, st.payload_len)
-        return st
-
-    def mix(self, u: int, A: CodedState, B: CodedState, k: int) -> CodedState:
-        "Frames [0, k) from state `A`, the rest from `B` (ECVQ with a per-frame λ: frames are coded independently)."
-        cat = lambda f: np.concatenate([getattr(A, f)[:k], getattr(B, f)[k:]])
-        st = CodedState(B.lam, *(cat(f) for f in ("tokens", "ck", "fk", "lo", "hi", "ideal", "dist")), lam2=A.lam, split=k)
-        return self._size(u, st)
-
-    def commit(self, u: int, st: CodedState):
-        "Make `st` the cached state of utterance `u`."
-        self.cache[u] = st
-
-    def stream_bytes(self, u: int, st: CodedState) -> bytes:
-        "The exact eib.bitstream container of utterance `u` at state `st`."
-        T, ch = int(self.T[u]), int(self.chunk[u])
-        return pack_stream(self.codec.fingerprint, T, self.D, ch, st.lam, encode_payload(st.ck, st.fk, ch))
-
-
-# %% [markdown]
-# The engine's streams are byte-for-byte those of `eib.bitstream.compress` at the same λ, also when most frames
-# come from the cache (a tiny codec with a random entropy model; the trained case is in the benchmark):
-
-# %%
-from eib.rvq import RVQConfig, fit_rvq
-from eib.entropy import EntropyConfig, EntropyModel
-from eib.bitstream import compress, decompress
-torch.manual_seed(0)
-_g = np.random.default_rng(0)
-_W = _g.normal(size=(6, 26)).astype(np.float32)
-utts = [(_g.normal(size=(int(T), 6)) @ _W + 0.3 * _g.normal(size=(int(T), 26))).astype(np.float32) for T in _g.integers(20, 60, 6)]
-rvq = fit_rvq(np.concatenate(utts), RVQConfig.for_dim(26, layers=2, codes=16), iters=3, progress=False)
-model = EntropyModel(EntropyConfig.for_rvq(rvq.cfg, "cpu", d_model=32, n_layers=1, n_heads=2, d_ff=64)).eval()
-E = RateEngine((rvq, model), utts)
-for u, st in enumerate(E.evaluate(range(6), [0.3] * 6)): E.commit(u, st)
-for lam in (0.0, 0.3, 0.32, 1.0, LAM_INF):
-    for u, st in enumerate(E.evaluate(range(6), [lam] * 6)):
-        data = E.stream_bytes(u, st)
-        test_eq(data, compress((rvq, model), utts[u], lam))
-        test_eq(len(data), st.stream_len)
-test_eq(decompress((rvq, model), data)[0].numpy().astype(np.uint8), st.tokens)
-test_eq(E.mismatch, 0)
-
-# %% [markdown]
-# ## The search, one λ per unit
-#
-# A *unit* is what shares one λ: an utterance (`mode="utterance"`) or the whole set (`mode="set"`, whose rate is
-# total bits over total frames). Every unit searches in x = ln λ, and all units advance together: each iteration
-# proposes one x per unfinished unit, and one batched engine pass measures them all.
-#
-# * **Start.** Every point measured so far for the unit — at earlier targets too — is kept. A new target starts from
-#   the closest point on each side of it; with only one side known it predicts from a calibration curve (the set's
-#   rate against ln λ, measured once on a frame sample), scaled to pass through the unit's closest point: on RAVDESS
-#   this predicts the next target's ln λ better (median error 0.055) than a secant through the unit's own points (0.066).
-# * **Bracket.** One-sided steps grow ×1.5 each time they fail to cross the target; ln λ is clipped to
-#   [X0, X1] = ln(scale) ∓ 12, and the ends stand for λ = 0 (the largest rate) and λ = ∞ (`LAM_INF`, the smallest).
-# * **Refine.** With a bracket, Illinois regula falsi (the retained end's value is halved when one end is kept twice),
-#   kept 5% inside the bracket, and bisection when three steps did not halve it.
-# * **Stop.** `|rate − target| ≤ tol` on the real stream (`ok`); or the bracket is narrower than 0.01 in ln λ —
-#   rate(λ) jumps over the target there (`step`); or `max_iter` evaluations (`max_iter`); or an end is reached and
-#   the target lies beyond it (out of range). The answer is always the best point measured for this target.
-#
-# rate(λ) is a step function (token decisions flip one at a time) and can be locally non-monotonic (a flip changes
-# the context of the later positions); all the logic above uses only signs of rate − target and the best point, so
-# it needs no monotonicity, only a sign change somewhere in the bracket.
-#
-# * **Jumps.** Some steps are tall: identical frames (silence gives many in ComParE features) flip together at
-#   one λ. On RAVDESS test utterances we measured jumps of 5 BPF at a single λ, where no λ lands within 1 BPF.
-#   There (`step`, `max_iter`, or still open after 6 evaluations; utterance mode) the frames are split, with no further encoding: the first k frames
-#   take their tokens from the evaluation just above the target and the rest from the one just below — ECVQ with a
-#   per-frame λ, which `ecvq_encode` allows and the decoder never sees — with k found by bisection on the real stream
-#   size. Status `mixed`; `lam2`, `split` say which λ the first `split` frames used (the stream header records `lam`).
-#   `mix=False` keeps the single-λ answer.
-
-# %%
-#| export
-_SPAN = 12.0  # X0, X1 = ln(scale) -/+ _SPAN
-_XTOL = 1e-2  # a bracket narrower than this (in ln λ, 1% of λ) is a jump of rate(λ)
-_MIX_AFTER = 6  # evaluations after which a bracketed unit may be finished by splitting its frames
-_MAXSTEP = 4.0  # largest one-sided step in ln λ
-
-@dataclass
-class _Unit:
-    "Search state of one λ for one target."
-    target: float
-    tol: float
-    a: tuple | None = None  # (x, f) with f = rate - target > 0
-    b: tuple | None = None  # (x, f) with f < 0
-    fa: float = 0.0  # Illinois-scaled f at a, b
-    fb: float = 0.0
-    last: int = 0  # +1: the last update replaced a; -1: b
-    widths: list = field(default_factory=list)
-    best: tuple | None = None  # (x, f) of this target's best evaluation
-    n: int = 0
-    expand: int = 0
-    tried: list = field(default_factory=list)
-    status: str = ""
-    first: float | None = None  # forced first proposal (warm start)
-    side: int = 0  # sign of f at the base of the last one-sided step (0: the last step was not one-sided)
-
-    def seed(self, hist):
-        "Take the closest known point on each side of the target from earlier evaluations `hist` [(x, rate)]."
-        for x, r in hist:
-            f = r - self.target
-            if f > 0 and (self.a is None or f < self.a[1]): self.a, self.fa = (x, f), f
-            if f < 0 and (self.b is None or f > self.b[1]): self.b, self.fb = (x, f), f
-
-    def update(self, x: float, rate: float, X0: float, X1: float, max_iter: int):
-        "Record an evaluation and decide whether the unit is done."
-        f = rate - self.target
-        self.n += 1; self.tried.append(x)
-        if self.best is None or abs(f) < abs(self.best[1]): self.best = (x, f)
-        if abs(f) <= self.tol: self.status = "ok"; return
-        self.expand = self.expand + 1 if self.side and np.sign(f) == self.side else 0  # a one-sided step fell short
-        if f > 0:
-            if self.last == 1: self.fb /= 2
-            self.a, self.fa, self.last = (x, f), f, 1
-        else:
-            if self.last == -1: self.fa /= 2
-            self.b, self.fb, self.last = (x, f), f, -1
-        if self.a is not None and self.b is not None: self.widths.append(abs(self.a[0] - self.b[0]))
-        if x <= X0 and f < 0: self.status = "above_max"
-        elif x >= X1 and f > 0: self.status = "below_min"
-        elif self.widths and self.widths[-1] < _XTOL: self.status = "step"
-        elif self.n >= max_iter: self.status = "max_iter"
-
-    def propose(self, predict, x_guess, X0: float, X1: float) -> float:
-        "Next ln λ. `predict(x, rate, target)` -> ln λ where a unit through (x, rate) reaches target; `x_guess(target)` -> a cold start."
-        self.side = 0
-        if self.n == 0 and self.first is not None: return float(np.clip(self.first, X0, X1))
-        a, b = self.a, self.b
-        end = lambda p: p is not None and (p[0] <= X0 or p[0] >= X1)
-        if a is not None and b is not None and not end(a) and not end(b):  # Illinois regula falsi
-            xa, xb = a[0], b[0]
-            lo, hi = min(xa, xb), max(xa, xb); w = hi - lo
-            if len(self.widths) >= 4 and w > 0.5 * self.widths[-4]: x = (lo + hi) / 2
-            else: x = xb - self.fb * (xb - xa) / (self.fb - self.fa)
-            return float(np.clip(x, lo + 0.05 * w, hi - 0.05 * w))
-        sides = [p for p in (a, b) if p is not None and not end(p)]
-        if sides:
-            p = min(sides, key=lambda q: abs(q[1]))
-            self.side = int(np.sign(p[1]))
-            step = (predict(p[0], p[1] + self.target, self.target) - p[0]) * 1.5 ** self.expand
-            x = p[0] + float(np.clip(step, -_MAXSTEP, _MAXSTEP))
-        else: x = x_guess(self.target)
-        other = [q for q in (a, b) if q is not None and end(q)]
-        if other and sides:  # bracket between a measured point and an end: stay strictly inside
-            lo, hi = sorted((p[0], other[0][0])); w = hi - lo
-            x = float(np.clip(x, lo + 0.02 * w, hi - 0.02 * w))
-        x = float(np.clip(x, X0, X1))
-        if any(abs(x - t) < 1e-12 for t in self.tried):  # do not measure the same λ twice
-            x = float(np.clip(x + (-0.5 if self.a is None else 0.5), X0, X1))
-        return x
 
 
 # %% [markdown]
@@ -463,14 +125,14 @@ class RateController:
         if count not in ("stream", "payload"): raise EibError(f"count must be 'stream' or 'payload', got {count!r}")
         if engine is None:  # `engine`: any object with RateEngine's methods (the search is tested on a stand-in)
             codec = as_codec(codec)
-            engine = RateEngine(codec, _check_utterances(utterances, codec.rvq.cfg.dim), batch_size, cache)
+            engine = RateEngine(codec, check_utterances(utterances, codec.rvq.cfg.dim), batch_size, cache)
         self.engine, self.count, self.use_cal = engine, count, calibrate
         self.T = np.asarray(engine.T)
         self.ids = None if ids is None else list(ids)
         if self.ids is not None and len(self.ids) != len(self.T):
             raise EibError(f"{len(self.ids)} ids for {len(self.T)} utterances")
         c = math.log(engine.scale())
-        self.X0, self.X1 = c - _SPAN, c + _SPAN
+        self.X0, self.X1 = c - LN_LAMBDA_SPAN, c + LN_LAMBDA_SPAN
         self.hist: dict = {}  # unit key (utterance index or 'set') -> [(ln λ, rate)]
         self._cal = None
         self.calibration_passes = 0
@@ -590,11 +252,11 @@ class RateController:
         if not (np.isfinite(tg).all() and (tg > 0).all()): raise EibError("target BPF values must be finite and positive")
         members = [[u] for u in range(U)] if mode == "utterance" else [list(range(U))]
         keys = list(range(U)) if mode == "utterance" else ["set"]
-        units = [_Unit(float(tg[m[0]]), tol) for m in members]
+        units = [LambdaSearch(float(tg[m[0]]), tol) for m in members]
         self._warm(warm_start, units, members, keys, mode)
         for k, un in enumerate(units):
             un.seed(self.hist.get(keys[k], []))
-            if un.first is None: un.first = self._history_answer(un, keys[k])
+            if un.first_guess is None: un.first_guess = self._history_answer(un, keys[k])
         if self.use_cal: self.calibration()  # once per controller, counted in `calibration_passes`
         p0, f0 = E.passes, E.frames_encoded
         sides = {}  # (unit, sign of rate - target) -> the states of the unit's latest evaluation on that side
@@ -620,7 +282,7 @@ class RateController:
             if mix and mode == "utterance":
                 for k in act:
                     un = units[k]
-                    if (un.status in ("step", "max_iter") or (not un.status and un.n >= _MIX_AFTER)) \
+                    if (un.status in ("step", "max_iter") or (not un.status and un.evals >= MIX_AFTER)) \
                             and (k, True) in sides and (k, False) in sides and self._mix(members[k][0], un, sides[k, True][0], sides[k, False][0]):
                         un.status = "mixed"
             bad = [k for k in act if units[k].status in ("above_max", "below_min")]
@@ -628,7 +290,7 @@ class RateController:
         status = np.empty(U, dtype=object); evals = np.zeros(U, int)
         for k, un in enumerate(units):
             s = {"above_max": "clamped_max", "below_min": "clamped_min"}.get(un.status, un.status)
-            for u in members[k]: status[u], evals[u] = s, un.n
+            for u in members[k]: status[u], evals[u] = s, un.evals
         sts = [E.cache[u] for u in range(U)]
         return RateResult(target=tg, lam=np.array([s.lam for s in sts]), bits=np.array([self._bits(s) for s in sts], dtype=np.float64),
                           frames=self.T.copy(), ideal_bits=np.array([float(s.ideal.sum()) for s in sts]),
@@ -637,7 +299,7 @@ class RateController:
                           frames_encoded=E.frames_encoded - f0, tokens=[s.tokens for s in sts], ids=self.ids,
                           lam2=np.array([s.lam2 for s in sts]), split=np.array([s.split for s in sts]))
 
-    def _mix(self, u: int, un: _Unit, A: CodedState, B: CodedState) -> bool:
+    def _mix(self, u: int, un: LambdaSearch, A: CodedState, B: CodedState) -> bool:
         """Where rate(λ) jumps over the target (`step`), code the first k frames at the λ above the target (state `A`)
         and the rest at the λ below (`B`); k by bisection on the real stream size. Commits and returns True if it
         lands within tolerance."""
@@ -655,7 +317,7 @@ class RateController:
         E.commit(u, st); un.best = (un.best[0], rate(st) - un.target)
         return True
 
-    def _history_answer(self, un: _Unit, key):
+    def _history_answer(self, un: LambdaSearch, key):
         "A known ln λ already within tolerance of the target, or an end the target lies beyond; else None."
         h = self.hist.get(key, [])
         if not h: return None
@@ -680,7 +342,7 @@ class RateController:
         if lam.shape != (len(units),) or not np.isfinite(lam).all() or (lam < 0).any():
             raise EibError(f"warm_start must be a RateResult, one λ, or one λ per {'utterance' if mode == 'utterance' else 'set'} "
                            f"({len(units)}), all finite and >= 0")
-        for un, l in zip(units, lam): un.first = self.x_of(float(l))
+        for un, l in zip(units, lam): un.first_guess = self.x_of(float(l))
 
     def solve_many(self, targets, mode: str = "utterance", tol: float | None = None, max_iter: int = 12,
                    clamp: bool = True, progress: bool = False, mix: bool = True) -> list[RateResult]:
@@ -870,7 +532,7 @@ def solve_sharded(codec, utterances, targets, workers: int = 2, ids=None, count:
     `workers` processes; yields `(target, RateResult)` per target. `on_range(df)` gets the achievable-range table."""
     import multiprocessing as mp, queue as _queue
     codec = as_codec(codec)
-    utts = _check_utterances(utterances, codec.rvq.cfg.dim)
+    utts = check_utterances(utterances, codec.rvq.cfg.dim)
     ids = list(ids) if ids is not None else None
     targets = [float(t) for t in targets]
     if not targets: return
@@ -917,6 +579,7 @@ def solve_sharded(codec, utterances, targets, workers: int = 2, ids=None, count:
 
 # %%
 from eib.features import load_store
+from eib.rvq import RVQConfig, fit_rvq
 from eib.ecvq import train_entropy_model
 from eib.bitstream import stream_bpf, payload_bpf
 from eib.core import repo_root

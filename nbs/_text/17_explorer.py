@@ -407,7 +407,7 @@ test_fail(lambda: Explorer(ex.codec, ex.store, threads=0), contains="threads mus
 # %%
 #| export
 def _fmt_lam(lam: float) -> str:
-    from eib.rate import LAM_INF
+    from eib.engine import LAM_INF
     return "0 (λ → 0 end)" if lam == 0 else "∞ (λ → ∞ end)" if lam >= LAM_INF else f"{lam:.4g}"
 
 def _panel(ex: Explorer):
