@@ -405,12 +405,12 @@ def solve_sharded(codec, utterances, targets, workers: int = 2, ids=None, count:
     T = np.array([len(u) for u in utts])
     order = _shards(T, max(1, min(int(workers), len(utts))))
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_shard_run, daemon=True, args=(q, k, codec, [utts[i] for i in o],
-             None if ids is None else [ids[i] for i in o], targets, count, tol, max_iter, mix)) for k, o in enumerate(order)]
-    for p in procs: p.start()
-    got, ranges, nxt = {}, {}, 0
-    try:
+    with ctx.Manager() as manager, ctx.Pool(len(order)) as pool:  # the standard library's process pool
+        q = manager.Queue()
+        for k, o in enumerate(order):
+            pool.apply_async(_shard_run, (q, k, codec, [utts[i] for i in o], None if ids is None else [ids[i] for i in o],
+                                          targets, count, tol, max_iter, mix))
+        got, ranges, nxt = {}, {}, 0
         while nxt < len(targets):
             try: k, what, payload = q.get(timeout=timeout)
             except _queue.Empty: raise EibError(f"rate-control workers sent nothing for {timeout:.0f} s") from None
@@ -430,10 +430,7 @@ def solve_sharded(codec, utterances, targets, workers: int = 2, ids=None, count:
                 parts = got.pop(targets[nxt])
                 yield targets[nxt], _merge([parts[j] for j in range(len(order))], order, ids)
                 nxt += 1
-    finally:
-        for p in procs:
-            if p.is_alive(): p.terminate()
-        for p in procs: p.join(timeout=10)
+    # leaving the `with` (finished, failed, interrupted or abandoned) terminates the pool's workers
 
 # %% ../nbs/12_rate.ipynb #f5e9b99e
 def _load_features(path) -> np.ndarray:

@@ -488,8 +488,10 @@ def lambda_for_bpf(codec, features, bpf: float, tol: float = 0.25) -> float:
 # %% [markdown]
 # ## Several processes
 #
-# Per-utterance searches are independent, so `solve_sharded` splits the utterances over `workers` processes
-# (one torch thread each, utterances balanced by frames) and yields each target's merged `RateResult` as soon as
+# Per-utterance searches are independent, so `solve_sharded` splits the utterances over `workers` processes of the
+# standard library's process pool (`multiprocessing.Pool`, spawned; one torch thread each, utterances balanced by
+# frames; each shard's answers come back through a manager queue as they are found, and leaving the pool
+# terminates its workers, so an interrupted sweep leaves no process behind) and yields each target's merged `RateResult` as soon as
 # every shard has solved it. On 2 cores two single-threaded processes beat one two-threaded process, whose
 # small per-position matrix products do not split well. `passes` of a merged result is the largest over the
 # shards (they run side by side), `frames_encoded` the sum.
@@ -539,12 +541,12 @@ def solve_sharded(codec, utterances, targets, workers: int = 2, ids=None, count:
     T = np.array([len(u) for u in utts])
     order = _shards(T, max(1, min(int(workers), len(utts))))
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_shard_run, daemon=True, args=(q, k, codec, [utts[i] for i in o],
-             None if ids is None else [ids[i] for i in o], targets, count, tol, max_iter, mix)) for k, o in enumerate(order)]
-    for p in procs: p.start()
-    got, ranges, nxt = {}, {}, 0
-    try:
+    with ctx.Manager() as manager, ctx.Pool(len(order)) as pool:  # the standard library's process pool
+        q = manager.Queue()
+        for k, o in enumerate(order):
+            pool.apply_async(_shard_run, (q, k, codec, [utts[i] for i in o], None if ids is None else [ids[i] for i in o],
+                                          targets, count, tol, max_iter, mix))
+        got, ranges, nxt = {}, {}, 0
         while nxt < len(targets):
             try: k, what, payload = q.get(timeout=timeout)
             except _queue.Empty: raise EibError(f"rate-control workers sent nothing for {timeout:.0f} s") from None
@@ -564,10 +566,7 @@ def solve_sharded(codec, utterances, targets, workers: int = 2, ids=None, count:
                 parts = got.pop(targets[nxt])
                 yield targets[nxt], _merge([parts[j] for j in range(len(order))], order, ids)
                 nxt += 1
-    finally:
-        for p in procs:
-            if p.is_alive(): p.terminate()
-        for p in procs: p.join(timeout=10)
+    # leaving the `with` (finished, failed, interrupted or abandoned) terminates the pool's workers
 
 
 # %% [markdown]
@@ -653,6 +652,7 @@ test_eq(decompress((rvq_t, model_t), data)[0].numpy(), np.concatenate([A.tokens[
 # λ values may differ within the tolerance), in the original order:
 
 # %%
+import multiprocessing as _mp
 from eib.rate import solve_sharded as _sharded  # the exported function: spawned workers import it from eib.rate
 _rngs = []
 _tg = [float(np.round(lo_t + 4, 1)), float(np.round((lo_t + hi_t) / 2, 1))]
@@ -664,6 +664,9 @@ for t, r in _out:
     test_eq(r.frames, np.array([len(u) for u in utt]))
     data = compress((rvq_t, model_t), utt[3], r.lam[3]) if r.status[3] == "ok" else None
     if data is not None: test_eq(decompress((rvq_t, model_t), data)[0].numpy(), r.tokens[3].astype(np.int64))
+_gen = _sharded((rvq_t, model_t), utt, _tg, workers=2)
+test_eq(next(_gen)[0], _tg[0]); _gen.close()  # a consumer that stops early (an interrupted sweep) ...
+test_eq(_mp.active_children(), [])  # ... leaves no worker behind
 
 
 # %% [markdown]
