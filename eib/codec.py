@@ -169,6 +169,9 @@ def load_codec(path: str | Path) -> Codec:
             raise EibError(f"{p / f} does not fit the {name} configuration in {_CFG_FILE}: "
                            f"{str(e).splitlines()[-1].strip()}; the files come from different trainings — {_HOW}") from None
     if model is not None: model.eval()
+    for name, mod in (("RVQ", rvq), ("entropy model", model)):
+        bad = [k for k, v in ({} if mod is None else mod.state_dict()).items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad: raise EibError(f"{p}: the {name} weights {', '.join(bad[:3])} hold NaN or infinite values (a diverged or damaged training); {_HOW}")
     meta = {k: v for k, v in cfgd.items() if k not in ("format", "rvq", "entropy", "fingerprint", "fingerprint_fn")}
     codec = Codec(rvq, model, meta)
     got = codec.fingerprint

@@ -10,7 +10,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['FRAME_RATE', 'SAMPLE_RATE', 'bpf_to_bps', 'EibError', 'repo_root', 'shared_root', 'datasets_root',
-           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_save_npy', 'fingerprint']
+           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_save_npy', 'check_output',
+           'fingerprint']
 
 # %% ../nbs/00_core.ipynb #f8e4f5f8
 FRAME_RATE = 50  # frames per second, for every encoder
@@ -72,6 +73,25 @@ def atomic_save_npy(path: str | Path, arr: np.ndarray) -> Path:
     import io
     buf = io.BytesIO(); np.save(buf, np.asarray(arr), allow_pickle=False)
     return atomic_write_bytes(path, buf.getvalue())
+
+# %% ../nbs/00_core.ipynb #fd068e10
+def check_output(path, *inputs) -> Path:
+    "`path` as a `Path` a console script may write its result to (atomically), or an EibError saying why not."
+    s = str(path) if path is not None else ""
+    if not s.strip(): raise EibError("the output name is empty")
+    p = Path(s).expanduser()
+    if len(os.fsencode(p.name)) > 255: raise EibError(f"the output name is longer than 255 bytes: {p.name[:40]}...")
+    if p.is_dir(): raise EibError(f"the output {p} is an existing folder; give a file name")
+    for q in inputs:
+        if q is not None and Path(q).exists() and p.exists() and os.path.samefile(p, q):
+            raise EibError(f"the output {p} is also an input; write to another file")
+    parent = p.parent if str(p.parent) else Path(".")
+    for a in (parent, *parent.parents):
+        if a.exists():
+            if not a.is_dir(): raise EibError(f"cannot write {p}: {a} is a file, not a folder")
+            if not os.access(a, os.W_OK | os.X_OK): raise EibError(f"cannot write {p}: no permission to write in {a}")
+            break
+    return p
 
 # %% ../nbs/00_core.ipynb #35dcbbb8
 def fingerprint(obj, n: int = 16) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from .core import EibError, atomic_write_bytes, atomic_save_npy
+from .core import EibError, atomic_write_bytes, atomic_save_npy, check_output
 from .codec import as_codec, load_codec
 from .bitstream import check_features, compress, decompress, stream_bpf
 from .engine import LAM_INF, CodedState, RateEngine, check_utterances
@@ -436,8 +436,19 @@ def solve_sharded(codec, utterances, targets, workers: int = 2, ids=None, count:
 def _load_features(path) -> np.ndarray:
     p = Path(path)
     if not p.is_file(): raise EibError(f"no such features file: {p}")
+    with open(p, "rb") as f:
+        if f.read(6) != b"\x93NUMPY": raise EibError(f"{p} is not a .npy file (it lacks NumPy's header); save features with numpy.save")
     try: return np.load(p, allow_pickle=False)
     except Exception as e: raise EibError(f"cannot read {p} as a .npy array ({type(e).__name__}: {e})") from None
+
+def _run(prog: str, work) -> int:
+    "Run a console script's `work()`: its user errors, file-system errors and Ctrl-C each end in one line on stderr."
+    try: return work()
+    except EibError as e: msg, rc = f"error: {e}", 2
+    except OSError as e: msg, rc = f"error: {e.strerror or e} ({e.filename})" if e.filename else f"error: {e}", 2
+    except KeyboardInterrupt: msg, rc = "interrupted; nothing was written", 130
+    print(f"{prog}: {msg}", file=sys.stderr)
+    return rc
 
 def compress_cli(argv=None) -> int:
     "eib-compress FEATURES.npy OUT.eib --checkpoint DIR (--lam X | --bpf Y)"
@@ -448,15 +459,16 @@ def compress_cli(argv=None) -> int:
     g.add_argument("--lam", type=float, help="rate-distortion multiplier λ")
     g.add_argument("--bpf", type=float, help="target bits per frame of the whole stream (container counted), met within 0.25 by eib.rate")
     a = ap.parse_args(argv)
-    try:
-        codec = load_codec(a.checkpoint)
-        x = check_features(_load_features(a.features), codec.rvq.cfg.dim)
-        if a.bpf is not None:
-            lam, data = compress_at_bpf(codec, x, a.bpf)
-        else: lam = a.lam; data = compress(codec, x, lam)
-        atomic_write_bytes(a.out, data)
-    except EibError as e:
-        print(f"eib-compress: error: {e}", file=sys.stderr); return 2
+    return _run("eib-compress", lambda: _compress(a))
+
+def _compress(a) -> int:
+    out = check_output(a.out, a.features, a.checkpoint)
+    codec = load_codec(a.checkpoint)
+    x = check_features(_load_features(a.features), codec.rvq.cfg.dim)
+    if a.bpf is not None:
+        lam, data = compress_at_bpf(codec, x, a.bpf)
+    else: lam = a.lam; data = compress(codec, x, lam)
+    atomic_write_bytes(out, data)
     print(f"{a.out}: {len(x)} frames, {len(data)} bytes, {stream_bpf(data):.3f} BPF "
           f"({stream_bpf(data) * 50:.0f} bit/s, container included), λ={lam:.6g}"
           + (f" (target {a.bpf:g} BPF)" if a.bpf is not None else ""))
@@ -471,13 +483,14 @@ def decompress_cli(argv=None) -> int:
     ap.add_argument("stream"); ap.add_argument("out")
     ap.add_argument("--checkpoint", required=True, help="the codec folder the stream was compressed with")
     a = ap.parse_args(argv)
-    try:
-        p = Path(a.stream)
-        if not p.is_file(): raise EibError(f"no such stream file: {p}")
-        codec = load_codec(a.checkpoint)
-        _, y = decompress(codec, p.read_bytes())
-        atomic_save_npy(a.out, y)
-    except EibError as e:
-        print(f"eib-decompress: error: {e}", file=sys.stderr); return 2
+    return _run("eib-decompress", lambda: _decompress(a))
+
+def _decompress(a) -> int:
+    p = Path(a.stream)
+    if not p.is_file(): raise EibError(f"no such stream file: {p}")
+    out = check_output(a.out, a.stream, a.checkpoint)
+    codec = load_codec(a.checkpoint)
+    _, y = decompress(codec, p.read_bytes())
+    atomic_save_npy(out, y)
     print(f"{a.out}: {y.shape[0]} frames x {y.shape[1]} dims")
     return 0

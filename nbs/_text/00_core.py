@@ -135,6 +135,41 @@ with tempfile.TemporaryDirectory() as d:
 
 
 # %% [markdown]
+# Console scripts check where they will write before they start work: `check_output` refuses an empty name, a name
+# longer than the file system allows, an existing folder, a folder that is a file or missing, a place it may not
+# write, and an output that is one of the inputs (it would be replaced), each with one line that names the problem.
+
+# %%
+#| export
+def check_output(path, *inputs) -> Path:
+    "`path` as a `Path` a console script may write its result to (atomically), or an EibError saying why not."
+    s = str(path) if path is not None else ""
+    if not s.strip(): raise EibError("the output name is empty")
+    p = Path(s).expanduser()
+    if len(os.fsencode(p.name)) > 255: raise EibError(f"the output name is longer than 255 bytes: {p.name[:40]}...")
+    if p.is_dir(): raise EibError(f"the output {p} is an existing folder; give a file name")
+    for q in inputs:
+        if q is not None and Path(q).exists() and p.exists() and os.path.samefile(p, q):
+            raise EibError(f"the output {p} is also an input; write to another file")
+    parent = p.parent if str(p.parent) else Path(".")
+    for a in (parent, *parent.parents):
+        if a.exists():
+            if not a.is_dir(): raise EibError(f"cannot write {p}: {a} is a file, not a folder")
+            if not os.access(a, os.W_OK | os.X_OK): raise EibError(f"cannot write {p}: no permission to write in {a}")
+            break
+    return p
+
+
+# %%
+with tempfile.TemporaryDirectory() as d:
+    d = Path(d); (d / "in.npy").write_bytes(b"x"); (d / "sub").mkdir()
+    test_eq(check_output(d / "new" / "out.eib", d / "in.npy"), d / "new" / "out.eib")  # a folder to create is fine
+    for bad, msg in ((d / "sub", "existing folder"), (d / "in.npy" / "o.eib", "is a file"), ("", "empty"),
+                     (d / ("x" * 300), "longer than 255"), (d / "in.npy", "also an input")):
+        test_fail(lambda: check_output(bad, d / "in.npy"), contains=msg)
+
+
+# %% [markdown]
 # ## Fingerprints
 #
 # A short, stable hash of bytes or of a JSON-able object identifies a model or a configuration

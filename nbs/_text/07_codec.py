@@ -224,6 +224,9 @@ def load_codec(path: str | Path) -> Codec:
             raise EibError(f"{p / f} does not fit the {name} configuration in {_CFG_FILE}: "
                            f"{str(e).splitlines()[-1].strip()}; the files come from different trainings — {_HOW}") from None
     if model is not None: model.eval()
+    for name, mod in (("RVQ", rvq), ("entropy model", model)):
+        bad = [k for k, v in ({} if mod is None else mod.state_dict()).items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad: raise EibError(f"{p}: the {name} weights {', '.join(bad[:3])} hold NaN or infinite values (a diverged or damaged training); {_HOW}")
     meta = {k: v for k, v in cfgd.items() if k not in ("format", "rvq", "entropy", "fingerprint", "fingerprint_fn")}
     codec = Codec(rvq, model, meta)
     got = codec.fingerprint
@@ -259,3 +262,6 @@ with tempfile.TemporaryDirectory() as d:
     q2 = GroupedRVQ(q.cfg); q2.load_state_dict(q.state_dict()); q2.codebooks[1, 1, 3, 2] += 1e-3
     atomic_write_bytes(ck / "rvq.pt", _torch_bytes(q2.state_dict()))
     test_fail(lambda: load_codec(ck), contains="fingerprint")
+    q3 = GroupedRVQ(q.cfg); q3.load_state_dict(q.state_dict()); q3.codebooks[0, 0, 0, 0] = float("nan")
+    save_codec(Codec(q3), ck)  # a checkpoint of NaN weights, its fingerprint matching them
+    test_fail(lambda: load_codec(ck), contains="NaN or infinite")

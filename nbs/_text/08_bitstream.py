@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import constriction
 from eib.core import EibError
+from eib.entropy import freqs_to_bits
 from eib.ecvq import ecvq_encode, auto_batch, ECVQResult
 from eib.codec import Codec, as_codec
 
@@ -146,11 +147,17 @@ test_fail(lambda: stream_info(b"EI"), contains="truncated")
 # last 32-bit word are dropped (`trim_payload`). The same functions size streams for rate control
 # (`eib.rate`) and code given tokens (`compress_tokens`, for the layer-sweep baseline), so every stream of the
 # project comes from this one place. The decoder runs the `CodingModel` position by position for all frames of a
-# chunk at once.
+# chunk at once. The decoder's work is bounded by its payload: a chunk larger than the codec ever
+# codes is refused before decoding (its key/value caches would not fit), decoding stops with an error as soon as the
+# symbols decoded after the range decoder may have read its last word are worth more than `TAIL_BITS` (its state
+# holds at most 64 bits: the header declared more frames than the payload holds), and after the last frame the
+# decoder must have reached the end of the payload.
 
 # %%
 #| export
 _TOT = 1 << 24  # the coding model's frequencies sum to 2^24 (eib.entropy)
+TAIL_BITS = 96.0  # once the range decoder may have read its last word, its 64-bit state holds what is left: symbols
+                  # worth more bits than this past that point are decoded from nothing (a payload shorter than declared)
 
 def _family(): return constriction.stream.model.Categorical(perfect=False)
 
@@ -158,6 +165,7 @@ def check_features(features, dim: int) -> np.ndarray:
     "`features` as a float32 (T, `dim`) array with 1 to `MAX_FRAMES` finite frames, or an EibError saying what is wrong."
     x = np.asarray(features)
     if x.dtype == object or not np.issubdtype(x.dtype, np.number): raise EibError(f"features must be numeric, got dtype {x.dtype}")
+    if np.iscomplexobj(x): raise EibError(f"features must be real numbers, got dtype {x.dtype}")
     if x.ndim != 2 or x.shape[1] != dim: raise EibError(f"features must have shape (T, {dim}), got {x.shape}")
     if len(x) == 0: raise EibError("features are empty (0 frames): nothing to compress")
     if len(x) > MAX_FRAMES: raise EibError(f"{len(x)} frames exceed the stream limit of {MAX_FRAMES}; split the input")
@@ -171,8 +179,10 @@ def _check_lam(lam) -> float:
     return lam
 
 def chunk_size(frames: int, model, batch_size: int | None = None) -> int:
-    "Frames coded together in a stream of `frames` frames: all of them, up to `batch_size` (default `auto_batch(model)`)."
-    return int(min(int(frames), int(batch_size or auto_batch(model))))
+    """Frames coded together in a stream of `frames` frames: all of them, up to `batch_size` and never more than
+    `auto_batch(model)`, the most whose key/value caches the decoder holds in its memory budget."""
+    most = int(auto_batch(model))
+    return int(min(int(frames), int(batch_size or most), most))
 
 def coder_intervals(freqs: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "(cumulative frequency below, frequency) of each token under integer frequencies `freqs` (..., vocab)."
@@ -265,10 +275,14 @@ def decompress(codec, data: bytes) -> tuple[torch.Tensor, np.ndarray]:
                        "decode with the checkpoint that compressed it")
     c = codec.rvq.cfg
     if s.dim != c.dim: raise EibError(f"corrupted stream: it has {s.dim} dims, the checkpoint {c.dim}")
+    if s.chunk > chunk_size(s.frames, codec.model):
+        raise EibError(f"corrupted stream: it declares chunks of {s.chunk} frames, more than this codec ever codes together "
+                       f"({chunk_size(s.frames, codec.model)})")
     payload = bytes(data[s.header_len:s.header_len + s.payload_len])
     payload += bytes(-len(payload) % 4)
     dec, fam, cm = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").copy()), _family(), codec.coding_model
     tokens = torch.empty(s.frames, c.positions, dtype=torch.long)
+    tail = None  # bits decoded since the decoder may have read all of the payload
     try:
         for a in range(0, s.frames, s.chunk):
             n = min(s.chunk, s.frames - a)
@@ -277,9 +291,17 @@ def decompress(codec, data: bytes) -> tuple[torch.Tensor, np.ndarray]:
                 f = cm.step(st, inp)
                 inp = torch.from_numpy(np.asarray(dec.decode(fam, (f - 1).numpy().astype(np.float64)), dtype=np.int64))
                 tokens[a:a + n, p] = inp
+                if tail is not None:
+                    tail += float(freqs_to_bits(f).gather(1, inp[:, None]).sum())
+                    if tail > TAIL_BITS:
+                        raise EibError(f"corrupted stream: its payload ends before the {s.frames} frames its header declares "
+                                       f"are decoded (it ran out at frame {a})")
+                elif dec.maybe_exhausted(): tail = 0.0
     except EibError: raise
     except Exception as e:  # the coder met data it cannot decode (only possible if the checksum was forged)
         raise EibError(f"corrupted stream: the payload does not decode ({type(e).__name__}: {e})") from None
+    if not dec.maybe_exhausted():
+        raise EibError(f"corrupted stream: its payload holds more than the {s.frames} frames its header declares")
     return tokens, codec.rvq.decode(tokens).numpy()
 
 

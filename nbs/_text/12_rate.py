@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from eib.core import EibError, atomic_write_bytes, atomic_save_npy
+from eib.core import EibError, atomic_write_bytes, atomic_save_npy, check_output
 from eib.codec import as_codec, load_codec
 from eib.bitstream import check_features, compress, decompress, stream_bpf
 from eib.engine import LAM_INF, CodedState, RateEngine, check_utterances
@@ -708,8 +708,19 @@ test_eq(_mp.active_children(), [])  # ... leaves no worker behind
 def _load_features(path) -> np.ndarray:
     p = Path(path)
     if not p.is_file(): raise EibError(f"no such features file: {p}")
+    with open(p, "rb") as f:
+        if f.read(6) != b"\x93NUMPY": raise EibError(f"{p} is not a .npy file (it lacks NumPy's header); save features with numpy.save")
     try: return np.load(p, allow_pickle=False)
     except Exception as e: raise EibError(f"cannot read {p} as a .npy array ({type(e).__name__}: {e})") from None
+
+def _run(prog: str, work) -> int:
+    "Run a console script's `work()`: its user errors, file-system errors and Ctrl-C each end in one line on stderr."
+    try: return work()
+    except EibError as e: msg, rc = f"error: {e}", 2
+    except OSError as e: msg, rc = f"error: {e.strerror or e} ({e.filename})" if e.filename else f"error: {e}", 2
+    except KeyboardInterrupt: msg, rc = "interrupted; nothing was written", 130
+    print(f"{prog}: {msg}", file=sys.stderr)
+    return rc
 
 def compress_cli(argv=None) -> int:
     "eib-compress FEATURES.npy OUT.eib --checkpoint DIR (--lam X | --bpf Y)"
@@ -720,15 +731,16 @@ def compress_cli(argv=None) -> int:
     g.add_argument("--lam", type=float, help="rate-distortion multiplier λ")
     g.add_argument("--bpf", type=float, help="target bits per frame of the whole stream (container counted), met within 0.25 by eib.rate")
     a = ap.parse_args(argv)
-    try:
-        codec = load_codec(a.checkpoint)
-        x = check_features(_load_features(a.features), codec.rvq.cfg.dim)
-        if a.bpf is not None:
-            lam, data = compress_at_bpf(codec, x, a.bpf)
-        else: lam = a.lam; data = compress(codec, x, lam)
-        atomic_write_bytes(a.out, data)
-    except EibError as e:
-        print(f"eib-compress: error: {e}", file=sys.stderr); return 2
+    return _run("eib-compress", lambda: _compress(a))
+
+def _compress(a) -> int:
+    out = check_output(a.out, a.features, a.checkpoint)
+    codec = load_codec(a.checkpoint)
+    x = check_features(_load_features(a.features), codec.rvq.cfg.dim)
+    if a.bpf is not None:
+        lam, data = compress_at_bpf(codec, x, a.bpf)
+    else: lam = a.lam; data = compress(codec, x, lam)
+    atomic_write_bytes(out, data)
     print(f"{a.out}: {len(x)} frames, {len(data)} bytes, {stream_bpf(data):.3f} BPF "
           f"({stream_bpf(data) * 50:.0f} bit/s, container included), λ={lam:.6g}"
           + (f" (target {a.bpf:g} BPF)" if a.bpf is not None else ""))
@@ -743,14 +755,15 @@ def decompress_cli(argv=None) -> int:
     ap.add_argument("stream"); ap.add_argument("out")
     ap.add_argument("--checkpoint", required=True, help="the codec folder the stream was compressed with")
     a = ap.parse_args(argv)
-    try:
-        p = Path(a.stream)
-        if not p.is_file(): raise EibError(f"no such stream file: {p}")
-        codec = load_codec(a.checkpoint)
-        _, y = decompress(codec, p.read_bytes())
-        atomic_save_npy(a.out, y)
-    except EibError as e:
-        print(f"eib-decompress: error: {e}", file=sys.stderr); return 2
+    return _run("eib-decompress", lambda: _decompress(a))
+
+def _decompress(a) -> int:
+    p = Path(a.stream)
+    if not p.is_file(): raise EibError(f"no such stream file: {p}")
+    out = check_output(a.out, a.stream, a.checkpoint)
+    codec = load_codec(a.checkpoint)
+    _, y = decompress(codec, p.read_bytes())
+    atomic_save_npy(out, y)
     print(f"{a.out}: {y.shape[0]} frames x {y.shape[1]} dims")
     return 0
 
@@ -782,9 +795,16 @@ with tempfile.TemporaryDirectory() as d:
         test_eq(decompress_cli([str(d / "x.eib"), str(d / "o.npy"), "--checkpoint", str(d / "nowhere")]), 2)
         test_eq(compress_cli([str(d / "x.npy"), str(d / "o.eib"), "--checkpoint", str(d / "ckpt"),
                               "--bpf", f"{float(rng_t.max_bpf[1]) + 5:.3f}"]), 2)
+        (d / "dir.eib").mkdir()
+        test_eq(compress_cli([str(d / "x.npy"), str(d / "dir.eib"), "--checkpoint", str(d / "ckpt"), "--lam", "1"]), 2)
+        test_eq(compress_cli([str(d / "x.npy"), str(d / "x.npy"), "--checkpoint", str(d / "ckpt"), "--lam", "1"]), 2)
+        test_eq(decompress_cli([str(d / "x.eib"), str(d / "x.npy" / "y.npy"), "--checkpoint", str(d / "ckpt")]), 2)
+        (d / "text.npy").write_text("1 2 3")
+        test_eq(compress_cli([str(d / "text.npy"), str(d / "o.eib"), "--checkpoint", str(d / "ckpt"), "--lam", "1"]), 2)
     errs = se.getvalue().strip().splitlines()
     print("\n".join(errs))
-    test_eq(len(errs), 4)
+    test_eq(len(errs), 8)
+    test_eq([(p, e) for p, e in zip(["existing folder", "also an input", "is a file", "not a .npy file"], errs[4:]) if p not in e], [])
     test_eq([(p, e) for p, e in zip(["shape (T, 130)", "not an eib stream", "no codec checkpoint", "outside the achievable range"], errs)
              if p not in e], [])
-    test_eq(sorted(f.name for f in d.iterdir()), ["b.eib", "bad.npy", "ckpt", "junk.eib", "x.eib", "x.npy", "y.npy"])
+    test_eq(sorted(f.name for f in d.iterdir()), ["b.eib", "bad.npy", "ckpt", "dir.eib", "junk.eib", "text.npy", "x.eib", "x.npy", "y.npy"])
