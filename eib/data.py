@@ -235,7 +235,11 @@ def speaker_split(speakers, test_frac: float = 0.25) -> dict:
 def _read_manifest(root: Path, name: str) -> pd.DataFrame:
     f = root / "manifest.csv"
     if not f.exists(): raise EibError(f"{name}: no manifest.csv in {root}. {HOWTO[name]}")
-    t = pd.read_csv(f, dtype={"speaker": str, "id": str, "split": str}, keep_default_na=False)
+    try: t = pd.read_csv(f, dtype={"speaker": str, "id": str, "split": str}, keep_default_na=False)
+    except UnicodeDecodeError as e:
+        raise EibError(f"{f} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start}); "
+                       "save it as UTF-8 (rename files whose names are not)") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e: raise EibError(f"{f} is not a readable CSV file ({e})") from None
     miss = [c for c in ("path", "speaker", "emotion") if c not in t.columns]
     if miss: raise EibError(f"{f}: missing column(s) {', '.join(miss)}; needs path, speaker, emotion[, split]")
     if not len(t): raise EibError(f"{f} lists no utterances")

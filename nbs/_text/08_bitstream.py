@@ -163,7 +163,10 @@ def _family(): return constriction.stream.model.Categorical(perfect=False)
 
 def check_features(features, dim: int) -> np.ndarray:
     "`features` as a float32 (T, `dim`) array with 1 to `MAX_FRAMES` finite frames, or an EibError saying what is wrong."
-    x = np.asarray(features)
+    if features is None: raise EibError(f"features must be a (T, {dim}) array, got None")
+    if torch.is_tensor(features): features = features.detach().cpu().numpy()
+    try: x = np.asarray(features)
+    except ValueError as e: raise EibError(f"features must be a (T, {dim}) array, not ragged rows ({e})") from None
     if x.dtype == object or not np.issubdtype(x.dtype, np.number): raise EibError(f"features must be numeric, got dtype {x.dtype}")
     if np.iscomplexobj(x): raise EibError(f"features must be real numbers, got dtype {x.dtype}")
     if x.ndim != 2 or x.shape[1] != dim: raise EibError(f"features must have shape (T, {dim}), got {x.shape}")
@@ -173,6 +176,7 @@ def check_features(features, dim: int) -> np.ndarray:
     return x.astype(np.float32)
 
 def _check_lam(lam) -> float:
+    if isinstance(lam, (bool, np.bool_)): raise EibError(f"λ must be a number, got {lam!r}")
     try: lam = float(lam)
     except (TypeError, ValueError): raise EibError(f"λ must be a number, got {lam!r}") from None
     if not math.isfinite(lam) or lam < 0: raise EibError(f"λ must be finite and non-negative, got {lam}")
@@ -182,6 +186,8 @@ def chunk_size(frames: int, model, batch_size: int | None = None) -> int:
     """Frames coded together in a stream of `frames` frames: all of them, up to `batch_size` and never more than
     `auto_batch(model)`, the most whose key/value caches the decoder holds in its memory budget."""
     most = int(auto_batch(model))
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise EibError(f"batch_size must be a positive whole number or None (automatic), got {batch_size!r}")
     return int(min(int(frames), int(batch_size or most), most))
 
 def coder_intervals(freqs: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -386,6 +392,12 @@ test_fail(lambda: compress(codec, x[:, :5], lam), contains="shape (T, 16)")
 xn = x.copy(); xn[1, 1] = np.inf
 test_fail(lambda: compress(codec, xn, lam), contains="NaN or infinite")
 test_fail(lambda: compress(codec, x, float("nan")), contains="finite")
+test_fail(lambda: compress(codec, x, True), contains="must be a number")
+for bs in (0, "a", 2.5): test_fail(lambda: compress(codec, x, lam, batch_size=bs), contains="batch_size must be")
+test_fail(lambda: compress(codec, [x[0], x[1][:3]], lam), contains="ragged")
+test_fail(lambda: compress(codec, x.astype(np.complex64), lam), contains="real numbers")
+test_fail(lambda: compress(None, x, lam), contains="expected a Codec")
+test_eq(compress(codec, torch.from_numpy(x[:20]).requires_grad_(), lam), compress(codec, x[:20], lam))
 
 
 # %% [markdown]
