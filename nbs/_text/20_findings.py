@@ -5,8 +5,9 @@
 
 # %% [markdown]
 # This chapter puts the claims of the thesis this project re-creates next to what the sweeps of this book
-# measured. The claims are **quoted** (from the thesis's README, `../shared/reference/original-thesis-README.md`,
-# and from the design notes, `../shared/DESIGN.md`) and labelled as claims; every other number on the page is
+# measured. The claims are **quoted** from the thesis's README (H. Zhou, *Emotion Information Bottleneck: Precise
+# Rate-Distortion Control for Emotion Recognition*, Master's thesis, University of Melbourne, 2025) and labelled as
+# claims; every other number on the page is
 # read from `evaluation_results/rate_sweep_<DATASET>.json` by the code of this page (shown folded) when the website
 # is built, so it changes when a sweep is re-run. The details, per dataset, are in [Results](21_results.ipynb).
 

@@ -34,7 +34,7 @@ from eib.results import *  # the helpers of this page, defined (and tested) in i
 # - **SYNTH**, the embedded synthetic corpus (speech rendered with `espeak-ng`, features from openSMILE):
 #   `make book` re-runs its quick sweep and this page checks that run against the committed file (see
 #   [How to reproduce](30_reproduce.ipynb));
-# - **RAVDESS** and **EMODB**, measured on the licensed corpora in `../shared/datasets` (their features and
+# - **RAVDESS** and **EMODB**, measured on the licensed corpora themselves (read at run time, never committed) (their features and
 #   codecs are never committed; the results files are).
 #
 # The page shows every dataset present, then compares them. The helpers that turn a results file into these
