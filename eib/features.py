@@ -20,7 +20,7 @@ __all__ = ['MIN_DURATION', 'ENCODERS', 'E2V_MODELS', 'HUB_HOSTS', 'WHISPER_BASE_
            'WHISPER_LAYERS', 'WHISPER_LAYER', 'PLUS_LABELS', 'prepare_wave', 'Encoder', 'CompareEncoder', 'models_root',
            'is_model_dir', 'hub_reachable', 'resolve_weights', 'Emotion2vecEncoder', 'whisper_model_dir',
            'read_ct2_encoder', 'whisper_log_mel', 'whisper_forward', 'WhisperBaseEncoder', 'get_encoder',
-           'tiny_emotion2vec', 'build_store', 'FeatureStore', 'load_store', 'prepare_cli']
+           'tiny_emotion2vec', 'store_lock', 'build_store', 'FeatureStore', 'load_store', 'prepare_cli']
 
 # %% ../nbs/03_features.ipynb #e77c63a2
 MIN_DURATION = 0.1  # seconds: shorter clips are refused
@@ -450,6 +450,27 @@ def _graceful_stop():
     finally:
         for s, h in old.items(): signal.signal(s, h)
 
+def _die_with_parent():
+    "Worker initializer (Linux): the kernel sends SIGTERM to this worker when the process that started it dies, even by kill -9."
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError): pass  # not Linux: workers end when their task queue closes
+
+@contextlib.contextmanager
+def store_lock(store: Path):
+    "Hold an exclusive lock on `store` (its `.lock` file) while writing it; another writer gets an EibError at once."
+    import fcntl
+    store.mkdir(parents=True, exist_ok=True)
+    fd = os.open(store / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EibError(f"{store} is being written by another eib-prepare (or build_store) right now: wait for it to "
+                           "finish, or choose another --name") from None
+        yield store
+    finally: os.close(fd)  # closing releases the lock (the kernel also releases it when the process dies)
+
 def _worker_encoder(spec):
     if spec not in _W:
         name, model_dir, device, check_dim, layer = spec
@@ -537,76 +558,77 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
     # openSMILE workers are forked (fast); torch is not fork-safe, so emotion2vec workers are spawned
     ctx = multiprocessing.get_context("fork" if encoder == "compare" else "spawn")
     if encoder == "compare" and workers > 1: import opensmile  # noqa: F401 (imported once, inherited by the forks)
-    pool = ProcessPoolExecutor(workers, mp_context=ctx) if workers > 1 else None
-    try:
-        try: info = pool.submit(F._encoder_info, spec).result() if pool else F._encoder_info(spec)
-        except BrokenProcessPool:
-            raise EibError("a worker process died while loading the encoder; when calling build_store from a script "
-                           "with workers > 1, put the call under `if __name__ == '__main__':` (or use workers=1)") from None
-        if old_meta and not force and (old_meta.get("encoder_version"), old_meta.get("dim")) != (info["version"], info["dim"]):
-            raise EibError(f"{store} was made with {old_meta.get('encoder_version')} ({old_meta.get('dim')} dims), now "
-                           f"{info['version']} ({info['dim']} dims): choose another --name (or --force to recompute)")
-        feats = store / "features"; feats.mkdir(parents=True, exist_ok=True)
-        base = table.reset_index(drop=True).copy()
-        base["source"] = _relsource(base, dataset, root)
-        for c in ("speaker", "emotion", "emotion_orig", "split"):
-            base[c] = base[c].astype(str) if c in base.columns else ""
-        old = {}
-        if (store / "manifest.csv").exists() and not force:
-            om = pd.read_csv(store / "manifest.csv", dtype=str, keep_default_na=False)
-            old = {r["id"]: r for r in om.to_dict("records") if r["error"] == ""}
-        res, todo = {}, []
-        for r in base.to_dict("records"):
-            f = feats / f"{r['id']}.npy"
-            n = 0 if force else _valid_npy(f, info["dim"])
-            if n:
-                d = old.get(r["id"], {}).get("duration") or r.get("duration")
-                res[r["id"]] = dict(id=r["id"], frames=n, duration=float(d), error="", reused=True)
-            else: todo.append((r["id"], r["path"], str(f)))
-
-        def write(complete: bool):
-            m = base.merge(pd.DataFrame(list(res.values()), columns=["id", "frames", "duration", "error"]),
-                           on="id", how="inner", suffixes=("_table", ""))
-            m = m[_MANIFEST_COLS].copy()
-            m["frames"] = m["frames"].astype(int); m["duration"] = m["duration"].astype(float).round(4)
-            atomic_write_text(store / "manifest.csv", m.to_csv(index=False))
-            ok = m[m["error"] == ""]
-            meta = dict(dataset=dataset, name=name, encoder=encoder, encoder_version=info["version"], dim=info["dim"],
-                        frame_rate=FRAME_RATE, dtype="float32", labels=info["labels"], **info["meta"],
-                        eib_version=getattr(eib, "__version__", ""), command=command or
-                        f"build_store({dataset!r}, root={str(root) if root else None!r}, encoder={encoder!r}, name={name!r})",
-                        created=(old_meta or {}).get("created", started) if not force else started,
-                        updated=datetime.now(timezone.utc).isoformat(timespec="seconds"), complete=complete,
-                        utterances=len(base), ok=len(ok), errors=int((m["error"] != "").sum()), frames=int(ok["frames"].sum()),
-                        audio_seconds=round(float(ok["duration"].sum()), 2),
-                        counts={s: g["emotion"].value_counts().sort_index().to_dict() for s, g in ok.groupby("split")})
-            atomic_write_json(store / "meta.json", meta)
-            return m
-
-        if verbose: print(f"{store}: {len(base)} utterances, {len(res)} already encoded, {len(todo)} to encode "
-                          f"with {encoder} on {max(workers, 1)} worker(s)")
-        last = time.time()
-        bar = tqdm(total=len(todo), desc=f"{name}/{encoder}", unit="utt", disable=not progress or not todo,
-                   mininterval=0.1 if sys.stderr.isatty() else 15)  # few lines in logs
-        futs = []
+    with store_lock(store):  # one writer at a time
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=F._die_with_parent) if workers > 1 else None
         try:
-            with _graceful_stop():
-                if pool: futs = [pool.submit(F._encode_file, spec, *t) for t in todo]
-                for fut in (as_completed(futs) if pool else (F._encode_file(spec, *t) for t in todo)):
-                    r = fut.result() if pool else fut
-                    res[r["id"]] = r; bar.update(1)
-                    if _STOP.is_set(): raise KeyboardInterrupt
-                    if time.time() - last > 30: write(False); last = time.time()
-        except BaseException:
-            if pool:  # let the workers finish the files they hold, and list those too
-                pool.shutdown(wait=True, cancel_futures=True)
-                for f in futs:
-                    if f.done() and not f.cancelled() and f.exception() is None: res[f.result()["id"]] = f.result()
-            write(False); raise
-        finally: bar.close()
-    finally:
-        if pool: pool.shutdown(wait=True, cancel_futures=True)
-    m = write(True)
+            try: info = pool.submit(F._encoder_info, spec).result() if pool else F._encoder_info(spec)
+            except BrokenProcessPool:
+                raise EibError("a worker process died while loading the encoder; when calling build_store from a script "
+                               "with workers > 1, put the call under `if __name__ == '__main__':` (or use workers=1)") from None
+            if old_meta and not force and (old_meta.get("encoder_version"), old_meta.get("dim")) != (info["version"], info["dim"]):
+                raise EibError(f"{store} was made with {old_meta.get('encoder_version')} ({old_meta.get('dim')} dims), now "
+                               f"{info['version']} ({info['dim']} dims): choose another --name (or --force to recompute)")
+            feats = store / "features"; feats.mkdir(parents=True, exist_ok=True)
+            base = table.reset_index(drop=True).copy()
+            base["source"] = _relsource(base, dataset, root)
+            for c in ("speaker", "emotion", "emotion_orig", "split"):
+                base[c] = base[c].astype(str) if c in base.columns else ""
+            old = {}
+            if (store / "manifest.csv").exists() and not force:
+                om = pd.read_csv(store / "manifest.csv", dtype=str, keep_default_na=False)
+                old = {r["id"]: r for r in om.to_dict("records") if r["error"] == ""}
+            res, todo = {}, []
+            for r in base.to_dict("records"):
+                f = feats / f"{r['id']}.npy"
+                n = 0 if force else _valid_npy(f, info["dim"])
+                if n:
+                    d = old.get(r["id"], {}).get("duration") or r.get("duration")
+                    res[r["id"]] = dict(id=r["id"], frames=n, duration=float(d), error="", reused=True)
+                else: todo.append((r["id"], r["path"], str(f)))
+
+            def write(complete: bool):
+                m = base.merge(pd.DataFrame(list(res.values()), columns=["id", "frames", "duration", "error"]),
+                               on="id", how="inner", suffixes=("_table", ""))
+                m = m[_MANIFEST_COLS].copy()
+                m["frames"] = m["frames"].astype(int); m["duration"] = m["duration"].astype(float).round(4)
+                atomic_write_text(store / "manifest.csv", m.to_csv(index=False))
+                ok = m[m["error"] == ""]
+                meta = dict(dataset=dataset, name=name, encoder=encoder, encoder_version=info["version"], dim=info["dim"],
+                            frame_rate=FRAME_RATE, dtype="float32", labels=info["labels"], **info["meta"],
+                            eib_version=getattr(eib, "__version__", ""), command=command or
+                            f"build_store({dataset!r}, root={str(root) if root else None!r}, encoder={encoder!r}, name={name!r})",
+                            created=(old_meta or {}).get("created", started) if not force else started,
+                            updated=datetime.now(timezone.utc).isoformat(timespec="seconds"), complete=complete,
+                            utterances=len(base), ok=len(ok), errors=int((m["error"] != "").sum()), frames=int(ok["frames"].sum()),
+                            audio_seconds=round(float(ok["duration"].sum()), 2),
+                            counts={s: g["emotion"].value_counts().sort_index().to_dict() for s, g in ok.groupby("split")})
+                atomic_write_json(store / "meta.json", meta)
+                return m
+
+            if verbose: print(f"{store}: {len(base)} utterances, {len(res)} already encoded, {len(todo)} to encode "
+                              f"with {encoder} on {max(workers, 1)} worker(s)")
+            last = time.time()
+            bar = tqdm(total=len(todo), desc=f"{name}/{encoder}", unit="utt", disable=not progress or not todo,
+                       mininterval=0.1 if sys.stderr.isatty() else 15)  # few lines in logs
+            futs = []
+            try:
+                with _graceful_stop():
+                    if pool: futs = [pool.submit(F._encode_file, spec, *t) for t in todo]
+                    for fut in (as_completed(futs) if pool else (F._encode_file(spec, *t) for t in todo)):
+                        r = fut.result() if pool else fut
+                        res[r["id"]] = r; bar.update(1)
+                        if _STOP.is_set(): raise KeyboardInterrupt
+                        if time.time() - last > 30: write(False); last = time.time()
+            except BaseException:
+                if pool:  # let the workers finish the files they hold, and list those too
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    for f in futs:
+                        if f.done() and not f.cancelled() and f.exception() is None: res[f.result()["id"]] = f.result()
+                write(False); raise
+            finally: bar.close()
+        finally:
+            if pool: pool.shutdown(wait=True, cancel_futures=True)
+        m = write(True)
     if verbose:
         n_new = len(todo)
         el = time.time() - t_start
