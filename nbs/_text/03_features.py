@@ -802,6 +802,9 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
     if layer is not None and encoder != "whisper_base": raise EibError(f"{encoder} has no layer to choose; --layer is for whisper_base")
     if table is None:
         if dataset not in DATASETS: raise EibError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+        if dataset == "synth" and root is None:  # the embedded corpus is rendered (espeak-ng) on first use
+            from eib.synth import ensure_corpus
+            root = ensure_corpus()
         table = read_dataset(dataset, root)
     if not len(table): raise EibError(f"{dataset}: the utterance table is empty")
     name = name or (dataset if dataset != "manifest" or root is None else Path(root).name)
@@ -1059,11 +1062,7 @@ def _prepare(argv) -> int:
     a = p.parse_args(argv)
     cmd = "eib-prepare " + " ".join(shlex.quote(s) for s in (sys.argv[1:] if argv is None else argv))
     try:
-        root = a.root
-        if a.dataset == "synth" and root is None:
-            try: from eib.synth import ensure_corpus
-            except ImportError as e: raise EibError(f"eib.synth is not available ({e}); pass --root <synthetic corpus>") from None
-            root = ensure_corpus()
+        root = a.root  # None: the shared datasets folder (the synthetic corpus: rendered by build_store)
         out = a.out
         if out is None:
             try: out = repo_root() / "data_subset"

@@ -147,9 +147,6 @@ def prepare_features(dataset: str, data_root=None, encoder: str = "compare", fea
     name = name or (root.name if dataset == "manifest" else dataset)
     path = _in_repo(features_dir) / _store_name(name, encoder)
     if not (path / "meta.json").exists():
-        if dataset == "synth" and root is None:  # the embedded corpus is rendered (espeak-ng) on first use
-            from eib.synth import ensure_corpus
-            root = ensure_corpus()
         build_store(dataset, root, encoder=encoder, out=path.parent, name=path.name, model_dir=model_dir, device=device,
                     progress=progress, command=f"eib.sweep.prepare_features({dataset!r}, encoder={encoder!r}, name={name!r})")
     store = load_store(path)
