@@ -12,7 +12,7 @@ import constriction
 from .core import EibError
 from .entropy import freqs_to_bits
 from .ecvq import ecvq_encode, auto_batch, ECVQResult
-from .codec import Codec, as_codec
+from .codec import as_codec
 
 # %% auto #0
 __all__ = ['MAGIC', 'VERSION', 'MAX_FRAMES', 'TAIL_BITS', 'header_len', 'stream_len', 'StreamInfo', 'stream_info', 'stream_bpf',

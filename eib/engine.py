@@ -28,7 +28,7 @@ def check_utterances(utterances, dim: int) -> list[np.ndarray]:
     if not utts: raise EibError("no utterances given")
     out = []
     for i, u in enumerate(utts):
-        try: out.append(np.ascontiguousarray(check_features(u.numpy() if torch.is_tensor(u) else u, dim)))
+        try: out.append(np.ascontiguousarray(check_features(u, dim)))
         except EibError as e: raise EibError(f"utterance {i}: {e}") from None
     return out
 

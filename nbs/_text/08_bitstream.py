@@ -17,12 +17,13 @@ import constriction
 from eib.core import EibError
 from eib.entropy import freqs_to_bits
 from eib.ecvq import ecvq_encode, auto_batch, ECVQResult
-from eib.codec import Codec, as_codec
+from eib.codec import as_codec
 
 # %%
 import operator
 from fastcore.test import test, test_eq, test_fail, test_close
 torch.set_num_threads(1)  # the tests' tiny models run faster on one thread on a shared machine
+from eib.codec import Codec
 
 # %% [markdown]
 # ## Container
