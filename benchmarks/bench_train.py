@@ -5,7 +5,7 @@ For every feature store given, the real console script `eib-train --preset cpu` 
         training), run from a git worktree of that commit with this virtual environment;
   new   this checkout's recipe;
   4x    (--long) this checkout's recipe with `--budget 4`: four times the sampled frames and entropy-model steps.
-Each arm's wall time and phases come from its checkpoint's meta.json; its validation numbers are re-measured here
+Each arm's wall time and phases come from its checkpoint's config.json; its validation numbers are re-measured here
 on the same validation frames: the entropy model's validation bits per token (meta) and the rate-distortion points
 of `eib.train.evaluate_codec` at the old arm's λ grid, compared at equal rate by `eib.train.mse_at_rate` (MSE ratio,
 negative = better than the reference, the old recipe).
@@ -42,15 +42,12 @@ def train(arm: str, features: Path, out: Path, src: Path | None, extra: list) ->
 def measure(ck: Path, xva, lams) -> dict:
     from eib.codec import load_codec
     from eib.train import evaluate_codec
-    meta = json.loads((ck / "meta.json").read_text())
-    m = meta.get("metrics", meta)
+    m = json.loads((ck / "config.json").read_text())["metrics"]
     codec = load_codec(ck)
     return dict(meta=m, rd=evaluate_codec(codec, xva, lams), cfg=str(codec.cfg))
 
 
 def bench_store(features: Path, old_src: Path, tmp: Path, long: bool) -> None:
-    import numpy as np
-    from eib.train import open_features, split_train_val, stack_frames, mse_at_rate, PRESETS
     name = features.name
     arms = [("old", old_src, []), ("new", None, [])] + ([("4x", None, ["--budget", "4"])] if long else [])
     res = {}
@@ -59,22 +56,30 @@ def bench_store(features: Path, old_src: Path, tmp: Path, long: bool) -> None:
         wall = train(arm, features.resolve(), ck, src, extra)
         res[arm] = dict(wall=wall, ck=ck)
         print(f"  {name}: {arm} arm trained in {wall:.0f} s", flush=True)
+    report(features, res)
+
+
+def report(features: Path, res: dict) -> None:
+    "Print the arms `res` ({arm: dict(wall=seconds, ck=checkpoint)}, the first one the reference) side by side."
+    import numpy as np
+    from eib.train import open_features, split_train_val, stack_frames, mse_at_rate, PRESETS
     man, frames_of, meta, _ = open_features(str(features))
     _, va_ids, _ = split_train_val(man, 0.1, 0)
     xva = stack_frames(va_ids, frames_of)
     n = PRESETS["cpu"]["max_val_frames"]
     if n and len(xva) > n: xva = xva[np.sort(np.random.default_rng(1).choice(len(xva), n, replace=False))]
-    lams = json.loads((res["old"]["ck"] / "meta.json").read_text())["lams"]
+    ref_arm = next(iter(res))
+    lams = json.loads((res[ref_arm]["ck"] / "config.json").read_text())["lams"]
     for arm in res: res[arm] |= measure(res[arm]["ck"], xva, lams)
-    ref = res["old"]["rd"]
-    print(f"\n{name} ({meta.get('encoder')}, {meta.get('dim')} dims), codec {res['new']['cfg']}; validation: {len(xva)} frames "
-          f"of the held-out training speakers, λ grid of the old arm ({len(lams)} values)")
-    print(f"{'arm':>4} {'wall_s':>7} {'rvq_s':>6} {'entropy_s':>9} {'val bits/token':>15} {'vs old':>7} "
-          f"{'MSE at equal rate vs old':>25}  phases (s)")
+    ref = res[ref_arm]
+    print(f"\n{features.name} ({meta.get('encoder')}, {meta.get('dim')} dims), codec {ref['cfg']}; validation: {len(xva)} frames "
+          f"of the held-out training speakers, λ grid of the {ref_arm} arm ({len(lams)} values)")
+    print(f"{'arm':>4} {'wall_s':>7} {'rvq_s':>6} {'entropy_s':>9} {'val bits/token':>15} {'vs ' + ref_arm:>7} "
+          f"{'MSE at equal rate vs ' + ref_arm:>25}  phases (s)")
     for arm, r in res.items():
         m = r["meta"]
-        vb, vb0 = m.get("val_bits_per_token"), res["old"]["meta"].get("val_bits_per_token")
-        ratio = mse_at_rate(ref, r["rd"])
+        vb, vb0 = m.get("val_bits_per_token"), ref["meta"].get("val_bits_per_token")
+        ratio = mse_at_rate(ref["rd"], r["rd"])
         ph = m.get("phases_s", {})
         print(f"{arm:>4} {r['wall']:7.0f} {m.get('rvq_fit_s', float('nan')):6.0f} {m.get('entropy_train_s', float('nan')):9.0f} "
               f"{vb:15.4f} {vb / vb0 - 1:+7.2%} {2 ** ratio - 1:+25.2%}  "

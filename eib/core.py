@@ -4,13 +4,13 @@
 
 # %% ../nbs/00_core.ipynb #ce49d8c1
 from __future__ import annotations
-import hashlib, json, os, tempfile
+import hashlib, json, os, sys, tempfile
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
 __all__ = ['FRAME_RATE', 'SAMPLE_RATE', 'bpf_to_bps', 'EibError', 'repo_root', 'shared_root', 'datasets_root',
-           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_save_npy', 'check_output',
+           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_save_npy', 'check_output', 'run_cli',
            'fingerprint']
 
 # %% ../nbs/00_core.ipynb #f8e4f5f8
@@ -75,15 +75,22 @@ def atomic_save_npy(path: str | Path, arr: np.ndarray) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 # %% ../nbs/00_core.ipynb #fd068e10
-def check_output(path, *inputs) -> Path:
-    "`path` as a `Path` a console script may write its result to (atomically), or an EibError saying why not."
+def check_output(path, *inputs, folder: bool = False) -> Path:
+    """`path` as a `Path` a console script may write its result to (atomically), or an EibError saying why not.
+    `folder`: the output is a folder (a checkpoint, a feature store), which may exist but may neither be an input nor hold one."""
     s = str(path) if path is not None else ""
     if not s.strip(): raise EibError("the output name is empty")
     p = Path(s).expanduser()
     if len(os.fsencode(p.name)) > 255: raise EibError(f"the output name is longer than 255 bytes: {p.name[:40]}...")
-    if p.is_dir(): raise EibError(f"the output {p} is an existing folder; give a file name")
+    if folder and p.exists() and not p.is_dir(): raise EibError(f"the output {p} is an existing file; give a folder name")
+    if not folder and p.is_dir(): raise EibError(f"the output {p} is an existing folder; give a file name")
     for q in inputs:
-        if q is not None and Path(q).exists() and p.exists() and os.path.samefile(p, q):
+        if q is None or not Path(q).exists(): continue
+        if folder:
+            a, b = p.resolve(), Path(q).resolve()
+            if a == b or a in b.parents:  # its files would replace or mix with the input's
+                raise EibError(f"the output folder {p} {'is' if a == b else 'holds'} the input {q}; write somewhere else")
+        elif p.exists() and os.path.samefile(p, q):
             raise EibError(f"the output {p} is also an input; write to another file")
     parent = p.parent if str(p.parent) else Path(".")
     for a in (parent, *parent.parents):
@@ -92,6 +99,20 @@ def check_output(path, *inputs) -> Path:
             if not os.access(a, os.W_OK | os.X_OK): raise EibError(f"cannot write {p}: no permission to write in {a}")
             break
     return p
+
+# %% ../nbs/00_core.ipynb #e132d74a
+def run_cli(prog: str, work, debug: bool = False, interrupted: str = "interrupted; nothing was written") -> int:
+    "Run a console script's `work()` -> its exit status; every failure ends in one line on stderr (`debug`: re-raised)."
+    try: return work()
+    except (Exception, KeyboardInterrupt) as e:
+        if debug: raise
+        if isinstance(e, KeyboardInterrupt): msg, rc = interrupted, 130
+        elif isinstance(e, EibError): msg, rc = f"error: {e}", 2
+        elif isinstance(e, OSError): msg, rc = (f"error: {e.strerror or e} ({e.filename})" if e.filename else f"error: {e}"), 2
+        elif isinstance(e, MemoryError): msg, rc = "error: out of memory (try a smaller input or batch)", 2
+        else: msg, rc = f"internal error: {type(e).__name__}: {e} (run again with --debug for the traceback, and please report it)", 1
+    print(f"{prog}: {msg}", file=sys.stderr)
+    return rc
 
 # %% ../nbs/00_core.ipynb #35dcbbb8
 def fingerprint(obj, n: int = 16) -> str:

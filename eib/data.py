@@ -14,9 +14,9 @@ from .core import EibError, SAMPLE_RATE, datasets_root, repo_root
 # %% auto #0
 __all__ = ['DATASETS', 'EMOTIONS', 'AUDIO_EXTS', 'HOWTO', 'RAVDESS_EMOTIONS', 'RAVDESS_STATEMENTS', 'ESD_EMOTIONS',
            'ESD_TEST_SPEAKERS', 'IEMOCAP_EMOTIONS', 'EMODB_EMOTIONS', 'EMODB_MALE', 'EMODB_TEST_SPEAKERS',
-           'EMOTION_ALIASES', 'LABEL_PROTOCOLS', 'synth_root', 'read_dataset', 'read_ravdess', 'read_esd',
-           'read_iemocap', 'read_emodb', 'speaker_split', 'read_manifest', 'read_synth', 'apply_protocol',
-           'select_subset', 'load_audio']
+           'EMOTION_ALIASES', 'LABEL_PROTOCOLS', 'KNOWN_EMOTIONS', 'MAX_PEAK', 'synth_root', 'read_dataset',
+           'read_ravdess', 'read_esd', 'read_iemocap', 'read_emodb', 'speaker_split', 'read_manifest', 'read_synth',
+           'unknown_emotions', 'apply_protocol', 'select_subset', 'load_audio']
 
 # %% ../nbs/01_data.ipynb #280eaebe
 DATASETS = ("ravdess", "esd", "iemocap", "emodb", "manifest", "synth")
@@ -280,6 +280,14 @@ LABEL_PROTOCOLS = {
     "synth": _ID("neutral", "happy", "sad", "angry", "fear", "surprise"),
 }
 
+KNOWN_EMOTIONS = frozenset(k for m in LABEL_PROTOCOLS.values() for k, v in m.items() if v) | {"contempt"}
+
+def unknown_emotions(dataset: str, emotions) -> np.ndarray:
+    """True where an emotion label is unknown: not in `dataset`'s protocol (which maps or drops every label it names),
+    or, for a corpus without one (`manifest`), not in `KNOWN_EMOTIONS` (a misspelt label would become a class of its own)."""
+    known = LABEL_PROTOCOLS.get(dataset, KNOWN_EMOTIONS)
+    return np.array([str(e) not in known for e in emotions], dtype=bool)
+
 def apply_protocol(df: pd.DataFrame, name: str, verbose: bool = True) -> pd.DataFrame:
     "Add a `label` column by protocol `name`; drop rows mapped to None (counts in `attrs['protocol_dropped']`)."
     if name in ("identity", "manifest"): mapping = None
@@ -317,6 +325,8 @@ def select_subset(df: pd.DataFrame, n_per_emotion: int | None = 100, seed: int =
     return out
 
 # %% ../nbs/01_data.ipynb #356b0326
+MAX_PEAK = 16.0  # a float file may overshoot [-1, 1] a little; beyond this it is not a waveform scaled as audio
+
 def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
     "Float32 mono samples of `path` at `sr` Hz."
     from scipy.signal import resample_poly
@@ -326,6 +336,8 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
     except Exception as e: raise EibError(f"cannot read audio file {path} (corrupt or unsupported format): {e}") from None
     if x.size == 0: raise EibError(f"audio file {path} holds no samples")
     if not np.isfinite(x).all(): raise EibError(f"audio file {path} holds NaN or infinite samples")
+    peak = float(np.abs(x).max())
+    if peak > MAX_PEAK: raise EibError(f"audio file {path} peaks at {peak:.3g}; samples belong in [-1, 1] (is it scaled wrongly?)")
     x = x.mean(axis=1)
     if fs != sr:
         g = math.gcd(int(fs), int(sr))

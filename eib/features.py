@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .core import EibError, FRAME_RATE, SAMPLE_RATE, atomic_save_npy, atomic_write_json, atomic_write_text, \
-    datasets_root, repo_root
+    check_output, datasets_root, repo_root, run_cli
 
 # %% auto #0
 __all__ = ['MIN_DURATION', 'ENCODERS', 'E2V_MODELS', 'HUB_HOSTS', 'WHISPER_BASE_SHA256', 'WHISPER_WHEELS', 'WHISPER_FILES',
@@ -533,7 +533,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
                 command: str | None = None, progress: bool = True, verbose: bool = True, check_dim: bool = True,
                 layer: int | None = None) -> Path:
     "Encode corpus `dataset` (at `root`) with `encoder` (`layer`: whisper_base's hidden layer) into `out/<name>/`; returns the store folder."
-    from eib.data import DATASETS, read_dataset
+    from eib.data import DATASETS, KNOWN_EMOTIONS, LABEL_PROTOCOLS, read_dataset, unknown_emotions
     from tqdm.auto import tqdm
     import eib
     if encoder not in ENCODERS: raise EibError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
@@ -549,7 +549,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
         table = read_dataset(dataset, root)
     if not len(table): raise EibError(f"{dataset}: the utterance table is empty")
     name = name or (dataset if dataset != "manifest" or root is None else Path(root).name)
-    store = Path(out) / name
+    store = check_output(Path(out) / name, root, folder=True)  # never inside (or around) the corpus it reads
     spec = (encoder, None if model_dir is None else str(model_dir), device, check_dim, None if layer is None else int(layer))
     t_start, started = time.time(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     old_meta = json.loads((store / "meta.json").read_text()) if (store / "meta.json").exists() else None
@@ -581,7 +581,12 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
                 om = pd.read_csv(store / "manifest.csv", dtype=str, keep_default_na=False)
                 old = {r["id"]: r for r in om.to_dict("records") if r["error"] == ""}
             res, todo = {}, []
-            for r in base.to_dict("records"):
+            unknown = unknown_emotions(dataset, base["emotion"])
+            for r, unk in zip(base.to_dict("records"), unknown):
+                if unk:  # listed as an error, never encoded: a misspelt label would become a class of its own
+                    res[r["id"]] = dict(id=r["id"], frames=0, duration=float("nan"), error=f"unknown emotion label {r['emotion']!r} "
+                                        f"(known: {', '.join(sorted(LABEL_PROTOCOLS.get(dataset, KNOWN_EMOTIONS)))})")
+                    continue
                 f = feats / f"{r['id']}.npy"
                 n = 0 if force else _valid_npy(f, info["dim"])
                 if n:
@@ -712,21 +717,16 @@ def _prepare(argv) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="recompute everything, replacing an existing store")
+    p.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     a = p.parse_args(argv)
     cmd = "eib-prepare " + " ".join(shlex.quote(s) for s in (sys.argv[1:] if argv is None else argv))
-    try:
-        root = a.root  # None: the shared datasets folder (the synthetic corpus: rendered by build_store)
+    def work():
         out = a.out
         if out is None:
             try: out = repo_root() / "data_subset"
             except EibError: out = Path("data_subset")
-        store = build_store(a.dataset, root, a.encoder, out=out, name=a.name, model_dir=a.model_dir, workers=a.workers, layer=a.layer,
-                            device=a.device, force=a.force, command=cmd)
+        store = build_store(a.dataset, a.root, a.encoder, out=out, name=a.name, model_dir=a.model_dir, workers=a.workers,
+                            layer=a.layer, device=a.device, force=a.force, command=cmd)  # root None: the shared datasets folder
         print(f"wrote {store}")
         return 0
-    except EibError as e:
-        print(f"eib-prepare: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("eib-prepare: interrupted; the finished files are kept: run the same command again to resume", file=sys.stderr)
-        return 130
+    return run_cli("eib-prepare", work, a.debug, interrupted="interrupted; the finished files are kept: run the same command again to resume")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from .core import EibError
+from .core import EibError, check_output, run_cli
 from .rvq import RVQConfig, GroupedRVQ, fit_rvq, rvq_report, lloyd_update
 from .ecvq import ecvq_encode, lambda_grid, train_entropy_model
 from .codec import Codec, save_codec
@@ -219,18 +219,20 @@ def train_cli(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=1.0, help="multiply the preset's sampled frames and entropy-model steps (default 1)")
     ap.add_argument("--refine", action="store_true", help="Lloyd-refine the codebooks on ECVQ tokens once")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     a = ap.parse_args(argv)
-    try:
-        if a.device == "cuda" and not torch.cuda.is_available(): raise EibError("--device cuda but no CUDA device is available")
-        ekw = {k: v for k, v in (("epochs", a.epochs), ("max_steps", a.max_steps)) if v is not None}
-        c = train_codec(a.features, preset=a.preset, out=a.out, seed=a.seed, lams=a.lams, rounds=a.rounds,
-                        device=a.device, refine=a.refine, progress=not a.quiet, entropy_kw=ekw,
-                        max_frames=None if a.max_frames == 0 else a.max_frames, budget=a.budget,
-                        command=" ".join(["eib-train", *(sys.argv[1:] if argv is None else argv)]))
-    except EibError as e:
-        print(f"eib-train: error: {e}", file=sys.stderr)
-        if argv is None: sys.exit(2)
-        return 2
+    rc = run_cli("eib-train", lambda: _train(a, argv), a.debug, interrupted="interrupted; no checkpoint was written")
+    if argv is None: sys.exit(rc)
+    return rc
+
+def _train(a, argv) -> int:
+    if a.device == "cuda" and not torch.cuda.is_available(): raise EibError("--device cuda but no CUDA device is available")
+    check_output(a.out, a.features, folder=True)
+    ekw = {k: v for k, v in (("epochs", a.epochs), ("max_steps", a.max_steps)) if v is not None}
+    c = train_codec(a.features, preset=a.preset, out=a.out, seed=a.seed, lams=a.lams, rounds=a.rounds,
+                    device=a.device, refine=a.refine, progress=not a.quiet, entropy_kw=ekw,
+                    max_frames=None if a.max_frames == 0 else a.max_frames, budget=a.budget,
+                    command=" ".join(["eib-train", *(sys.argv[1:] if argv is None else argv)]))
     m = c.meta["metrics"]
     print(f"saved {a.out} (fingerprint {c.fingerprint}); RVQ val cosine {m['rvq_val']['cosine']:.4f}; {m['train_s']} s")
     return 0

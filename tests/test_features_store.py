@@ -96,3 +96,24 @@ def test_whisper_store_offline_and_bad_weights_refused(tmp_path):
                                   "--encoder", "whisper_base", "--model-dir", str(bad)], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "is not Whisper base's weights" in r.stderr and "refusing a corrupted or different model" in r.stderr
+
+
+def test_bad_rows_and_paths_each_get_one_line(tmp_path):
+    "Unknown emotion labels and over-loud audio are listed as errors, not encoded; a store that is or holds the corpus is refused."
+    from eib.features import load_store
+    c = _corpus(tmp_path / "c", 6)
+    man = pd.read_csv(c / "manifest.csv")
+    man.loc[0, "emotion"] = "angyr"                                        # a misspelt label
+    man.to_csv(c / "manifest.csv", index=False)
+    sf.write(c / "wav" / "u001.wav", np.full(16000, 1e30, np.float32), 16000, subtype="FLOAT")  # not a waveform
+    r = subprocess.run(PREPARE + ["--dataset", "manifest", "--root", str(c), "--out", str(tmp_path / "s"), "--workers", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "error u000: unknown emotion label 'angyr'" in r.stdout and "error u001: " in r.stdout and "peaks at 1e+30" in r.stdout
+    st = load_store(tmp_path / "s" / "c")
+    assert sorted(st.ids()) == [f"u{i:03d}" for i in range(2, 6)]
+    for out, name in ((tmp_path, "c"), (tmp_path.parent, tmp_path.name)):  # the store would be, or hold, the corpus
+        r = subprocess.run(PREPARE + ["--dataset", "manifest", "--root", str(c), "--out", str(out), "--name", name],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.startswith("eib-prepare: error: the output folder") and " the input " in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1

@@ -28,3 +28,17 @@ def test_load_codec_missing_folder_message(tmp_path):
     from eib.codec import load_codec
     with pytest.raises(EibError, match="eib-train --features"):
         load_codec(tmp_path / "missing")
+
+
+def test_bad_output_folder_one_line_and_debug_traceback(tmp_path):
+    "The checkpoint may neither be nor hold the feature store, nor be a file; --debug shows the traceback."
+    store = tmp_path / "store"; store.mkdir()
+    (tmp_path / "f.txt").write_text("x")
+    for out, msg in ((store, "is the input"), (tmp_path, "holds the input"), (tmp_path / "f.txt", "is an existing file")):
+        r = subprocess.run(RUN + ["--features", str(store), "--out", str(out)], capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.startswith("eib-train: error: ") and msg in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "f.txt").read_text() == "x" and list(store.iterdir()) == []
+    r = subprocess.run(RUN + ["--features", str(tmp_path / "nope"), "--out", str(tmp_path / "ck"), "--debug"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback (most recent call last)" in r.stderr and "no feature store" in r.stderr

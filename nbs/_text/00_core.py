@@ -9,11 +9,12 @@
 # %%
 #| export
 from __future__ import annotations
-import hashlib, json, os, tempfile
+import hashlib, json, os, sys, tempfile
 from pathlib import Path
 import numpy as np
 
 # %%
+import contextlib, io
 from fastcore.test import test_eq, test_ne, test_fail, test_close
 
 # %% [markdown]
@@ -138,18 +139,26 @@ with tempfile.TemporaryDirectory() as d:
 # Console scripts check where they will write before they start work: `check_output` refuses an empty name, a name
 # longer than the file system allows, an existing folder, a folder that is a file or missing, a place it may not
 # write, and an output that is one of the inputs (it would be replaced), each with one line that names the problem.
+# Outputs that are folders (a checkpoint, a feature store) may exist, but may neither be an input nor hold one.
 
 # %%
 #| export
-def check_output(path, *inputs) -> Path:
-    "`path` as a `Path` a console script may write its result to (atomically), or an EibError saying why not."
+def check_output(path, *inputs, folder: bool = False) -> Path:
+    """`path` as a `Path` a console script may write its result to (atomically), or an EibError saying why not.
+    `folder`: the output is a folder (a checkpoint, a feature store), which may exist but may neither be an input nor hold one."""
     s = str(path) if path is not None else ""
     if not s.strip(): raise EibError("the output name is empty")
     p = Path(s).expanduser()
     if len(os.fsencode(p.name)) > 255: raise EibError(f"the output name is longer than 255 bytes: {p.name[:40]}...")
-    if p.is_dir(): raise EibError(f"the output {p} is an existing folder; give a file name")
+    if folder and p.exists() and not p.is_dir(): raise EibError(f"the output {p} is an existing file; give a folder name")
+    if not folder and p.is_dir(): raise EibError(f"the output {p} is an existing folder; give a file name")
     for q in inputs:
-        if q is not None and Path(q).exists() and p.exists() and os.path.samefile(p, q):
+        if q is None or not Path(q).exists(): continue
+        if folder:
+            a, b = p.resolve(), Path(q).resolve()
+            if a == b or a in b.parents:  # its files would replace or mix with the input's
+                raise EibError(f"the output folder {p} {'is' if a == b else 'holds'} the input {q}; write somewhere else")
+        elif p.exists() and os.path.samefile(p, q):
             raise EibError(f"the output {p} is also an input; write to another file")
     parent = p.parent if str(p.parent) else Path(".")
     for a in (parent, *parent.parents):
@@ -167,6 +176,44 @@ with tempfile.TemporaryDirectory() as d:
     for bad, msg in ((d / "sub", "existing folder"), (d / "in.npy" / "o.eib", "is a file"), ("", "empty"),
                      (d / ("x" * 300), "longer than 255"), (d / "in.npy", "also an input")):
         test_fail(lambda: check_output(bad, d / "in.npy"), contains=msg)
+    test_eq(check_output(d / "sub", d / "in.npy", folder=True), d / "sub")  # a folder output may exist
+    test_eq(check_output(d / "sub" / "ck", d / "sub", folder=True), d / "sub" / "ck")  # beside the input's files: fine
+    for bad, msg in ((d / "in.npy", "existing file"), (d / "sub", "is the input"), (d, "holds the input")):
+        test_fail(lambda: check_output(bad, d / "sub", folder=True), contains=msg)
+
+
+# %% [markdown]
+# `run_cli` is how every console script ends: a user error (`EibError`), a file-system error, lack of memory and
+# Ctrl-C each become one line on stderr naming the problem and an exit status (2, or 130 for Ctrl-C); an unexpected
+# exception becomes one line too, exit 1, that says so. `--debug` (every script has it) shows the traceback instead.
+
+# %%
+#| export
+def run_cli(prog: str, work, debug: bool = False, interrupted: str = "interrupted; nothing was written") -> int:
+    "Run a console script's `work()` -> its exit status; every failure ends in one line on stderr (`debug`: re-raised)."
+    try: return work()
+    except (Exception, KeyboardInterrupt) as e:
+        if debug: raise
+        if isinstance(e, KeyboardInterrupt): msg, rc = interrupted, 130
+        elif isinstance(e, EibError): msg, rc = f"error: {e}", 2
+        elif isinstance(e, OSError): msg, rc = (f"error: {e.strerror or e} ({e.filename})" if e.filename else f"error: {e}"), 2
+        elif isinstance(e, MemoryError): msg, rc = "error: out of memory (try a smaller input or batch)", 2
+        else: msg, rc = f"internal error: {type(e).__name__}: {e} (run again with --debug for the traceback, and please report it)", 1
+    print(f"{prog}: {msg}", file=sys.stderr)
+    return rc
+
+
+# %%
+def _boom(e):
+    def work(): raise e
+    return work
+with contextlib.redirect_stderr(io.StringIO()) as err:
+    codes = [run_cli("x", w) for w in (lambda: 0, _boom(EibError("bad")), _boom(FileNotFoundError(2, "No such file", "f")),
+                                        _boom(KeyboardInterrupt()), _boom(ValueError("oops")))]
+test_eq(codes, [0, 2, 2, 130, 1])
+test_eq(err.getvalue().splitlines(), ["x: error: bad", "x: error: No such file (f)", "x: interrupted; nothing was written",
+                                      "x: internal error: ValueError: oops (run again with --debug for the traceback, and please report it)"])
+test_fail(lambda: run_cli("x", _boom(EibError("bad")), debug=True), contains="bad")
 
 
 # %% [markdown]

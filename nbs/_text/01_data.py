@@ -404,6 +404,14 @@ LABEL_PROTOCOLS = {
     "synth": _ID("neutral", "happy", "sad", "angry", "fear", "surprise"),
 }
 
+KNOWN_EMOTIONS = frozenset(k for m in LABEL_PROTOCOLS.values() for k, v in m.items() if v) | {"contempt"}
+
+def unknown_emotions(dataset: str, emotions) -> np.ndarray:
+    """True where an emotion label is unknown: not in `dataset`'s protocol (which maps or drops every label it names),
+    or, for a corpus without one (`manifest`), not in `KNOWN_EMOTIONS` (a misspelt label would become a class of its own)."""
+    known = LABEL_PROTOCOLS.get(dataset, KNOWN_EMOTIONS)
+    return np.array([str(e) not in known for e in emotions], dtype=bool)
+
 def apply_protocol(df: pd.DataFrame, name: str, verbose: bool = True) -> pd.DataFrame:
     "Add a `label` column by protocol `name`; drop rows mapped to None (counts in `attrs['protocol_dropped']`)."
     if name in ("identity", "manifest"): mapping = None
@@ -429,6 +437,8 @@ _i = apply_protocol(_t, "iemocap", verbose=False)
 test_eq(list(_i["label"]), ["neutral", "happy", "sad"]); test_eq(_i.attrs["protocol_dropped"], {"calm": 1, "frustrated": 1})
 test_eq(len(set(LABEL_PROTOCOLS["ravdess"].values())), 7)
 test_fail(lambda: apply_protocol(_t, "ravdes"), contains="known: ravdess")
+test_eq(unknown_emotions("manifest", ["happy", "angyr", "contempt"]).tolist(), [False, True, False])
+test_eq(unknown_emotions("ravdess", ["calm", "boredom"]).tolist(), [False, True])
 
 
 # %% [markdown]
@@ -468,7 +478,6 @@ test_eq(_s1["label"].value_counts().to_dict(), {"a": 20, "b": 10}); test_eq(_s1.
 test_ne(list(select_subset(_d, 20, seed=2)["id"]), list(_s1["id"]))
 test_fail(lambda: select_subset(_d.drop(columns="label")), contains="apply_protocol")
 
-
 # %% [markdown]
 # ## Reading audio
 #
@@ -478,6 +487,8 @@ test_fail(lambda: select_subset(_d.drop(columns="label")), contains="apply_proto
 
 # %%
 #| export
+MAX_PEAK = 16.0  # a float file may overshoot [-1, 1] a little; beyond this it is not a waveform scaled as audio
+
 def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
     "Float32 mono samples of `path` at `sr` Hz."
     from scipy.signal import resample_poly
@@ -487,6 +498,8 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
     except Exception as e: raise EibError(f"cannot read audio file {path} (corrupt or unsupported format): {e}") from None
     if x.size == 0: raise EibError(f"audio file {path} holds no samples")
     if not np.isfinite(x).all(): raise EibError(f"audio file {path} holds NaN or infinite samples")
+    peak = float(np.abs(x).max())
+    if peak > MAX_PEAK: raise EibError(f"audio file {path} peaks at {peak:.3g}; samples belong in [-1, 1] (is it scaled wrongly?)")
     x = x.mean(axis=1)
     if fs != sr:
         g = math.gcd(int(fs), int(sr))
@@ -506,6 +519,8 @@ with tempfile.TemporaryDirectory() as d:
     test_fail(lambda: load_audio(d / "empty.wav"), contains="no samples")
     sf.write(d / "nan.wav", np.array([0.1, np.nan, 0.2], dtype=np.float32), 16000, subtype="FLOAT")
     test_fail(lambda: load_audio(d / "nan.wav"), contains="NaN")
+    sf.write(d / "loud.wav", np.array([0.1, 1e30, 0.2], dtype=np.float32), 16000, subtype="FLOAT")
+    test_fail(lambda: load_audio(d / "loud.wav"), contains="peaks at 1e+30")
     test_fail(lambda: load_audio(d / "missing.wav"), contains="not found")
 
 # %% [markdown]

@@ -259,20 +259,25 @@ def train_entropy_model(rvq, train_frames, val_frames, preset: str = "cpu", lams
     cfg = EntropyConfig.for_rvq(c, preset, **(config or {}))
     lr = lr or (1e-3 if cfg.d_model <= 128 else 5e-4)
     prior = UnigramModel.with_skip(c.positions, c.vocab)
-    prior = UnigramModel.fit(ecvq_encode(rvq, prior, xt, lt).tokens, c.vocab)
+    sub = slice(None, None, max(1, len(xt) // 20000))  # per-position symbol counts: 20 000 frames are plenty
+    prior = UnigramModel.fit(ecvq_encode(rvq, prior, xt[sub], lt[sub]).tokens, c.vocab)
     enc = lambda mdl, x, l: ecvq_encode(rvq, mdl, x, l, exact=exact).tokens
     model = EntropyModel(cfg).to(device)
     history = []
     bar = tqdm(total=rounds * epochs, desc="train entropy model", disable=not progress)
     for r in range(rounds):
+        t0 = time.time()
         src = prior if r == 0 else model.cpu()
         tr, va = enc(src, xt, lt), enc(src, xv, lv)
+        t_enc = round(time.time() - t0, 2)
         model.to(device)
         model, h = fit_entropy_model(model, tr, va, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
                                      patience=patience, generator=gen, device=device, bar=bar, round_index=r)
         skip = float((va == c.skip).double().mean())
-        for row in h: row.update(val_skip=skip, lams=len(lams))
+        for row in h: row.update(val_skip=skip, lams=len(lams), encode_s=t_enc)
         history += h
+        if progress: bar.write(f"round {r + 1} of {rounds}: ECVQ tokens of {len(xt) + len(xv)} frames {t_enc:.0f} s, "
+                               f"{h[-1]['steps']} steps {h[-1]['seconds']:.0f} s, best validation {min(x['val_bits'] for x in h):.4f} bits/token")
     bar.close()
     return model.cpu().eval(), history
 

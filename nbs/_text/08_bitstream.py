@@ -241,21 +241,22 @@ def pack_stream(fp: str, frames: int, dim: int, chunk: int, lam: float, payload:
             + struct.pack("<d", lam) + _varint(len(payload)) + payload)
     return body + struct.pack("<I", zlib.crc32(body))
 
-def compress_with_result(codec, features, lam: float, batch_size: int | None = None) -> tuple[bytes, ECVQResult]:
-    "Compress frames (T, D) at λ into a stream with `codec` (a `Codec` or an `(rvq, model)` pair); also returns the ECVQ result."
+def compress_with_result(codec, features, lam: float, batch_size: int | None = None, progress: bool = False) -> tuple[bytes, ECVQResult]:
+    """Compress frames (T, D) at λ into a stream with `codec` (a `Codec` or an `(rvq, model)` pair); also returns the ECVQ
+    result. `progress`: a bar over the chunks on stderr (for long inputs)."""
     codec = as_codec(codec)
     c = codec.rvq.cfg
     x = check_features(features, c.dim)
     lam = _check_lam(lam)
     chunk = chunk_size(len(x), codec.model, batch_size)
     rec = IntervalRecorder(len(x), c.positions)
-    res = ecvq_encode(codec.rvq, codec.coding_model, x, lam, batch_size=chunk, on_step=rec)
+    res = ecvq_encode(codec.rvq, codec.coding_model, x, lam, batch_size=chunk, on_step=rec, progress=progress)
     payload = encode_payload(rec.ck.numpy(), rec.fk.numpy(), chunk)
     return pack_stream(codec.fingerprint, len(x), c.dim, chunk, lam, payload), res
 
-def compress(codec, features, lam: float, batch_size: int | None = None) -> bytes:
+def compress(codec, features, lam: float, batch_size: int | None = None, progress: bool = False) -> bytes:
     "Compress frames (T, D) in the original feature space at λ into a self-checking byte stream."
-    return compress_with_result(codec, features, lam, batch_size)[0]
+    return compress_with_result(codec, features, lam, batch_size, progress)[0]
 
 def compress_tokens(codec, tokens_list, lam: float = 0.0) -> list[bytes]:
     """The stream of each (T, L) token array of `tokens_list` (λ field `lam`, for the record): byte for byte what
@@ -272,8 +273,10 @@ def compress_tokens(codec, tokens_list, lam: float = 0.0) -> list[bytes]:
         a = b
     return out
 
-def decompress(codec, data: bytes) -> tuple[torch.Tensor, np.ndarray]:
-    "Decode a stream made by `compress` with the same codec: returns tokens (T, L) and frames (T, D) float32."
+def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+    """Decode a stream made by `compress` with the same codec: returns tokens (T, L) and frames (T, D) float32.
+    `progress`: a bar over the frames on stderr (for long streams)."""
+    from tqdm.auto import tqdm
     codec = as_codec(codec)
     s = stream_info(data)
     fp = codec.fingerprint
@@ -290,6 +293,7 @@ def decompress(codec, data: bytes) -> tuple[torch.Tensor, np.ndarray]:
     dec, fam, cm = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").copy()), _family(), codec.coding_model
     tokens = torch.empty(s.frames, c.positions, dtype=torch.long)
     tail = None  # bits decoded since the decoder may have read all of the payload
+    bar = tqdm(total=s.frames, desc="decode", unit="frame", disable=not progress)
     try:
         for a in range(0, s.frames, s.chunk):
             n = min(s.chunk, s.frames - a)
@@ -304,9 +308,11 @@ def decompress(codec, data: bytes) -> tuple[torch.Tensor, np.ndarray]:
                         raise EibError(f"corrupted stream: its payload ends before the {s.frames} frames its header declares "
                                        f"are decoded (it ran out at frame {a})")
                 elif dec.maybe_exhausted(): tail = 0.0
+            bar.update(n)
     except EibError: raise
     except Exception as e:  # the coder met data it cannot decode (only possible if the checksum was forged)
         raise EibError(f"corrupted stream: the payload does not decode ({type(e).__name__}: {e})") from None
+    finally: bar.close()
     if not dec.maybe_exhausted():
         raise EibError(f"corrupted stream: its payload holds more than the {s.frames} frames its header declares")
     return tokens, codec.rvq.decode(tokens).numpy()

@@ -9,13 +9,13 @@
 # %%
 #| export
 from __future__ import annotations
-import argparse, json, platform, sys, time
+import argparse, json, math, platform, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from eib.core import EibError
+from eib.core import EibError, check_output, run_cli
 from eib.rvq import RVQConfig, GroupedRVQ, fit_rvq, rvq_report, lloyd_update
 from eib.ecvq import ecvq_encode, lambda_grid, train_entropy_model
 from eib.codec import Codec, save_codec
@@ -99,7 +99,8 @@ test_fail(lambda: split_train_val(man.assign(split="test")), contains="at least 
 # `eib.entropy`. Frames at 50 Hz are highly redundant, so training samples rather than enumerates: the `cpu`
 # preset fits on at most `max_frames` training frames drawn at random (seeded) and validates on at most
 # `max_val_frames`, and the entropy model gets at most `entropy_steps` optimiser steps per round. The `paper`
-# preset uses every frame and stops on validation only. Training:
+# preset uses every frame and stops on validation only. `budget` (`eib-train --budget 4`) multiplies the
+# preset's sampled frames and steps, which makes the trade between time and quality explicit. Training:
 #
 # 1. fit the grouped RVQ on the (sampled) training frames (`fit_rvq`, SKIP-aware);
 # 2. train the entropy model on ECVQ tokens of those frames, each at a λ drawn from the grid, re-encoding
@@ -144,18 +145,22 @@ def _report_summary(rep: dict) -> dict:
 def train_codec(features, preset: str = "cpu", out: str | Path | None = None, seed: int = 0, lams=None,
                 rounds: int | None = None, val_frac: float = 0.1, device: str = "cpu", refine: bool = False,
                 progress: bool = True, entropy_kw: dict | None = None, command: str | None = None,
-                max_frames: int | None = -1, max_val_frames: int | None = -1, **rvq_kw) -> Codec:
+                max_frames: int | None = -1, max_val_frames: int | None = -1, budget: float = 1.0, **rvq_kw) -> Codec:
     """Train RVQ + entropy model on the TRAIN split of `features` (store path, store, or dict of arrays); save to
     `out`. `rvq_kw` overrides the preset's `layers`, `codes` or any `fit_rvq` argument (`iters`, `skip_prob`, ...);
     `entropy_kw` goes to `eib.ecvq.train_entropy_model` (`epochs`, `max_steps`, `config`, ...).
-    `max_frames`, `max_val_frames`: the budget (-1: the preset's; None: every frame)."""
+    `max_frames`, `max_val_frames`: the budget (-1: the preset's; None: every frame); `budget` multiplies the preset's
+    training frames and entropy-model steps (4: a 4x longer run of the same recipe)."""
     p = _check_preset(preset)
+    if not (isinstance(budget, (int, float)) and not isinstance(budget, bool) and math.isfinite(budget) and budget > 0):
+        raise EibError(f"budget must be a positive number, got {budget!r}")
+    scaled = lambda n: None if n is None else max(1, round(n * budget))
     t0 = time.time()
     man, frames_of, meta, desc = open_features(features)
     tr_ids, va_ids, how = split_train_val(man, val_frac, seed)
     xtr, xva = stack_frames(tr_ids, frames_of), stack_frames(va_ids, frames_of)
     n_tr, n_va = len(xtr), len(xva)
-    max_frames = p["max_frames"] if max_frames == -1 else max_frames
+    max_frames = scaled(p["max_frames"]) if max_frames == -1 else max_frames
     max_val_frames = p["max_val_frames"] if max_val_frames == -1 else max_val_frames
     xtr, xva = _sample(xtr, max_frames, seed), _sample(xva, max_val_frames, seed + 1)
     dim = int(meta.get("dim", xtr.shape[1]))
@@ -175,21 +180,31 @@ def train_codec(features, preset: str = "cpu", out: str | Path | None = None, se
             "metrics": {"rvq_val": rep_va, "rvq_fit_s": round(t_rvq, 1)}}
     lams = [float(l) for l in (lambda_grid(rvq, xtr) if lams is None else lams)]
     ekw = dict(preset=preset, lams=lams, seed=seed, device=device, progress=progress) | ({} if rounds is None else {"rounds": rounds}) \
-        | ({} if p["entropy_steps"] is None else {"max_steps": p["entropy_steps"]}) | (entropy_kw or {})
+        | ({} if p["entropy_steps"] is None else {"max_steps": scaled(p["entropy_steps"])}) | (entropy_kw or {})
     model, history = train_entropy_model(rvq, xtr, xva, **ekw)
+    t_eval = time.time()
     rd = evaluate_codec(Codec(rvq, model), xva, lams)
     info |= {"lams": lams, "entropy_train": {k: v for k, v in ekw.items() if k not in ("lams", "progress")}, "history": history}
     info["metrics"] |= {"val_rd": rd.to_dict(orient="list"), "val_bits_per_token": _best_val_bits(history),
-                        "entropy_train_s": round(time.time() - t0 - t_rvq, 1)}
+                        "entropy_train_s": round(time.time() - t0 - t_rvq, 1), "phases_s": _phases(t_rvq, history, time.time() - t_eval)}
+    info["budget"] = budget
     if refine:
         rvq, model, history, info = _refine(rvq, model, rd, info, xtr, xva, lams, ekw, seed, progress)
     info["metrics"]["train_s"] = round(time.time() - t0, 1)
-    if progress: print(f"eib-train: RVQ {info['metrics']['rvq_fit_s']} s, entropy model {info['metrics'].get('entropy_train_s', 0)} s, "
-                       f"{info['metrics']['train_s']} s in all", file=sys.stderr)
+    if progress: print("eib-train: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in info["metrics"]["phases_s"].items())
+                       + f"; {info['metrics']['train_s']:.0f} s in all", file=sys.stderr)
     info["versions"] = {"torch": torch.__version__, "python": platform.python_version()}
     codec = Codec(rvq, model, info)
     if out is not None: save_codec(codec, out)
     return codec
+
+def _phases(t_rvq: float, history: list, t_eval: float) -> dict:
+    "Seconds per training phase: the RVQ fit, each round's ECVQ tokens and model fit, the validation R-D points."
+    out = {"rvq_fit": round(t_rvq, 1)}
+    for r in sorted({h["round"] for h in history}):
+        rows = [h for h in history if h["round"] == r]
+        out |= {f"round_{r + 1}_tokens": rows[0].get("encode_s", 0.0), f"round_{r + 1}_model": max(h["seconds"] for h in rows)}
+    return out | {"validation_rd": round(t_eval, 1)}
 
 def _best_val_bits(history) -> float | None:
     "Validation bits per token of the kept model: the best epoch of the last round."
@@ -293,20 +308,23 @@ def train_cli(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="most entropy-model epochs per round (default: eib.entropy's)")
     ap.add_argument("--max-steps", type=int, default=None, help="most entropy-model optimiser steps per round")
     ap.add_argument("--max-frames", type=int, default=-1, help="training frames sampled (default: the preset's; 0: every frame)")
+    ap.add_argument("--budget", type=float, default=1.0, help="multiply the preset's sampled frames and entropy-model steps (default 1)")
     ap.add_argument("--refine", action="store_true", help="Lloyd-refine the codebooks on ECVQ tokens once")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     a = ap.parse_args(argv)
-    try:
-        if a.device == "cuda" and not torch.cuda.is_available(): raise EibError("--device cuda but no CUDA device is available")
-        ekw = {k: v for k, v in (("epochs", a.epochs), ("max_steps", a.max_steps)) if v is not None}
-        c = train_codec(a.features, preset=a.preset, out=a.out, seed=a.seed, lams=a.lams, rounds=a.rounds,
-                        device=a.device, refine=a.refine, progress=not a.quiet, entropy_kw=ekw,
-                        max_frames=None if a.max_frames == 0 else a.max_frames,
-                        command=" ".join(["eib-train", *(sys.argv[1:] if argv is None else argv)]))
-    except EibError as e:
-        print(f"eib-train: error: {e}", file=sys.stderr)
-        if argv is None: sys.exit(2)
-        return 2
+    rc = run_cli("eib-train", lambda: _train(a, argv), a.debug, interrupted="interrupted; no checkpoint was written")
+    if argv is None: sys.exit(rc)
+    return rc
+
+def _train(a, argv) -> int:
+    if a.device == "cuda" and not torch.cuda.is_available(): raise EibError("--device cuda but no CUDA device is available")
+    check_output(a.out, a.features, folder=True)
+    ekw = {k: v for k, v in (("epochs", a.epochs), ("max_steps", a.max_steps)) if v is not None}
+    c = train_codec(a.features, preset=a.preset, out=a.out, seed=a.seed, lams=a.lams, rounds=a.rounds,
+                    device=a.device, refine=a.refine, progress=not a.quiet, entropy_kw=ekw,
+                    max_frames=None if a.max_frames == 0 else a.max_frames, budget=a.budget,
+                    command=" ".join(["eib-train", *(sys.argv[1:] if argv is None else argv)]))
     m = c.meta["metrics"]
     print(f"saved {a.out} (fingerprint {c.fingerprint}); RVQ val cosine {m['rvq_val']['cosine']:.4f}; {m['train_s']} s")
     return 0

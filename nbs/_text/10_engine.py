@@ -143,6 +143,7 @@ class RateEngine:
         self.cache: list[CodedState | None] = [None] * len(utterances)
         self.passes = self.frames_encoded = self.mismatch = 0
         self._scale = None
+        self.progress = False  # True: a bar over each pass's batches on stderr (long inputs)
 
     def scale(self) -> float:
         "λ scale of this data (eib.ecvq.distortion_scale on a sample)."
@@ -153,7 +154,7 @@ class RateEngine:
     def _encode(self, rows: torch.Tensor, lam: torch.Tensor):
         "ECVQ of frames `rows` (n, D) at per-row λ; returns (tokens, ideal bits, distortion, hook)."
         hook = _Hook(len(rows), self.L)
-        res = ecvq_encode(self.rvq, self.cm, rows, lam, batch_size=self.batch, on_step=hook)
+        res = ecvq_encode(self.rvq, self.cm, rows, lam, batch_size=self.batch, on_step=hook, progress=self.progress)
         self.frames_encoded += len(rows); self.mismatch += hook.mismatch
         return res, hook
 
@@ -163,7 +164,7 @@ class RateEngine:
         idx = np.linspace(0, N - 1, min(N, max_frames)).round().astype(int)
         rows = self.X[idx].repeat(len(lams), 1)
         lam = torch.as_tensor(np.repeat(lams, len(idx)), dtype=torch.float64)
-        res = ecvq_encode(self.rvq, self.cm, rows, lam, batch_size=self.batch)
+        res = ecvq_encode(self.rvq, self.cm, rows, lam, batch_size=self.batch, progress=self.progress)
         self.frames_encoded += len(rows); self.passes += 1
         return res.bits.numpy().reshape(len(lams), len(idx)).mean(1)
 

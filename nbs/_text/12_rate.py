@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from eib.core import EibError, atomic_write_bytes, atomic_save_npy, check_output
+from eib.core import EibError, FRAME_RATE, atomic_write_bytes, atomic_save_npy, check_output, run_cli
 from eib.codec import as_codec, load_codec
-from eib.bitstream import check_features, compress, decompress, stream_bpf
+from eib.bitstream import check_features, compress, decompress, stream_bpf, stream_info
 from eib.engine import LAM_INF, CodedState, RateEngine, check_utterances
 from eib.search import LambdaSearch, LN_LAMBDA_SPAN, MIX_AFTER
 
@@ -472,11 +472,12 @@ def achievable_range(codec, utterances, count: str = "stream", ids=None) -> pd.D
     "Per utterance: the smallest (λ → ∞) and largest (λ = 0) real stream rate in BPF; the set's in `.attrs`."
     return RateController(codec, utterances, count=count, ids=ids, calibrate=False).achievable_range()
 
-def compress_at_bpf(codec, features, bpf: float, tol: float = 0.25) -> tuple[float, bytes]:
+def compress_at_bpf(codec, features, bpf: float, tol: float = 0.25, progress: bool = False) -> tuple[float, bytes]:
     """(λ, stream): the `eib.bitstream` stream of one utterance `features` (T, D) whose whole size is within `tol`
     of `bpf` bits per frame: byte-for-byte what `eib.bitstream.compress(codec, features, λ)` writes, unless
     rate(λ) jumps over the target (then some frames use a second λ, see `RateResult.lam2`; the stream decodes the same way)."""
     rc = RateController(codec, [features])
+    rc.engine.progress = progress  # a bar per encoder pass (long inputs)
     r = rc.solve(bpf, tol=tol, clamp=False)
     return float(r.lam[0]), rc.stream(0)
 
@@ -668,7 +669,6 @@ _gen = _sharded((rvq_t, model_t), utt, _tg, workers=2)
 test_eq(next(_gen)[0], _tg[0]); _gen.close()  # a consumer that stops early (an interrupted sweep) ...
 test_eq(_mp.active_children(), [])  # ... leaves no worker behind
 
-
 # %% [markdown]
 # ## Measured
 #
@@ -705,6 +705,8 @@ test_eq(_mp.active_children(), [])  # ... leaves no worker behind
 
 # %%
 #| export
+LONG_INPUT = 30000  # frames (10 minutes at 50 Hz): from here on the console scripts show progress
+
 def _load_features(path) -> np.ndarray:
     p = Path(path)
     if not p.is_file(): raise EibError(f"no such features file: {p}")
@@ -712,15 +714,6 @@ def _load_features(path) -> np.ndarray:
         if f.read(6) != b"\x93NUMPY": raise EibError(f"{p} is not a .npy file (it lacks NumPy's header); save features with numpy.save")
     try: return np.load(p, allow_pickle=False)
     except Exception as e: raise EibError(f"cannot read {p} as a .npy array ({type(e).__name__}: {e})") from None
-
-def _run(prog: str, work) -> int:
-    "Run a console script's `work()`: its user errors, file-system errors and Ctrl-C each end in one line on stderr."
-    try: return work()
-    except EibError as e: msg, rc = f"error: {e}", 2
-    except OSError as e: msg, rc = f"error: {e.strerror or e} ({e.filename})" if e.filename else f"error: {e}", 2
-    except KeyboardInterrupt: msg, rc = "interrupted; nothing was written", 130
-    print(f"{prog}: {msg}", file=sys.stderr)
-    return rc
 
 def compress_cli(argv=None) -> int:
     "eib-compress FEATURES.npy OUT.eib --checkpoint DIR (--lam X | --bpf Y)"
@@ -730,16 +723,19 @@ def compress_cli(argv=None) -> int:
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--lam", type=float, help="rate-distortion multiplier λ")
     g.add_argument("--bpf", type=float, help="target bits per frame of the whole stream (container counted), met within 0.25 by eib.rate")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     a = ap.parse_args(argv)
-    return _run("eib-compress", lambda: _compress(a))
+    return run_cli("eib-compress", lambda: _compress(a), a.debug)
 
 def _compress(a) -> int:
     out = check_output(a.out, a.features, a.checkpoint)
     codec = load_codec(a.checkpoint)
     x = check_features(_load_features(a.features), codec.rvq.cfg.dim)
+    long = len(x) >= LONG_INPUT
+    if long: print(f"eib-compress: {len(x)} frames ({len(x) / FRAME_RATE / 60:.1f} min of features): progress below", file=sys.stderr)
     if a.bpf is not None:
-        lam, data = compress_at_bpf(codec, x, a.bpf)
-    else: lam = a.lam; data = compress(codec, x, lam)
+        lam, data = compress_at_bpf(codec, x, a.bpf, progress=long)
+    else: lam = a.lam; data = compress(codec, x, lam, progress=long)
     atomic_write_bytes(out, data)
     print(f"{a.out}: {len(x)} frames, {len(data)} bytes, {stream_bpf(data):.3f} BPF "
           f"({stream_bpf(data) * 50:.0f} bit/s, container included), λ={lam:.6g}"
@@ -754,15 +750,17 @@ def decompress_cli(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="eib-decompress", description="Decode an .eib stream into a (T, D) float32 .npy array.")
     ap.add_argument("stream"); ap.add_argument("out")
     ap.add_argument("--checkpoint", required=True, help="the codec folder the stream was compressed with")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     a = ap.parse_args(argv)
-    return _run("eib-decompress", lambda: _decompress(a))
+    return run_cli("eib-decompress", lambda: _decompress(a), a.debug)
 
 def _decompress(a) -> int:
     p = Path(a.stream)
     if not p.is_file(): raise EibError(f"no such stream file: {p}")
     out = check_output(a.out, a.stream, a.checkpoint)
     codec = load_codec(a.checkpoint)
-    _, y = decompress(codec, p.read_bytes())
+    data = p.read_bytes()
+    _, y = decompress(codec, data, progress=stream_info(data).frames >= LONG_INPUT)
     atomic_save_npy(out, y)
     print(f"{a.out}: {y.shape[0]} frames x {y.shape[1]} dims")
     return 0

@@ -80,6 +80,8 @@
 # .venv/bin/python benchmarks/bench_extract.py        # feature extraction: utterances/s and audio s per wall s, 1 vs 2 workers
 # .venv/bin/python benchmarks/bench_codec.py          # ECVQ encode (cached + batched vs the thesis's scheme), coded vs ideal bits, decode
 # .venv/bin/python benchmarks/bench_rate.py --limit 60  # rate control: precision, encoder passes, speed vs linear-λ bisection
+# .venv/bin/python benchmarks/bench_train.py --features data_subset/ravdess data_subset/ravdess_whisper_base  # eib-train: old recipe vs new (time, validation)
+# .venv/bin/python benchmarks/bench_train.py --no-train --sweep  # the literal quick RAVDESS sweep on a fresh clone, with its phase times
 # .venv/bin/python benchmarks/bench_rate.py --features data_subset/synth --checkpoint checkpoints/synth_cpu
 # .venv/bin/python benchmarks/probe_mismatch.py          # clean-trained probe vs one fitted on decoded features (RAVDESS)
 # .venv/bin/python benchmarks/whisper_layer.py           # which Whisper-base layer: speaker-grouped CV on RAVDESS's training split

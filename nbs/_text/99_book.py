@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse, filecmp, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 import nbformat, yaml
-from eib.core import EibError, repo_root
+from eib.core import EibError, repo_root, run_cli
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -238,8 +238,9 @@ def main(argv=None):
     ap.add_argument("--out", default="_site", help="site folder (default: _site)")
     ap.add_argument("--execute", action="store_true", help="run the chapter notebooks first (skipping slow cells)")
     ap.add_argument("--check-sync", action="store_true", help="only check eib/, notebooks and text twins are in step")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     a = ap.parse_args(argv)
-    try:
+    def work():
         if a.check_sync:
             changed = check_sync()
             if changed:
@@ -247,8 +248,7 @@ def main(argv=None):
                 return 1
             print("eib/, notebooks and nbs/_text/ are in step"); return 0
         print(f"site written to {build_site(a.out, execute=a.execute)}"); return 0
-    except EibError as e:
-        print(f"error: {e}", file=sys.stderr); return 2
+    return run_cli("eib-book", work, a.debug)
 
 def book_cli(argv=None):
     "Console script `eib-book`."
