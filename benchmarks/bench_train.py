@@ -99,9 +99,9 @@ def bench_sweep(tmp: Path) -> None:
     (base / "shared").symlink_to(shared)
     repo = base / "main"
     t = time.time()
-    subprocess.run(["make", "setup"], cwd=repo, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["make", "setup"], cwd=repo, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     print(f"\nfresh clone {repo}: make setup {time.time() - t:.0f} s (not counted)", flush=True)
-    (repo / "out").mkdir()
+    (repo / "out").mkdir(exist_ok=True)
     cmd = [str(repo / ".venv/bin/papermill"), "nbs/sweep.ipynb", "out/sweep_ravdess.ipynb", "-p", "dataset", "ravdess",
            "-p", "data_root", "../shared/datasets/ravdess", "--log-level", "WARNING"]
     t = time.time()
