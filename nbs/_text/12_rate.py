@@ -599,8 +599,10 @@ rc_t = RateController((rvq_t, model_t), utt, ids=_ids[:8])
 lo_t, hi_t = rng_t.min_bpf.max(), rng_t.max_bpf.min()  # targets every utterance can reach
 for tgt in np.linspace(lo_t + 3, hi_t - 3, 3).round(1):
     r = rc_t.solve(tgt)
-    test_eq(r.status[~r.converged].tolist(), [])
-    assert np.abs(r.error).max() <= 0.25 and abs(r.set_error) <= 0.25, r.summary()
+    # a 51-frame stream moves in whole bytes (0.16 BPF) and, when frames are split between two λ, in whole frames:
+    # where no split lands within 0.25 the answer is the nearest one, flagged `step`
+    test_eq(set(r.status[~r.converged]) - {"step"}, set())
+    assert np.abs(r.error[r.converged]).max() <= 0.25 and np.abs(r.error).max() <= 0.5 and abs(r.set_error) <= 0.25, r.summary()
     for i in (0, 5):
         data = compress((rvq_t, model_t), utt[i], r.lam[i])
         test_eq(len(data) * 8, r.bits[i]); test_close(stream_bpf(data), r.bpf[i], eps=1e-9)
