@@ -24,7 +24,6 @@ import argparse, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def train(arm: str, features: Path, out: Path, src: Path | None, extra: list) -> float:
@@ -61,13 +60,10 @@ def bench_store(features: Path, old_src: Path, tmp: Path, long: bool) -> None:
 
 def report(features: Path, res: dict) -> None:
     "Print the arms `res` ({arm: dict(wall=seconds, ck=checkpoint)}, the first one the reference) side by side."
-    import numpy as np
-    from eib.train import open_features, split_train_val, stack_frames, mse_at_rate, PRESETS
+    from eib.train import open_features, split_train_val, stack_frames, sample_frames, mse_at_rate, PRESETS
     man, frames_of, meta, _ = open_features(str(features))
     _, va_ids, _ = split_train_val(man, 0.1, 0)
-    xva = stack_frames(va_ids, frames_of)
-    n = PRESETS["cpu"]["max_val_frames"]
-    if n and len(xva) > n: xva = xva[np.sort(np.random.default_rng(1).choice(len(xva), n, replace=False))]
+    xva = sample_frames(stack_frames(va_ids, frames_of), PRESETS["cpu"]["max_val_frames"], 1)  # eib-train's, at seed 0
     ref_arm = next(iter(res))
     lams = json.loads((res[ref_arm]["ck"] / "config.json").read_text())["lams"]
     for arm in res: res[arm] |= measure(res[arm]["ck"], xva, lams)

@@ -16,7 +16,7 @@ __all__ = ['DATASETS', 'EMOTIONS', 'AUDIO_EXTS', 'HOWTO', 'RAVDESS_EMOTIONS', 'R
            'ESD_TEST_SPEAKERS', 'IEMOCAP_EMOTIONS', 'EMODB_EMOTIONS', 'EMODB_MALE', 'EMODB_TEST_SPEAKERS',
            'EMOTION_ALIASES', 'LABEL_PROTOCOLS', 'KNOWN_EMOTIONS', 'MAX_PEAK', 'synth_root', 'read_dataset',
            'read_ravdess', 'read_esd', 'read_iemocap', 'read_emodb', 'speaker_split', 'read_manifest', 'read_synth',
-           'unknown_emotions', 'apply_protocol', 'select_subset', 'load_audio']
+           'known_emotions', 'unknown_emotions', 'apply_protocol', 'select_subset', 'load_audio']
 
 # %% ../nbs/01_data.ipynb #280eaebe
 DATASETS = ("ravdess", "esd", "iemocap", "emodb", "manifest", "synth")
@@ -282,10 +282,13 @@ LABEL_PROTOCOLS = {
 
 KNOWN_EMOTIONS = frozenset(k for m in LABEL_PROTOCOLS.values() for k, v in m.items() if v) | {"contempt"}
 
+def known_emotions(dataset: str) -> set:
+    "The labels `dataset`'s protocol maps or drops; for a corpus without one (`manifest`), `KNOWN_EMOTIONS`."
+    return set(LABEL_PROTOCOLS.get(dataset, KNOWN_EMOTIONS))
+
 def unknown_emotions(dataset: str, emotions) -> np.ndarray:
-    """True where an emotion label is unknown: not in `dataset`'s protocol (which maps or drops every label it names),
-    or, for a corpus without one (`manifest`), not in `KNOWN_EMOTIONS` (a misspelt label would become a class of its own)."""
-    known = LABEL_PROTOCOLS.get(dataset, KNOWN_EMOTIONS)
+    "True where an emotion label is not in `known_emotions(dataset)` (a misspelt label would become a class of its own)."
+    known = known_emotions(dataset)
     return np.array([str(e) not in known for e in emotions], dtype=bool)
 
 def apply_protocol(df: pd.DataFrame, name: str, verbose: bool = True) -> pd.DataFrame:

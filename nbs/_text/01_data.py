@@ -406,10 +406,13 @@ LABEL_PROTOCOLS = {
 
 KNOWN_EMOTIONS = frozenset(k for m in LABEL_PROTOCOLS.values() for k, v in m.items() if v) | {"contempt"}
 
+def known_emotions(dataset: str) -> set:
+    "The labels `dataset`'s protocol maps or drops; for a corpus without one (`manifest`), `KNOWN_EMOTIONS`."
+    return set(LABEL_PROTOCOLS.get(dataset, KNOWN_EMOTIONS))
+
 def unknown_emotions(dataset: str, emotions) -> np.ndarray:
-    """True where an emotion label is unknown: not in `dataset`'s protocol (which maps or drops every label it names),
-    or, for a corpus without one (`manifest`), not in `KNOWN_EMOTIONS` (a misspelt label would become a class of its own)."""
-    known = LABEL_PROTOCOLS.get(dataset, KNOWN_EMOTIONS)
+    "True where an emotion label is not in `known_emotions(dataset)` (a misspelt label would become a class of its own)."
+    known = known_emotions(dataset)
     return np.array([str(e) not in known for e in emotions], dtype=bool)
 
 def apply_protocol(df: pd.DataFrame, name: str, verbose: bool = True) -> pd.DataFrame:
@@ -439,6 +442,7 @@ test_eq(len(set(LABEL_PROTOCOLS["ravdess"].values())), 7)
 test_fail(lambda: apply_protocol(_t, "ravdes"), contains="known: ravdess")
 test_eq(unknown_emotions("manifest", ["happy", "angyr", "contempt"]).tolist(), [False, True, False])
 test_eq(unknown_emotions("ravdess", ["calm", "boredom"]).tolist(), [False, True])
+test_eq(known_emotions("synth"), {"neutral", "happy", "sad", "angry", "fear", "surprise"})
 
 
 # %% [markdown]

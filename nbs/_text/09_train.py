@@ -118,7 +118,7 @@ PRESETS = {  # layers None: derived from the group width (RVQConfig.for_dim); ma
     "paper": dict(layers=None, codes=128, rvq_iters=20, skip_prob=0.25, max_frames=None, max_val_frames=None, entropy_steps=None),
 }
 
-def _sample(x: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+def sample_frames(x: np.ndarray, n: int | None, seed: int) -> np.ndarray:
     "At most `n` rows of `x`, drawn without replacement (seeded), in their original order."
     if n is None or len(x) <= n: return x
     return x[np.sort(np.random.default_rng(seed).choice(len(x), int(n), replace=False))]
@@ -138,6 +138,12 @@ def _report_summary(rep: dict) -> dict:
     return {k: rep[k] for k in ("frames", "mse", "mse_normalised", "cosine", "mse_normalised_by_layers")} | {
         "perplexity_mean": float(pos.perplexity.mean()), "perplexity_min": float(pos.perplexity.min()),
         "utilisation_mean": float(pos.utilisation.mean()), "utilisation_min": float(pos.utilisation.min())}
+
+
+# %%
+_s = sample_frames(np.arange(10.0)[:, None], 4, seed=0)
+test_eq(_s.shape, (4, 1)); test_eq(np.sort(_s[:, 0]), _s[:, 0])  # a seeded sample, in the original order
+test_eq(sample_frames(np.arange(3.0), None, 0), np.arange(3.0))  # None: every frame
 
 
 # %%
@@ -162,7 +168,7 @@ def train_codec(features, preset: str = "cpu", out: str | Path | None = None, se
     n_tr, n_va = len(xtr), len(xva)
     max_frames = scaled(p["max_frames"]) if max_frames == -1 else max_frames
     max_val_frames = p["max_val_frames"] if max_val_frames == -1 else max_val_frames
-    xtr, xva = _sample(xtr, max_frames, seed), _sample(xva, max_val_frames, seed + 1)
+    xtr, xva = sample_frames(xtr, max_frames, seed), sample_frames(xva, max_val_frames, seed + 1)
     dim = int(meta.get("dim", xtr.shape[1]))
     if xtr.shape[1] != dim: raise EibError(f"store metadata says dim {dim} but frames have {xtr.shape[1]} dims")
     cfg = RVQConfig.for_dim(dim, layers=rvq_kw.pop("layers", p["layers"]), codes=rvq_kw.pop("codes", p["codes"]))
