@@ -109,9 +109,10 @@ def test_bad_rows_and_paths_each_get_one_line(tmp_path):
     r = subprocess.run(PREPARE + ["--dataset", "manifest", "--root", str(c), "--out", str(tmp_path / "s"), "--workers", "1"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "error u000: unknown emotion label 'angyr'" in r.stdout and "error u001: " in r.stdout and "peaks at 1e+30" in r.stdout
+    assert "error wav__u000: unknown emotion label 'angyr'" in r.stdout and "error wav__u001: " in r.stdout and "peaks at 1e+30" in r.stdout
+    assert "0 already encoded, 5 to encode" in r.stdout
     st = load_store(tmp_path / "s" / "c")
-    assert sorted(st.ids()) == [f"u{i:03d}" for i in range(2, 6)]
+    assert sorted(st.ids()) == [f"wav__u{i:03d}" for i in range(2, 6)]
     for out, name in ((tmp_path, "c"), (tmp_path.parent, tmp_path.name)):  # the store would be, or hold, the corpus
         r = subprocess.run(PREPARE + ["--dataset", "manifest", "--root", str(c), "--out", str(out), "--name", name],
                            capture_output=True, text=True)

@@ -792,7 +792,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
                 command: str | None = None, progress: bool = True, verbose: bool = True, check_dim: bool = True,
                 layer: int | None = None) -> Path:
     "Encode corpus `dataset` (at `root`) with `encoder` (`layer`: whisper_base's hidden layer) into `out/<name>/`; returns the store folder."
-    from eib.data import DATASETS, KNOWN_EMOTIONS, LABEL_PROTOCOLS, read_dataset, unknown_emotions
+    from eib.data import DATASETS, known_emotions, read_dataset, unknown_emotions
     from tqdm.auto import tqdm
     import eib
     if encoder not in ENCODERS: raise EibError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
@@ -844,7 +844,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
             for r, unk in zip(base.to_dict("records"), unknown):
                 if unk:  # listed as an error, never encoded: a misspelt label would become a class of its own
                     res[r["id"]] = dict(id=r["id"], frames=0, duration=float("nan"), error=f"unknown emotion label {r['emotion']!r} "
-                                        f"(known: {', '.join(sorted(LABEL_PROTOCOLS.get(dataset, KNOWN_EMOTIONS)))})")
+                                        f"(known: {', '.join(sorted(known_emotions(dataset)))})")
                     continue
                 f = feats / f"{r['id']}.npy"
                 n = 0 if force else _valid_npy(f, info["dim"])
@@ -872,7 +872,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
                 atomic_write_json(store / "meta.json", meta)
                 return m
 
-            if verbose: print(f"{store}: {len(base)} utterances, {len(res)} already encoded, {len(todo)} to encode "
+            if verbose: print(f"{store}: {len(base)} utterances, {int(len(res) - unknown.sum())} already encoded, {len(todo)} to encode "
                               f"with {encoder} on {max(workers, 1)} worker(s)")
             last = time.time()
             bar = tqdm(total=len(todo), desc=f"{name}/{encoder}", unit="utt", disable=not progress or not todo,
