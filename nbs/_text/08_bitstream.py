@@ -293,7 +293,8 @@ def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor
     dec, fam, cm = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").copy()), _family(), codec.coding_model
     tokens = torch.empty(s.frames, c.positions, dtype=torch.long)
     tail = None  # bits decoded since the decoder may have read all of the payload
-    bar = tqdm(total=s.frames, desc="decode", unit="frame", disable=not progress)
+    bar = tqdm(total=s.frames, desc="decode", unit="frame", disable=not progress, delay=2)  # shown once work takes a while:
+    # a forged header declaring a long stream is refused first, in one line
     try:
         for a in range(0, s.frames, s.chunk):
             n = min(s.chunk, s.frames - a)
