@@ -8,10 +8,12 @@ import argparse, filecmp, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 import nbformat, yaml
 from .core import EibError, repo_root, run_cli
+from . import figures as F, results as R
 
 # %% auto #0
-__all__ = ['quarto_config', 'pages', 'skipped', 'execute_notebook', 'renderer', 'write_api_pages', 'build_site', 'check_sync',
-           'main', 'book_cli']
+__all__ = ['LANDING_MARK', 'RESULT_TEMPLATE', 'quarto_config', 'pages', 'skipped', 'execute_notebook', 'renderer',
+           'write_api_pages', 'write_landing', 'result_page', 'write_result_pages', 'build_site', 'check_sync', 'main',
+           'book_cli']
 
 # %% ../nbs/99_book.ipynb #4dfba8de
 def quarto_config(root: str | Path | None = None) -> dict:
@@ -85,8 +87,61 @@ def write_api_pages(stage: str | Path, quiet: bool = False) -> list[Path]:
     (stage / "api" / "index.qmd").write_text("\n".join(lines) + "\n")
     return mods
 
+# %% ../nbs/99_book.ipynb #f6ccc95d
+LANDING_MARK = "<!-- eib:headline -->"
+
+def write_landing(stage: str | Path, results_dir: str | Path | None = None) -> str:
+    "Put the book's answer and its chart into `stage/index.qmd` at `LANDING_MARK`; return the Markdown put there."
+    stage = Path(stage); idx = stage / "index.qmd"
+    text = idx.read_text()
+    if LANDING_MARK not in text: raise EibError(f"{idx} has no line {LANDING_MARK!r} for the book's answer")
+    named, _ = R.load_all(Path(results_dir) if results_dir else stage / "evaluation_results")
+    md = "\n".join(R.headline(named))
+    chart = R.headline_chart(named)
+    if chart is not None:
+        (stage / "figures").mkdir(exist_ok=True)
+        (stage / "figures" / "headline.svg").write_text(F.to_svg(chart))
+        md += ('\n\n![Weighted F1 of emotion recognition on decoded features against the achieved rate (log axis); '
+               'bands: 95% bootstrap intervals.](figures/headline.svg){#fig-headline .eib-headline}')
+    idx.write_text(text.replace(LANDING_MARK, md, 1))
+    return md
+
+# %% ../nbs/99_book.ipynb #79547a9e
+RESULT_TEMPLATE = "nbs/22_dataset.ipynb"
+
+def result_page(label: str) -> str:
+    "The page (relative to the repository root) of the results file labelled `label`."
+    return f"nbs/results/{R.safe_name(label)}.ipynb"
+
+def write_result_pages(stage: str | Path, flags=("slow",), quiet: bool = False) -> list[str]:
+    "Make, run and list one page per results file of `stage/evaluation_results` from `RESULT_TEMPLATE`; return the pages."
+    stage = Path(stage)
+    named, _ = R.load_all(stage / "evaluation_results")
+    tmpl, made = nbformat.read(stage / RESULT_TEMPLATE, as_version=4), []
+    for lab, r in named:
+        nb = nbformat.from_dict(tmpl)
+        nb.cells[0].source = f"# {lab}\n\n> {R.ENCODERS.get(r['encoder'], r['encoder'])}; classifier `{r['classifier']}`: the whole results file."
+        par = [c for c in nb.cells if c.source.startswith("label = None")]
+        if len(par) != 1: raise EibError(f"{RESULT_TEMPLATE} needs one cell starting with 'label = None'")
+        par[0].source = f"label = {lab!r}"
+        page = result_page(lab)
+        (stage / page).parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, stage / page)
+        secs = execute_notebook(stage / page, stage / page, flags)
+        if not quiet: print(f"ran {page} in {secs:.1f} s", flush=True)
+        made.append(page)
+    cfg = quarto_config(stage)
+    render = cfg["project"]["render"]
+    at = render.index("nbs/21_results.ipynb") + 1
+    cfg["project"]["render"] = render[:at] + made + render[at:]
+    for sec in cfg["website"]["sidebar"]["contents"]:
+        if isinstance(sec, dict) and "nbs/21_results.ipynb" in sec.get("contents", []):
+            sec["contents"] = ["nbs/21_results.ipynb", dict(section="Per results file", contents=made)] if made else sec["contents"]
+    (stage / "_quarto.yml").write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    return made
+
 # %% ../nbs/99_book.ipynb #23a062d1
-_STAGED = ("_quarto.yml", "index.qmd", "styles.css", "nbs", "api", "figures", "evaluation_results")
+_STAGED = ("_quarto.yml", "index.qmd", "favicon.svg", "styles.css", "nbs", "api", "figures", "evaluation_results")
 
 def build_site(out: str | Path = "_site", execute: bool = False, root: str | Path | None = None,
                flags=("slow",), quiet: bool = False) -> Path:
@@ -105,6 +160,8 @@ def build_site(out: str | Path = "_site", execute: bool = False, root: str | Pat
             if not page.endswith(".ipynb"): continue
             secs = execute_notebook(root / page, stage / page, flags)
             if not quiet: print(f"ran {page} in {secs:.1f} s", flush=True)
+        write_result_pages(stage, flags, quiet)
+    write_landing(stage)
     write_api_pages(stage, quiet)
     cmd = renderer()
     subprocess.run([*cmd, str(stage)] + (["--quiet"] if quiet and cmd[0].endswith("smalldocs") else []), check=True)

@@ -34,7 +34,7 @@ def repo_root(start: str | Path | None = None) -> Path:
     raise EibError(f"not inside the eib repository (no settings.ini above {p})")
 
 def shared_root() -> Path:
-    "The shared folder (`$EIB_SHARED`, else `../shared` beside the repository)."
+    "The shared folder: `$EIB_SHARED`, else the folder `shared` beside the repository."
     env = os.environ.get("EIB_SHARED")
     return Path(env) if env else repo_root().parent / "shared"
 

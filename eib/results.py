@@ -15,11 +15,11 @@ from .records import load_results
 from . import figures as F
 
 # %% auto #0
-__all__ = ['BOOK_RATES', 'EXPECTED_DATASETS', 'ENCODERS', 'FIGURE_TITLES', 'COLUMN_TITLES', 'load_all', 'missing_datasets',
-           'availability', 'at_rates', 'class_at_rates', 'class_grid', 'drop_points', 'describe_drop', 'verdict',
-           'verdict_table', 'rate_control_summary', 'compare_runs', 'describe_rerun', 'VegaScript', 'vega_script',
-           'VegaChart', 'interactive', 'save_book_figures', 'Table', 'fmt_table', 'describe_run', 'show_dataset',
-           'figures_for', 'show_figures']
+__all__ = ['BOOK_RATES', 'EXPECTED_DATASETS', 'PRIMARY_ENCODER', 'ENCODERS', 'FIGURE_TITLES', 'COLUMN_TITLES', 'load_all',
+           'missing_datasets', 'availability', 'at_rates', 'class_at_rates', 'class_grid', 'drop_points',
+           'describe_drop', 'verdict', 'verdict_table', 'headline', 'headline_chart', 'rate_control_summary',
+           'compare_runs', 'describe_rerun', 'VegaScript', 'vega_script', 'VegaChart', 'interactive', 'safe_name',
+           'save_book_figures', 'Table', 'fmt_table', 'describe_run', 'show_dataset', 'figures_for', 'show_figures']
 
 # %% ../nbs/21_results.ipynb #729d185f
 BOOK_RATES = (10, 20, 50, 100, 200)
@@ -180,20 +180,61 @@ def _fmt_point(v) -> str:
     return "never" if v is None else f"{v[0]:.0f}: {v[1]:.2f} ({v[2]:.2f}–{v[3]:.2f})"
 
 def verdict_table(results) -> Table:
-    """`verdict` as a table narrow enough for the page: one row per dataset, encoder and probe; each cell 'rate (BPF):
-    weighted F1'; ✗ marks a top point that is not transparent (the intervals are in `verdict` and the page's prose)."""
+    """`verdict` as a table for the page: one row per dataset, encoder and probe; each cell 'rate (BPF): weighted F1
+    (its 95% interval)'; ✗ marks a top point that is not transparent."""
     v = verdict(results)
     if not len(v): return fmt_table(pd.DataFrame())
     short = {"linear_probe": "fixed", "matched_linear_probe": "matched", "emotion2vec_plus_head": "plus head"}
     enc = {"compare": "ComParE", "whisper_base": "Whisper"}
-    cell = lambda x: "never" if x is None else f"{x[0]:.0f}: {x[1]:.2f}"
+    cell = _fmt_point
     t = pd.DataFrame({"result": [f"{d} {enc.get(e, e)} {short.get(c, c)}" for d, e, c in zip(v.dataset, v.encoder, v.classifier)],
-                      "unquantised": [f"{a:.2f}" for a, _, _ in v.unquantised],
+                      "unquantised": [f"{a:.2f} ({lo:.2f}–{hi:.2f})" for a, lo, hi in v.unquantised],
                       "top": [cell(x) + ("" if ok else " ✗") for x, ok in zip(v.top, v.top_transparent)],
                       "transparent from": [cell(x) for x in v.transparent_from],
                       "below 90%": [cell(x) for x in v.below_90_at], "majority level": [cell(x) for x in v.majority_at]})
     return fmt_table(t.set_index("result"))
 
+
+# %% ../nbs/21_results.ipynb #1bbca722
+PRIMARY_ENCODER = "whisper_base"  # the learned 50 Hz encoder the book's answer is given for
+
+def _enc_name(e: str) -> str: return ENCODERS.get(e, e).split(" (")[0]
+
+def _probe_line(r, who: str) -> str:
+    "One probe's part of a headline line, from a `verdict` row."
+    if not r.top_transparent:
+        return f"the {who} probe is not transparent even at the top ({r.top[0]:.0f} BPF), so its curve cannot say where loss begins"
+    s = f"the {who} probe keeps its unquantised F1 ({r.unquantised[0]:.2f}) from **{r.transparent_from[0]:.0f} BPF** up"
+    return s + (f" and reaches the majority-class level at {r.majority_at[0]:.0f} BPF" if r.majority_at
+                else " and never falls to the majority-class level")
+
+def headline(named, encoder: str = PRIMARY_ENCODER, max_lines: int = 5) -> list[str]:
+    """The book's answer for its first page in at most `max_lines` Markdown list items, every number read from the
+    results files: per corpus measured with `encoder` (real corpora first), where the fixed and the matched probe
+    stay transparent and where they reach the majority-class level; then one item naming the other encoders' curves
+    whose top point is not transparent."""
+    v = verdict(named) if named else pd.DataFrame()
+    if not len(v): return ["- No results file is present yet: run a sweep (see How to reproduce)."]
+    lines, main = [], v[v.encoder == encoder]
+    for d in sorted(main.dataset.unique(), key=lambda d: (d.upper() == "SYNTH", d)):
+        rows = {r.classifier: r for r in main[main.dataset == d].itertuples()}
+        parts = [_probe_line(rows[c], who) for c, who in (("linear_probe", "fixed"), ("matched_linear_probe", "matched")) if c in rows]
+        if not parts: continue
+        syn = " (synthetic speech: how the pipeline behaves, not how people express emotion)" if d.upper() == "SYNTH" else ""
+        lines.append(f"- **{d}**{syn}, {_enc_name(encoder)}: " + "; ".join(parts) + ".")
+    bad = v[(v.encoder != encoder) & ~v.top_transparent]
+    if len(bad):
+        lines.append(f"- With {', '.join(sorted({_enc_name(e) for e in bad.encoder}))}, the codec's top point is not "
+                     f"transparent on {', '.join(sorted(set(bad.dataset)))}: those curves cannot say where loss begins.")
+    return lines[:max_lines]
+
+def headline_chart(named, encoder: str = PRIMARY_ENCODER, width: int = 520, height: int = 280):
+    """The first page's chart: weighted F1 against the achieved rate (log axis) of the real corpora measured with
+    `encoder`, fixed and matched probes (the synthetic corpus only when no real one is present); None without results."""
+    pick = lambda real: [(f"{r['dataset']} {'matched' if r['classifier'].startswith('matched') else 'fixed'}", r)
+                         for _, r in named if r["encoder"] == encoder and (r["dataset"].upper() != "SYNTH") == real and r["rate_points"]]
+    sel = pick(True) or pick(False)
+    return F.fig_f1(sel, log_x=True, width=width, height=height) if sel else None
 
 # %% ../nbs/21_results.ipynb #9d484278
 def rate_control_summary(results) -> pd.DataFrame:
@@ -309,7 +350,9 @@ def _save_fast(chart, stem: str, d: Path, formats) -> None:
         p = Path(d) / f"{stem}.{f}"
         F.atomic_write_bytes(p, data[f]); p.chmod(0o644)
 
-def _safe(label: str) -> str: return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "results"
+def safe_name(label: str) -> str:
+    "`label` as a file name: runs of other characters than letters, digits, `_.-` become `_`."
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "results"
 
 def save_book_figures(named, out_dir="artifacts/figures", formats=("png", "svg"), compared: bool = True, names=None) -> dict:
     """Write every figure (or those in `names`) of every dataset, and with two or more datasets the compared ones, as
@@ -318,7 +361,7 @@ def save_book_figures(named, out_dir="artifacts/figures", formats=("png", "svg")
     if names is not None and (bad := [n for n in names if n not in F.FIGURES]):
         raise EibError(f"unknown figures {bad}; known: {', '.join(F.FIGURES)}")
     out = Path(out_dir) if Path(out_dir).is_absolute() else repo_root() / out_dir
-    groups = [(_safe(lab), [(lab, r)]) for lab, r in named]
+    groups = [(safe_name(lab), [(lab, r)]) for lab, r in named]
     if compared and len(named) > 1: groups.append(("compared", list(named)))
     done = {}
     for name, rs in groups:

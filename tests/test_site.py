@@ -8,6 +8,25 @@ import pytest
 from conftest import ARTIFACTS, offline_page, serve
 
 FIGURES = "main img, main svg, main canvas, main figure, main .vega-embed, main .cell-output-display > *"
+# Figures (inline SVG, images, charts drawn by vega-embed) that are wider than the column of the page that holds them,
+# as "what: drawn width > column width". Icons inside text are left out (narrower than 40 px).
+WIDE_FIGURES = """() => {
+  const main = document.querySelector('main'); const col = main.getBoundingClientRect().width;
+  const out = [];
+  for (const e of main.querySelectorAll('img, svg, canvas')) {
+    if (e.closest('svg') !== e && e.tagName.toLowerCase() === 'svg') continue;  // nested svg: its outer one counts
+    const w = e.getBoundingClientRect().width, h = e.getBoundingClientRect().height;
+    if (w < 40 || h < 40) continue;
+    const natural = e.tagName.toLowerCase() === 'img' ? e.naturalWidth : w;
+    const drawn = Math.max(w, e.scrollWidth || 0);
+    if (drawn > col + 1) out.push(`${e.tagName} ${e.id || e.getAttribute('alt') || ''}`.slice(0, 60) + `: ${Math.round(drawn)} > ${Math.round(col)}`);
+    let p = e.parentElement;  // a scroll box that hides part of the figure
+    while (p && p !== main) { if (p.scrollWidth > p.clientWidth + 1 && getComputedStyle(p).overflowX !== 'visible' && p.contains(e) && w > p.clientWidth + 1)
+      { out.push(`${e.tagName} in a scroll box: ${Math.round(w)} > ${p.clientWidth}`); break; } p = p.parentElement; }
+  }
+  return out;
+}"""
+MAX_PAGE_BYTES = 2_000_000
 
 
 def _pages(site):
@@ -65,6 +84,13 @@ def test_every_page_in_browser(site, browser):
                     assert box and box["width"] > 0 and box["height"] > 0, f"{rel}: empty {tag}"
                 if tag == "img":
                     assert el.evaluate("e => e.complete && e.naturalWidth > 0"), f"{rel}: image did not load"
+            # Every figure fits the column it is drawn in (the window is 1280 px wide): nothing is cut off or
+            # hidden in a sideways scroll box.
+            wide = page.evaluate(WIDE_FIGURES)
+            assert not wide, f"{rel}: figures wider than their column: {wide[:5]}"
+            assert not [t for t in ("VBox(children=", "HBox(children=", "FloatLogSlider(") if t in text], \
+                f"{rel}: a widget's raw text is on the page"
+            assert "../shared" not in page.content(), f"{rel}: names ../shared, which a reader cannot open"
             shot = shots / (rel.replace("/", "__").replace(".html", ".png"))
             page.screenshot(path=str(shot), full_page=True)
             figs = page.eval_on_selector_all("main .eib-chart svg, main .cell-output-display > svg, main .cell-output-display img",
@@ -105,6 +131,47 @@ def test_results_pages_follow_the_results_files(site):
             assert f"<strong>{lab}</strong>" in h, f"{p}: no section for {lab}"
         for d in missing_datasets(named):
             assert f"<strong>{d}</strong> (" in h and "Missing:" in h, f"{p}: {d} not named as missing"
-    want = sum(len(F.all_figures([nr])) for nr in named) + (len(F.all_figures(named)) if len(named) > 1 else 0)
-    assert html.count('class="eib-chart"') == want, "the results page should show every figure each dataset supports"
-    assert html.count(f" of the {len(F.FIGURES)} figures of <code>eib.figures</code> drawn") == len(named) + (len(named) > 1)
+    from eib.book import result_page
+    compared = len(F.all_figures(named)) if len(named) > 1 else 0
+    assert html.count('class="eib-chart"') == compared, "the results page should show every compared figure"
+    for lab, r in named:
+        sub = site / Path(result_page(lab)).with_suffix(".html")
+        assert sub.exists(), f"no page for {lab}"
+        assert f'href="results/{sub.name}"' in html, f"the results page does not link {sub.name}"
+        h = sub.read_text()
+        assert h.count('class="eib-chart"') == len(F.all_figures([(lab, r)])), f"{sub.name} should show every figure {lab} supports"
+        assert h.count(f" of the {len(F.FIGURES)} figures of <code>eib.figures</code> drawn") == 1, sub.name
+
+
+def test_pages_are_light(site):
+    "No page weighs over 2 MB: charts, their data and the chart library are inline in the page, so its HTML is its weight."
+    heavy = {}
+    for p in site.rglob("*.html"):
+        size = p.stat().st_size
+        if size > MAX_PAGE_BYTES: heavy[p.relative_to(site).as_posix()] = size
+    assert not heavy, f"pages over {MAX_PAGE_BYTES} bytes: {heavy}"
+
+
+def test_landing_page_gives_the_answer(site, browser):
+    "The first page states what the book found, read from the results files, beside the headline chart."
+    from eib.results import headline, load_all
+    html = (site / "index.html").read_text()
+    named, _ = load_all()
+    first = headline(named)[0]
+    ds = first.split("**")[1]  # the first corpus named in the answer
+    assert "<!-- eib:headline -->" not in html and "eib:headline" not in html
+    base, srv = serve(site)
+    page, outside = offline_page(browser)
+    try:
+        page.goto(f"{base}/index.html", wait_until="load")
+        found = page.locator("main h2", has_text="What the book found")
+        assert found.count() == 1
+        items = page.locator("main li", has_text="transparent").all_inner_texts() + page.locator("main li", has_text="probe").all_inner_texts()
+        assert any(ds in t and "BPF" in t for t in items), items[:3]
+        img = page.locator("main img.eib-headline, main .eib-headline img, main img[src$='headline.svg']").first
+        assert img.count() == 1 and img.evaluate("e => e.complete && e.naturalWidth > 200"), "no headline chart"
+        box, col = img.bounding_box(), page.locator("main").bounding_box()
+        assert box["width"] <= col["width"] + 1 and box["y"] < 2000, (box, col)
+    finally:
+        page.close(); srv.shutdown()
+    assert not outside, outside

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # core
+# # Shared foundations
 #
 # > Shared constants, errors, paths and atomic file writes used by every chapter of the book.
 
@@ -58,7 +58,7 @@ test_fail(_f, contains="known: ravdess")
 # ## Where things are
 #
 # The repository root holds `settings.ini`; the shared, read-only corpora sit beside it in
-# `../shared/datasets` unless `EIB_SHARED` says otherwise.
+# a folder named `shared` (its `datasets/` subfolder) unless `EIB_SHARED` names another folder.
 
 # %%
 #| export
@@ -70,7 +70,7 @@ def repo_root(start: str | Path | None = None) -> Path:
     raise EibError(f"not inside the eib repository (no settings.ini above {p})")
 
 def shared_root() -> Path:
-    "The shared folder (`$EIB_SHARED`, else `../shared` beside the repository)."
+    "The shared folder: `$EIB_SHARED`, else the folder `shared` beside the repository."
     env = os.environ.get("EIB_SHARED")
     return Path(env) if env else repo_root().parent / "shared"
 

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # data
+# # Corpora, splits and labels
 #
 # > Dataset readers: one utterance table per corpus
 

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # synth
+# # The synthetic corpus
 #
 # > A synthetic acted-emotion corpus made with espeak-ng
 

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # features
+# # Emotion features and their store
 #
 # > Frame-level emotion features: encoders and the feature store
 

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # rvq
+# # Grouped residual VQ
 #
 # > Grouped residual VQ with a SKIP token: normalisation, codebooks, nearest-code encoding, decoding.
 

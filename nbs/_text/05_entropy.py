@@ -1,5 +1,5 @@
 # %% [markdown]
-# # entropy
+# # The entropy model
 #
 # > An autoregressive Transformer over the tokens of one frame
 

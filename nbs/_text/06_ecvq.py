@@ -1,5 +1,5 @@
 # %% [markdown]
-# # ecvq
+# # Entropy-constrained VQ
 #
 # > Entropy-constrained VQ: each token minimises distortion + λ·bits
 

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # codec
+# # The trained codec
 #
 # > One object for a trained codec: the grouped RVQ, the entropy model, their fingerprint and the exact coding model, saved and loaded as a folder.
 

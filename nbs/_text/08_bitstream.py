@@ -1,5 +1,5 @@
 # %% [markdown]
-# # bitstream
+# # The bitstream
 #
 # > A real, decodable byte stream
 

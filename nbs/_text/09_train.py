@@ -1,5 +1,5 @@
 # %% [markdown]
-# # train
+# # Training a codec
 #
 # > Training the codec (grouped RVQ + entropy model) from a feature store, and its checkpoints.
 

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # engine
+# # The rate-control engine
 #
 # > The batched, cached ECVQ engine of rate control: every utterance coded at its own λ, and the exact size of its real stream
 

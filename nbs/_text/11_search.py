@@ -1,5 +1,5 @@
 # %% [markdown]
-# # search
+# # Searching for one λ
 #
 # > The search for one λ: bracketing and Illinois regula falsi in ln λ on a rate that falls as λ grows, with steps
 

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # evaluate
+# # Emotion recognition on decoded features
 #
 # > Emotion recognition on decoded features: classifiers, honest metrics and baselines
 

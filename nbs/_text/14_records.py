@@ -1,5 +1,5 @@
 # %% [markdown]
-# # records
+# # The results files
 #
 # > The results files: their schema and versions, validation, atomic writes, resuming a sweep and keeping superseded files
 

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # sweep
+# # Rate and layer sweeps
 #
 # > Rate and layer sweeps: emotion recognition on decoded features across the rate axis
 

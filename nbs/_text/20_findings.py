@@ -37,7 +37,7 @@ vega_script()
 # where nothing is lost can say where loss begins), the lowest rate from which the curve stays transparent, the rate
 # where it falls below 90% of the unquantised F1, and the rate where its interval reaches the majority-class F1
 # (always answering the most frequent class). In the table each cell reads *rate in BPF: weighted F1* (✗: a top
-# point that is not transparent); the sentences below it give each F1 with its 95% interval.
+# point that is not transparent), followed by its 95% bootstrap interval.
 #
 # Two classifiers answer two questions. The **fixed** probe, fitted once on unquantised training features (the
 # thesis's protocol), asks whether a deployed model still works on decoded features; its fall can be a domain shift,
@@ -46,24 +46,7 @@ vega_script()
 
 # %%
 #| code-fold: true
-_v = verdict(named) if named else pd.DataFrame()
-if len(_v):
-    display(verdict_table(named))
-    for _r in _v.itertuples():
-        _who = {"linear_probe": "the fixed probe (fitted on unquantised features)",
-                "matched_linear_probe": "the matched probe (fitted on decoded features at each rate)"}.get(_r.classifier, _r.classifier)
-        _s = f"**{_r.dataset}, {ENCODERS.get(_r.encoder, _r.encoder).split(' (')[0]}, {_who}**: "
-        if not _r.top_transparent:
-            _s += (f"even the top point ({_r.top[0]:.1f} BPF, F1 {_r.top[1]:.3f}) lies below the unquantised interval "
-                   f"({_r.unquantised[1]:.3f}–{_r.unquantised[2]:.3f}), so this curve cannot say where loss begins.")
-        else:
-            _ci = lambda x: f"F1 {x[1]:.3f}, 95% interval {x[2]:.3f}–{x[3]:.3f}"
-            _s += f"unquantised F1 {_r.unquantised[0]:.3f} ({_r.unquantised[1]:.3f}–{_r.unquantised[2]:.3f}); "
-            _s += f"transparent from **{_r.transparent_from[0]:.1f} BPF** up ({_ci(_r.transparent_from)})"
-            _s += (f"; below 90% of unquantised at **{_r.below_90_at[0]:.1f} BPF** ({_ci(_r.below_90_at)})" if _r.below_90_at else "; never below 90% of unquantised")
-            _s += (f"; at the majority-class level at **{_r.majority_at[0]:.1f} BPF** ({_ci(_r.majority_at)})." if _r.majority_at else "; never down to the majority-class level.")
-        md(_s)
-else: md("No results file is present yet: there is no verdict to give.")
+verdict_table(named) if named else md("No results file is present yet: there is no verdict to give.")
 
 # %% [markdown]
 # ## What was measured, and on what

@@ -32,20 +32,21 @@
 #
 # ```bash
 # .venv/bin/papermill nbs/sweep.ipynb out/sweep_ravdess.ipynb -k python3 --cwd nbs \
-#     -p dataset ravdess -p data_root ../shared/datasets/ravdess -p rates full
+#     -p dataset ravdess -p data_root ~/corpora/ravdess -p rates full
 # .venv/bin/papermill nbs/sweep.ipynb out/sweep_emodb.ipynb -k python3 --cwd nbs -p dataset emodb -p rates full
 # .venv/bin/papermill nbs/sweep.ipynb out/sweep_synth.ipynb -k python3 --cwd nbs -p dataset synth -p rates full
 # # the learned encoder (Whisper base, layer 3); its deep codec reaches far above 300 BPF, hence the `span` targets
 # .venv/bin/papermill nbs/sweep.ipynb out/sweep_ravdess_w.ipynb -k python3 --cwd nbs \
-#     -p dataset ravdess -p data_root ../shared/datasets/ravdess -p encoder whisper_base -p rates span
+#     -p dataset ravdess -p data_root ~/corpora/ravdess -p encoder whisper_base -p rates span
 # .venv/bin/papermill nbs/sweep.ipynb out/sweep_emodb_w.ipynb -k python3 --cwd nbs -p dataset emodb -p encoder whisper_base -p rates span
 # # any folder with a manifest.csv (path, speaker, emotion, split)
 # .venv/bin/papermill nbs/sweep.ipynb out/x.ipynb -k python3 --cwd nbs -p dataset manifest -p data_root DIR -p name NAME -p encoder whisper_base
 # ```
 #
-# The short form `papermill nbs/sweep.ipynb out/sweep_ravdess.ipynb -p dataset ravdess -p data_root
-# ../shared/datasets/ravdess` works too (a relative `data_root` is taken from the working directory, else from the
-# repository root). Parameters: `rates` is `quick` (10, 100, 200, 300 BPF), `full` (the thesis's 44 targets: 10 to 200
+# `data_root` is where your copy of the corpus lies (`~/corpora/ravdess` above stands for it); without it the sweep
+# looks in the datasets folder of `eib.core.datasets_root()` (`$EIB_SHARED/datasets`). The short form `papermill
+# nbs/sweep.ipynb out/sweep_ravdess.ipynb -p dataset ravdess -p data_root ~/corpora/ravdess` works too (a relative
+# `data_root` is taken from the working directory, else from the repository root). Parameters: `rates` is `quick` (10, 100, 200, 300 BPF), `full` (the thesis's 44 targets: 10 to 200
 # in steps of 5, then 220 to 300 in steps of 20) or a list such as `"[10, 20, 50]"`; `encoder` is `compare` (the
 # offline default) or an emotion2vec model when its weights are present; `rate_mode` is `utterance` (λ per
 # utterance) or `set`; `samples_per_emotion` sizes the test subset; `layer_sweep` adds the plain-RVQ baseline. The
@@ -61,7 +62,7 @@
 #
 # ```bash
 # # 1. features: a feature store data_subset/<name>/ (features/<id>.npy, manifest.csv, meta.json)
-# .venv/bin/eib-prepare --dataset ravdess --root ../shared/datasets/ravdess --encoder compare
+# .venv/bin/eib-prepare --dataset ravdess --root ~/corpora/ravdess --encoder compare
 # .venv/bin/eib-prepare --dataset synth                      # the embedded synthetic corpus
 # # 2. a codec: grouped RVQ + entropy model, trained on the store's training split
 # .venv/bin/eib-train --features data_subset/ravdess --preset cpu --out checkpoints/ravdess_cpu

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # book
+# # Building this website
 #
 # > Building the website: run the chapters on the embedded default, then render them with Quarto or smalldocs.
 
@@ -13,9 +13,11 @@ import argparse, filecmp, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 import nbformat, yaml
 from eib.core import EibError, repo_root, run_cli
+from eib import figures as F, results as R
 
 # %%
 from fastcore.test import test_eq, test_fail
+from eib.records import write_results
 
 
 # %% [markdown]
@@ -154,9 +156,96 @@ def write_api_pages(stage: str | Path, quiet: bool = False) -> list[Path]:
     return mods
 
 
+# %% [markdown]
+# ## The first page
+#
+# `index.qmd` holds the line `<!-- eib:headline -->` where the book's answer goes: `write_landing` replaces it, in the
+# staged copy, with the lines of `eib.results.headline` and the chart of `eib.results.headline_chart` (an SVG file
+# beside the page), both read from the results files of the build. The committed `index.qmd` keeps the marker.
+
 # %%
 #| export
-_STAGED = ("_quarto.yml", "index.qmd", "styles.css", "nbs", "api", "figures", "evaluation_results")
+LANDING_MARK = "<!-- eib:headline -->"
+
+def write_landing(stage: str | Path, results_dir: str | Path | None = None) -> str:
+    "Put the book's answer and its chart into `stage/index.qmd` at `LANDING_MARK`; return the Markdown put there."
+    stage = Path(stage); idx = stage / "index.qmd"
+    text = idx.read_text()
+    if LANDING_MARK not in text: raise EibError(f"{idx} has no line {LANDING_MARK!r} for the book's answer")
+    named, _ = R.load_all(Path(results_dir) if results_dir else stage / "evaluation_results")
+    md = "\n".join(R.headline(named))
+    chart = R.headline_chart(named)
+    if chart is not None:
+        (stage / "figures").mkdir(exist_ok=True)
+        (stage / "figures" / "headline.svg").write_text(F.to_svg(chart))
+        md += ('\n\n![Weighted F1 of emotion recognition on decoded features against the achieved rate (log axis); '
+               'bands: 95% bootstrap intervals.](figures/headline.svg){#fig-headline .eib-headline}')
+    idx.write_text(text.replace(LANDING_MARK, md, 1))
+    return md
+
+
+# %%
+with tempfile.TemporaryDirectory() as d:
+    d = Path(d); (d / "evaluation_results").mkdir()
+    _r = F.demo_results("SYNTH", rates=(10, 100), layer_bpf=None, n_boot=30); _r["encoder"] = "whisper_base"
+    write_results(d / "evaluation_results" / "rate_sweep_SYNTH_whisper_base.json", _r)
+    (d / "index.qmd").write_text(f"# Home\n\n{LANDING_MARK}\n\nMore.\n")
+    _md = write_landing(d)
+    test_eq(_md.startswith("- **SYNTH** (synthetic speech"), True)
+    test_eq(LANDING_MARK in (d / "index.qmd").read_text(), False)
+    test_eq((d / "figures" / "headline.svg").read_text()[:4], "<svg")
+    test_fail(lambda: write_landing(d), contains="eib:headline")  # the marker is gone now
+
+# %% [markdown]
+# ## A page per results file
+#
+# Every sweep's tables and charts on one page would weigh tens of megabytes (a chart carries its data), so the
+# Results page compares the sweeps and links one page per results file. `write_result_pages` makes them in the staged
+# copy from the template chapter `22_dataset.ipynb`, with its parameter `label` set to each file's label, runs them,
+# and lists them in the staged `_quarto.yml`, after the Results page and under it in the sidebar.
+
+# %%
+#| export
+RESULT_TEMPLATE = "nbs/22_dataset.ipynb"
+
+def result_page(label: str) -> str:
+    "The page (relative to the repository root) of the results file labelled `label`."
+    return f"nbs/results/{R.safe_name(label)}.ipynb"
+
+def write_result_pages(stage: str | Path, flags=("slow",), quiet: bool = False) -> list[str]:
+    "Make, run and list one page per results file of `stage/evaluation_results` from `RESULT_TEMPLATE`; return the pages."
+    stage = Path(stage)
+    named, _ = R.load_all(stage / "evaluation_results")
+    tmpl, made = nbformat.read(stage / RESULT_TEMPLATE, as_version=4), []
+    for lab, r in named:
+        nb = nbformat.from_dict(tmpl)
+        nb.cells[0].source = f"# {lab}\n\n> {R.ENCODERS.get(r['encoder'], r['encoder'])}; classifier `{r['classifier']}`: the whole results file."
+        par = [c for c in nb.cells if c.source.startswith("label = None")]
+        if len(par) != 1: raise EibError(f"{RESULT_TEMPLATE} needs one cell starting with 'label = None'")
+        par[0].source = f"label = {lab!r}"
+        page = result_page(lab)
+        (stage / page).parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, stage / page)
+        secs = execute_notebook(stage / page, stage / page, flags)
+        if not quiet: print(f"ran {page} in {secs:.1f} s", flush=True)
+        made.append(page)
+    cfg = quarto_config(stage)
+    render = cfg["project"]["render"]
+    at = render.index("nbs/21_results.ipynb") + 1
+    cfg["project"]["render"] = render[:at] + made + render[at:]
+    for sec in cfg["website"]["sidebar"]["contents"]:
+        if isinstance(sec, dict) and "nbs/21_results.ipynb" in sec.get("contents", []):
+            sec["contents"] = ["nbs/21_results.ipynb", dict(section="Per results file", contents=made)] if made else sec["contents"]
+    (stage / "_quarto.yml").write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    return made
+
+
+# %%
+test_eq(result_page("RAVDESS (compare, linear_probe)"), "nbs/results/RAVDESS_compare_linear_probe.ipynb")
+
+# %%
+#| export
+_STAGED = ("_quarto.yml", "index.qmd", "favicon.svg", "styles.css", "nbs", "api", "figures", "evaluation_results")
 
 def build_site(out: str | Path = "_site", execute: bool = False, root: str | Path | None = None,
                flags=("slow",), quiet: bool = False) -> Path:
@@ -175,6 +264,8 @@ def build_site(out: str | Path = "_site", execute: bool = False, root: str | Pat
             if not page.endswith(".ipynb"): continue
             secs = execute_notebook(root / page, stage / page, flags)
             if not quiet: print(f"ran {page} in {secs:.1f} s", flush=True)
+        write_result_pages(stage, flags, quiet)
+    write_landing(stage)
     write_api_pages(stage, quiet)
     cmd = renderer()
     subprocess.run([*cmd, str(stage)] + (["--quiet"] if quiet and cmd[0].endswith("smalldocs") else []), check=True)
