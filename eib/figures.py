@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_figures.ipynb #ad597fcc
 from __future__ import annotations
-import json, re
+import json, math, re, xml.etree.ElementTree as ET
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -15,11 +15,13 @@ from .evaluate import (CI_METRICS, blobs, evaluate_predictions, fit_probe, gauss
 from .records import load_results, new_results, validate_results
 
 # %% auto #0
-__all__ = ['FIGURE_FORMATS', 'SUMMARY_METRICS', 'METRIC_TITLES', 'BASELINES', 'DECODED', 'CLASS_METRICS', 'RD_CURVES',
-           'PER_UTTERANCE_KEY', 'FIGURES', 'to_svg', 'to_png', 'use_offline_renderer', 'SvgFigure', 'show',
-           'save_figure', 'demo_results', 'named_results', 'rate_table', 'baseline_table', 'class_table', 'fig_f1',
-           'fig_confidence', 'fig_recall', 'fig_true_prob', 'nearest_point', 'fig_confusion', 'rd_table', 'fig_rd',
-           'rate_control_records', 'fig_rate_control', 'figure_index', 'all_figures']
+__all__ = ['PAGE_WIDTH', 'LABEL_LIMIT', 'FIGURE_FORMATS', 'SUMMARY_METRICS', 'METRIC_TITLES', 'BASELINES', 'DECODED',
+           'LAYER_SWEEP', 'CURVE_DASHES', 'CLASS_METRICS', 'GAUSSIAN_RD', 'RD_CURVES', 'RD_DASHES', 'PER_UTTERANCE_KEY',
+           'FIGURES', 'chart_spec', 'to_svg', 'to_png', 'use_offline_renderer', 'SvgFigure', 'show', 'slim_spec',
+           'svg_size', 'save_figure', 'demo_results', 'named_results', 'rate_table', 'layer_table', 'baseline_table',
+           'class_table', 'fig_f1', 'fig_confidence', 'fig_recall', 'fig_true_prob', 'nearest_point', 'fig_confusion',
+           'confusion_layout', 'rd_table', 'fig_rd', 'rate_control_records', 'fig_rate_control', 'figure_index',
+           'all_figures']
 
 # %% ../nbs/15_figures.ipynb #f283aaad
 _VL = alt.SCHEMA_VERSION.lstrip("v").rsplit(".", 1)[0]  # e.g. "6.4", the Vega-Lite version altair writes
@@ -28,7 +30,8 @@ def _vl_version() -> str | None:
     import vl_convert as vlc
     return _VL if _VL in vlc.get_vegalite_versions() else None
 
-def _spec(chart) -> dict:
+def chart_spec(chart) -> dict:
+    "The Vega-Lite spec of an altair `chart`, its data inline (however many rows)."
     if not isinstance(chart, alt.TopLevelMixin):
         raise EibError(f"expected an altair chart, got {type(chart).__name__}")
     with alt.data_transformers.disable_max_rows():
@@ -37,12 +40,12 @@ def _spec(chart) -> dict:
 def to_svg(chart) -> str:
     "The chart drawn as an SVG document by vl-convert (no browser, no network)."
     import vl_convert as vlc
-    return vlc.vegalite_to_svg(_spec(chart), vl_version=_vl_version())
+    return vlc.vegalite_to_svg(chart_spec(chart), vl_version=_vl_version())
 
 def to_png(chart, scale: float = 2.0) -> bytes:
     "The chart drawn as PNG bytes by vl-convert; `scale` multiplies the pixel size."
     import vl_convert as vlc
-    return vlc.vegalite_to_png(_spec(chart), vl_version=_vl_version(), scale=scale)
+    return vlc.vegalite_to_png(chart_spec(chart), vl_version=_vl_version(), scale=scale)
 
 def use_offline_renderer() -> str:
     """Show altair charts as inline SVG (vl-convert) in notebooks and in the website built from their outputs,
@@ -62,6 +65,54 @@ def show(chart) -> SvgFigure:
     "The chart as an inline SVG figure, whatever renderer altair has enabled."
     return SvgFigure(to_svg(chart))
 
+# %% ../nbs/15_figures.ipynb #903650b0
+def _names(o, out: set) -> set:
+    "Every string in a spec (field names, shorthand, expressions), outside its inline data."
+    if isinstance(o, str): out.add(o)
+    elif isinstance(o, dict):
+        for k, v in o.items():
+            if k != "datasets": _names(v, out)
+    elif isinstance(o, list):
+        for v in o: _names(v, out)
+    return out
+
+def slim_spec(spec: dict, digits: int = 6) -> dict:
+    """`spec` with its inline data cut to what the chart reads: columns that no encoding, tooltip or expression
+    names are dropped, and floats keep `digits` significant digits. A page that embeds the spec carries less."""
+    names = _names(spec, set())
+    exprs = [s for s in names if "datum" in s]
+    keep = lambda c: c in names or any(c in e for e in exprs)
+    num = lambda v: float(f"{v:.{digits}g}") if isinstance(v, float) and math.isfinite(v) else v
+    out = dict(spec)
+    if "datasets" in spec:
+        out["datasets"] = {k: [{c: num(v) for c, v in row.items() if keep(c)} for row in rows] for k, rows in spec["datasets"].items()}
+    return out
+
+# %% ../nbs/15_figures.ipynb #aadbd95e
+PAGE_WIDTH = 640  # px: the widest a figure is drawn, legend, titles and padding included
+LABEL_LIMIT = PAGE_WIDTH // 2  # px: a legend label or title is cut only beyond this
+
+def svg_size(chart) -> tuple[float, float]:
+    "Width and height (px) of `chart` as vl-convert draws it: the whole figure, legends, titles and padding included."
+    root = ET.fromstring(to_svg(chart))
+    return float(root.get("width")), float(root.get("height"))
+
+def _text_px(s, size: float = 10.0) -> float:
+    "A generous estimate of the drawn width of the text `s` at font size `size` (sans-serif)."
+    return 0.62 * size * len(str(s))
+
+def _legend(labels=(), wrap: bool = False, **kw) -> alt.Legend:
+    """A legend below the plot, its entries in a column, labels cut only beyond `LABEL_LIMIT`; with `wrap`, the
+    entries (`labels`) side by side in as many columns as the page holds."""
+    if wrap and len(labels):
+        per = max(_text_px(l) for l in labels) + 30  # symbol, gap, label
+        kw = dict(direction="horizontal", columns=int(max(1, min(len(labels), (PAGE_WIDTH - 60) // per)))) | kw
+    return alt.Legend(**(dict(orient="bottom", direction="vertical", labelLimit=LABEL_LIMIT, titleLimit=LABEL_LIMIT) | kw))
+
+def _rate_axis(width: float, **kw) -> alt.Axis:
+    "A quantitative axis with about one tick per 60 px of `width`; labels that would still touch are thinned."
+    return alt.Axis(**(dict(tickCount=max(2, int(width // 60)), labelOverlap=True, labelFlush=True) | kw))
+
 # %% ../nbs/15_figures.ipynb #e8e94b39
 FIGURE_FORMATS = ("png", "svg", "json")
 
@@ -73,7 +124,7 @@ def save_figure(chart, stem: str, out_dir="figures", formats=("png", "svg"), sca
     if bad or not formats: raise EibError(f"unknown formats {bad or formats}; known: {', '.join(FIGURE_FORMATS)}")
     try:
         data = {f: (to_png(chart, scale) if f == "png" else to_svg(chart).encode() if f == "svg"
-                    else json.dumps(_spec(chart), indent=1).encode()) for f in formats}
+                    else json.dumps(chart_spec(chart), indent=1).encode()) for f in formats}
     except EibError: raise
     except Exception as e: raise EibError(f"vl-convert could not draw the chart {stem!r}: {e}") from e
     ext, out = dict(png=".png", svg=".svg", json=".vl.json"), {}
@@ -96,7 +147,7 @@ def demo_results(dataset: str = "SYNTH-DEMO", rates=(10, 20, 50, 100, 200), laye
                  classes=("neutral", "happy", "sad", "angry"), n_per_class=(6, 4, 3, 3), sep: float = 0.8,
                  n_boot: int = 200, seed: int = 0) -> dict:
     """A valid results object for DEMONSTRATION: synthetic blobs degraded by noise at pseudo-rates (not a codec,
-    not a result). `layer_bpf=None` leaves out the layer sweep, `rd_bound=False` the Gaussian bound."""
+    not a result). `layer_bpf=None` leaves out the layer sweep, `rd_bound=False` the Gaussian R(D) curve."""
     d = blobs(n_speakers=8, n_per_class=n_per_class, classes=classes, dim=dim, sep=sep, seed=seed)
     tr, te = d[d.speaker < "s05"], d[d.speaker >= "s05"]
     probe = fit_probe(list(tr.frames), tr.label, groups=tr.speaker, pooling="mean", Cs=(0.01, 0.1, 1.0), seed=seed)
@@ -141,7 +192,7 @@ METRIC_TITLES = dict(accuracy="Accuracy", balanced_accuracy="Balanced accuracy (
                      mean_true_label_prob="Probability given to the true class", recall="Recall", precision="Precision",
                      f1="F1")
 BASELINES = {"unquantised": "unquantised features", "majority": "majority class"}
-DECODED = "decoded features"
+DECODED = "ECVQ (decoded features)"
 
 def _one(r, i: int) -> dict:
     if isinstance(r, (str, Path)): return load_results(r)
@@ -174,6 +225,13 @@ def rate_table(results) -> pd.DataFrame:
     cols = ["dataset", "target_bpf", "bpf", "bpf_std", "bpf_min", "bpf_max", "capped", "mse", *_metric_row(_EMPTY_METRICS)]
     return pd.DataFrame(rows, columns=cols)
 
+def layer_table(results) -> pd.DataFrame:
+    """One row per point of the layer sweep (plain RVQ with 1..M layers per group, entropy-coded): dataset, layers,
+    achieved BPF, MSE, summary metrics and their intervals; no rows for results without a layer sweep."""
+    rows = [dict(dataset=lab, layers=p["layers"], bpf=p["achieved_bpf_mean"], mse=p["mse"], **_metric_row(p["metrics"]))
+            for lab, r in named_results(results) for p in r["layer_sweep"]]
+    return pd.DataFrame(rows, columns=["dataset", "layers", "bpf", "mse", *_metric_row(_EMPTY_METRICS)])
+
 def baseline_table(results) -> pd.DataFrame:
     "One row per dataset and baseline (`unquantised features`, `majority class`) with the summary metrics."
     rows = [dict(dataset=lab, curve=BASELINES[k], **_metric_row(r["baselines"][k]))
@@ -202,49 +260,70 @@ def class_table(results, source: str = "rate_points") -> pd.DataFrame:
 _EMPTY_METRICS = dict(**{k: 0.0 for k in SUMMARY_METRICS}, ci={k: [0.0, 0.0] for k in CI_METRICS})
 
 # %% ../nbs/15_figures.ipynb #6aa26b76
-_CURVES = [DECODED, *BASELINES.values()]
-_STROKE_LEGEND = alt.Legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=400, symbolStrokeColor="grey")
-_DASH = alt.StrokeDash("curve:N", title="curve", scale=alt.Scale(domain=_CURVES, range=[[1, 0], [6, 3], [2, 3]]), legend=_STROKE_LEGEND)
+LAYER_SWEEP = "layer sweep (plain RVQ)"
 _BPF_TITLE = "achieved rate (bits per frame; × 50 = bits/s)"
+CURVE_DASHES = {DECODED: [1, 0], LAYER_SWEEP: [4, 2], BASELINES["unquantised"]: [12, 4], BASELINES["majority"]: [2, 3]}
 
-def _x(log_x: bool = False, field: str = "bpf"):
-    return alt.X(f"{field}:Q", title=_BPF_TITLE, scale=alt.Scale(type="log") if log_x else alt.Scale(zero=True))
+def _dash(curves) -> alt.StrokeDash:
+    "The `curve` dash encoding for the curves present (`CURVE_DASHES`): the legend lists only those."
+    return alt.StrokeDash("curve:N", title="curve", scale=alt.Scale(domain=list(curves), range=[CURVE_DASHES[c] for c in curves]),
+                          legend=_legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=400, symbolStrokeColor="grey"))
+
+def _x(log_x: bool = False, field: str = "bpf", width: float = 400):
+    return alt.X(f"{field}:Q", title=_BPF_TITLE, scale=alt.Scale(type="log") if log_x else alt.Scale(zero=True),
+                 axis=_rate_axis(width))
 
 def _color(labels):
-    return alt.Color("dataset:N", title="dataset", scale=alt.Scale(domain=list(labels)), legend=alt.Legend(symbolOpacity=1))
+    return alt.Color("dataset:N", title="dataset", scale=alt.Scale(domain=list(labels)), legend=_legend(symbolOpacity=1))
 
 def _need_points(t: pd.DataFrame, what: str):
     if t.empty: raise EibError(f"no rate points in the results given: {what} needs a finished rate sweep "
                                "(see eib.records.upsert_rate_point)")
 
-def _metric_panel(rs, metric: str, title: str, band: bool, log_x: bool, width: int, height: int):
-    t, b = rate_table(rs), baseline_table(rs)
-    t = t.assign(curve=DECODED)
+_Y_AXIS_PX = 60  # px: a [0, 1] y axis with its title, and the figure's padding
+
+def _panel_width(panels: int, gap: int = 20) -> int:
+    "Plot width of each of `panels` side-by-side panels that, with their y axes and gaps, fill `PAGE_WIDTH`."
+    return int((PAGE_WIDTH - 40 - panels * _Y_AXIS_PX - (panels - 1) * gap) // panels)
+
+def _metric_panel(rs, metric: str, title: str, band: bool, log_x: bool, width: int, height: int, layers: bool = False):
+    t, b = rate_table(rs).assign(curve=DECODED), baseline_table(rs)
+    lt = layer_table(rs).assign(curve=LAYER_SWEEP) if layers else pd.DataFrame()
     yt = METRIC_TITLES.get(metric, metric)
-    color, y = _color([l for l, _ in rs]), alt.Y(f"{metric}:Q", title=yt, scale=alt.Scale(domain=[0, 1]))
+    x, color, y = _x(log_x, width=width), _color([l for l, _ in rs]), alt.Y(f"{metric}:Q", title=yt, scale=alt.Scale(domain=[0, 1]))
+    dash = _dash([DECODED, *([LAYER_SWEEP] if len(lt) else []), *BASELINES.values()])
     tip = ["dataset:N", alt.Tooltip("target_bpf:Q", title="target BPF"), alt.Tooltip("bpf:Q", title="achieved BPF", format=".2f"),
            "capped:N", alt.Tooltip(f"{metric}:Q", format=".3f")]
-    line = alt.Chart(t).mark_line().encode(_x(log_x), y, color, _DASH)
-    pts = alt.Chart(t).mark_point(filled=True, size=25).encode(_x(log_x), y, color, tooltip=tip)
-    rules = alt.Chart(b).mark_rule(strokeWidth=1.5).encode(alt.Y(f"{metric}:Q", title=yt), color, _DASH,
+    line = alt.Chart(t).mark_line().encode(x, y, color, dash)
+    pts = alt.Chart(t).mark_point(filled=True, size=25).encode(x, y, color, tooltip=tip)
+    rules = alt.Chart(b).mark_rule(strokeWidth=1.5).encode(alt.Y(f"{metric}:Q", title=yt), color, dash,
                                                          tooltip=["dataset:N", "curve:N", alt.Tooltip(f"{metric}:Q", format=".3f")])
-    layers = [line, pts, rules]
+    out = [line, pts, rules]
     if band and metric in CI_METRICS:
-        layers.insert(0, alt.Chart(t).mark_area(opacity=0.18).encode(_x(log_x), alt.Y(f"{metric}_lo:Q", title=yt), alt.Y2(f"{metric}_hi:Q"), color))
-    return alt.layer(*layers).properties(title=title, width=width, height=height)
+        out.insert(0, alt.Chart(t).mark_area(opacity=0.18).encode(x, alt.Y(f"{metric}_lo:Q", title=yt), alt.Y2(f"{metric}_hi:Q"), color))
+    if len(lt):
+        out += [alt.Chart(lt).mark_line().encode(x, y, color, dash),
+                alt.Chart(lt).mark_point(shape="square", filled=True, size=25).encode(
+                    x, y, color, tooltip=["dataset:N", "curve:N", "layers:Q", alt.Tooltip("bpf:Q", title="achieved BPF", format=".2f"),
+                                          alt.Tooltip(f"{metric}:Q", format=".3f")])]
+    return alt.layer(*out).properties(title=title, width=width, height=height)
 
-def fig_f1(results, metric: str = "f1_weighted", log_x: bool = False, width: int = 460, height: int = 300):
-    "Figure 1: `metric` (weighted F1) against achieved BPF, a line per dataset with its 95% band; both baselines as rules."
+def fig_f1(results, metric: str = "f1_weighted", log_x: bool = False, layer_sweep: bool = True, width: int = _panel_width(1),
+           height: int = 300):
+    """Figure 1: `metric` (weighted F1) against achieved BPF, a line per dataset with its 95% band; both baselines as
+    rules; with `layer_sweep`, the layer sweep's points (where the results hold them) as a dashed line with squares."""
     if metric not in CI_METRICS[:4]: raise EibError(f"unknown metric {metric!r}; known: {', '.join(CI_METRICS[:4])}")
     rs = named_results(results)
     _need_points(rate_table(rs), "fig_f1")
     lvl = rs[0][1]["rate_points"][0]["metrics"]["ci"]["level"] if rs[0][1]["rate_points"] else 0.95
-    title = alt.TitleParams(f"{METRIC_TITLES[metric]} of emotion recognition on decoded features",
-                            subtitle=[f"bands: bootstrap {lvl:.0%} intervals; rules: unquantised-feature and majority-class baselines"])
-    return _metric_panel(rs, metric, title, True, log_x, width, height)
+    sub = [f"bands: bootstrap {lvl:.0%} intervals; rules: unquantised-feature and majority-class baselines"]
+    if layer_sweep and len(layer_table(rs)):
+        sub.append("dashed, squares: the layer sweep (plain residual VQ, 1..M layers per group, entropy-coded)")
+    title = alt.TitleParams(f"{METRIC_TITLES[metric]} of emotion recognition on decoded features", subtitle=sub)
+    return _metric_panel(rs, metric, title, True, log_x, width, height, layers=layer_sweep)
 
 # %% ../nbs/15_figures.ipynb #e3d24d58
-def fig_confidence(results, log_x: bool = False, width: int = 340, height: int = 280):
+def fig_confidence(results, log_x: bool = False, width: int = _panel_width(2), height: int = 280):
     "Figure 2: mean max-probability (confidence) and mean true-label probability against BPF, side by side."
     rs = named_results(results)
     _need_points(rate_table(rs), "fig_confidence")
@@ -257,7 +336,11 @@ def fig_confidence(results, log_x: bool = False, width: int = 340, height: int =
 # %% ../nbs/15_figures.ipynb #9b9d492c
 CLASS_METRICS = ("recall", "precision", "f1", "mean_true_label_prob")
 
-def _class_fig(results, metric: str, title: str, subtitle: list, log_x: bool, columns: int, width: int, height: int):
+def _facet_width(columns: int, gap: int = 20) -> int:
+    "Plot width of each panel of a facet `columns` wide (one y axis per row, `gap` between panels) that fills `PAGE_WIDTH`."
+    return int((PAGE_WIDTH - 40 - _Y_AXIS_PX - (columns - 1) * gap) // columns)
+
+def _class_fig(results, metric: str, title: str, subtitle: list, log_x: bool, columns: int, width: int | None, height: int):
     rs = named_results(results)
     ct = class_table(rs)
     _need_points(ct, title)
@@ -268,21 +351,24 @@ def _class_fig(results, metric: str, title: str, subtitle: list, log_x: bool, co
                            "in each metrics block); the sweep must add them to draw this figure")
         if missing: subtitle = [*subtitle, f"not in the results file of: {', '.join(missing)}"]
         ct = ct[~ct.dataset.isin(missing)]
-    enc = [_x(log_x), alt.Y(f"{metric}:Q", title=METRIC_TITLES[metric], scale=alt.Scale(domain=[0, 1])),
-           alt.Color("emotion:N", title="emotion")]
+    labs, emotions = list(dict.fromkeys(ct.dataset)), list(dict.fromkeys(ct.emotion))
+    columns = max(1, min(int(columns), len(labs)))
+    width = _facet_width(columns) if width is None else width
+    enc = [_x(log_x, width=width), alt.Y(f"{metric}:Q", title=METRIC_TITLES[metric], scale=alt.Scale(domain=[0, 1])),
+           alt.Color("emotion:N", title="emotion", scale=alt.Scale(domain=emotions), legend=_legend(emotions, wrap=True))]
     tip = ["dataset:N", "emotion:N", "point:Q", alt.Tooltip("bpf:Q", format=".2f"), alt.Tooltip(f"{metric}:Q", format=".3f"), "support:Q"]
     ch = alt.Chart(ct).mark_line(point=True).encode(*enc, tooltip=tip).properties(width=width, height=height)
-    return ch.facet(facet=alt.Facet("dataset:N", title=None, sort=list(dict.fromkeys(ct.dataset))), columns=columns).properties(
-        title=alt.TitleParams(title, subtitle=subtitle))
+    return ch.facet(facet=alt.Facet("dataset:N", title=None, sort=labs, header=alt.Header(labelLimit=LABEL_LIMIT)),
+                    columns=columns).properties(title=alt.TitleParams(title, subtitle=subtitle))
 
-def fig_recall(results, metric: str = "recall", log_x: bool = False, columns: int = 2, width: int = 320, height: int = 240):
+def fig_recall(results, metric: str = "recall", log_x: bool = False, columns: int = 2, width: int | None = None, height: int = 240):
     "Figure 3: per-emotion `metric` (recall, precision or f1) against achieved BPF, a panel per dataset."
     if metric not in CLASS_METRICS[:3]: raise EibError(f"unknown metric {metric!r}; known: {', '.join(CLASS_METRICS[:3])}")
     sub = ["gaps: precision is undefined where a class is never predicted"] if metric == "precision" else \
           ["read with precision: a class the probe falls back on keeps its recall"]
     return _class_fig(results, metric, f"Per-emotion {metric} on decoded features", sub, log_x, columns, width, height)
 
-def fig_true_prob(results, log_x: bool = False, columns: int = 2, width: int = 320, height: int = 240):
+def fig_true_prob(results, log_x: bool = False, columns: int = 2, width: int | None = None, height: int = 240):
     "Figure 4: per-emotion mean probability given to the true class against achieved BPF, a panel per dataset."
     return _class_fig(results, "mean_true_label_prob", "Per-emotion probability given to the true class",
                       ["mean over the test utterances of each emotion of the probability the probe gives it"],
@@ -294,42 +380,64 @@ def nearest_point(results: dict, bpf: float) -> dict | None:
     pts = results["rate_points"]
     return min(pts, key=lambda p: (abs(p["achieved_bpf_mean"] - bpf), p["achieved_bpf_mean"])) if pts else None
 
-def _confusion_chart(m: dict, title, cell: int):
+_AXIS_TITLE_PX = 16  # px: a y-axis title written sideways, with its padding
+
+def _confusion_px(classes, cell: int) -> float:
+    "Drawn width of one matrix: its cells and its y-axis labels (the class names, in full)."
+    return cell * len(classes) + max(_text_px(c) for c in classes) + 12
+
+def _confusion_chart(m: dict, title, cell: int, y_title: bool = True):
     cl, cm = m["confusion"]["classes"], np.asarray(m["confusion"]["matrix"], dtype=float)
     rs = cm.sum(1, keepdims=True)
     frac = np.divide(cm, rs, out=np.full_like(cm, np.nan), where=rs > 0)
     df = pd.DataFrame([dict(true=cl[i], predicted=cl[j], count=int(cm[i, j]), share=None if np.isnan(frac[i, j]) else float(frac[i, j]))
                        for i in range(len(cl)) for j in range(len(cl))])
     base = alt.Chart(df).transform_filter("isValid(datum.share)").encode(
-        alt.X("predicted:N", sort=cl, title="predicted"), alt.Y("true:N", sort=cl, title="true"))
-    rect = base.mark_rect().encode(alt.Color("share:Q", title="share of the true class", scale=alt.Scale(domain=[0, 1], scheme="blues")),
+        alt.X("predicted:N", sort=cl, title="predicted", axis=alt.Axis(labelAngle=-60, labelLimit=LABEL_LIMIT)),
+        alt.Y("true:N", sort=cl, title="true" if y_title else None, axis=alt.Axis(labelLimit=LABEL_LIMIT)))
+    rect = base.mark_rect().encode(alt.Color("share:Q", title="share of the true class", scale=alt.Scale(domain=[0, 1], scheme="blues"),
+                                             legend=_legend(direction="horizontal", gradientLength=200)),
                                    tooltip=["true:N", "predicted:N", "count:Q", alt.Tooltip("share:Q", format=".2f")])
     text = base.mark_text(fontSize=9).encode(alt.Text("share:Q", format=".0%"),
                                             color=alt.condition("datum.share > 0.5", alt.value("white"), alt.value("black")))
     return alt.layer(rect, text).properties(
-        title=title, width=cell * len(cl), height=cell * len(cl))
+        title=alt.TitleParams(title, fontSize=12), width=cell * len(cl), height=cell * len(cl))
 
-def fig_confusion(results, rates=(10, 20, 100, 200), unquantised: bool = True, cell: int = 24):
-    "Figure 5: row-normalised confusion matrices, datasets × rates (the nearest achieved rate point to each)."
+def fig_confusion(results, rates=(10, 20, 100, 200), unquantised: bool = True, cell: int = 24, per_row: int | None = None,
+                  gap: int = 16):
+    """Figure 5: row-normalised confusion matrices, a block per dataset (titled with it), a matrix per asked rate (the
+    nearest achieved rate point to each), `per_row` to a row (None: as many as fit `PAGE_WIDTH`)."""
     rs = named_results(results)
     if not rates and not unquantised: raise EibError("nothing to draw: give rates, or unquantised=True")
-    rows = []
+    blocks = []
     for lab, r in rs:
-        charts = [_confusion_chart(r["baselines"]["unquantised"], [lab, "unquantised features"], cell)] if unquantised else []
+        panels = [(r["baselines"]["unquantised"], ["unquantised features"])] if unquantised else []
         for bpf in rates:
             p = nearest_point(r, float(bpf))
             if p is None: continue
             a = p["achieved_bpf_mean"]
-            t = f"{a:.1f} BPF" + (f" (nearest to {bpf:g})" if abs(a - bpf) > 0.1 * bpf else "") + (" capped" if p["capped"] else "")
-            charts.append(_confusion_chart(p["metrics"], [lab, t], cell))
-        if charts: rows.append(alt.hconcat(*charts))
-    if not rows: raise EibError("no rate points in the results given: fig_confusion needs a finished rate sweep (or unquantised=True)")
-    return alt.vconcat(*rows).resolve_scale(color="shared").properties(
+            note = ", ".join(([f"nearest to {bpf:g}"] if abs(a - bpf) > 0.1 * bpf else []) + (["capped"] if p["capped"] else []))
+            panels.append((p["metrics"], [f"{a:.1f} BPF", *([f"({note})"] if note else [])]))
+        if not panels: continue
+        n = per_row or max(1, int((PAGE_WIDTH - 20 - _AXIS_TITLE_PX + gap) //
+                                  (_confusion_px(r["classes"], cell) + gap)))
+        charts = [_confusion_chart(m, t, cell, y_title=i % n == 0) for i, (m, t) in enumerate(panels)]
+        rows = [alt.hconcat(*charts[i:i + n], spacing=gap) for i in range(0, len(charts), n)]
+        blocks.append(alt.vconcat(*rows, spacing=gap, title=alt.TitleParams(lab, anchor="start", fontSize=13)))
+    if not blocks: raise EibError("no rate points in the results given: fig_confusion needs a finished rate sweep (or unquantised=True)")
+    return alt.vconcat(*blocks, spacing=2 * gap).resolve_scale(color="shared").properties(
         title=alt.TitleParams("Confusion matrices on decoded features (rows: true emotion, normalised)",
                               subtitle=["titles: the achieved rate of the rate point nearest to each asked rate"]))
 
+def confusion_layout(chart) -> list[list[list]]:
+    "The titles of a `fig_confusion` chart's matrices, as laid out: `[dataset][row][matrix]`, each title a list of lines."
+    s = chart.to_dict() if isinstance(chart, alt.TopLevelMixin) else chart
+    return [[[p["title"]["text"] for p in row["hconcat"]] for row in block["vconcat"]] for block in s["vconcat"]]
+
 # %% ../nbs/15_figures.ipynb #d1a9939f
-RD_CURVES = ("ECVQ", "layer sweep (plain RVQ)", "Gaussian bound")
+GAUSSIAN_RD = "Gaussian R(D) (upper bound for this covariance)"
+RD_CURVES = ("ECVQ", LAYER_SWEEP, GAUSSIAN_RD)
+RD_DASHES = {"ECVQ": [1, 0], LAYER_SWEEP: CURVE_DASHES[LAYER_SWEEP], GAUSSIAN_RD: [2, 2]}
 
 def rd_table(results, bound_max_bpf: float | None = None) -> pd.DataFrame:
     "One row per point of every RD curve: dataset, curve (`RD_CURVES`), bpf, mse, label (target rate or layers)."
@@ -340,20 +448,21 @@ def rd_table(results, bound_max_bpf: float | None = None) -> pd.DataFrame:
         rows += [dict(dataset=lab, curve=RD_CURVES[1], bpf=p["achieved_bpf_mean"], mse=p["mse"], label=f"{p['layers']} layers")
                  for p in r["layer_sweep"]]
         top = bound_max_bpf if bound_max_bpf is not None else max([q["bpf"] for q in rows if q["dataset"] == lab], default=np.inf)
-        rows += [dict(dataset=lab, curve=RD_CURVES[2], bpf=q["bpf"], mse=q["mse"], label="bound")
+        rows += [dict(dataset=lab, curve=RD_CURVES[2], bpf=q["bpf"], mse=q["mse"], label="Gaussian R(D)")
                  for q in r["rd_bound"] if q["bpf"] <= top * 1.05]
     return pd.DataFrame(rows, columns=["dataset", "curve", "bpf", "mse", "label"])
 
-def fig_rd(results, log_y: bool = True, bound_max_bpf: float | None = None, width: int = 460, height: int = 300):
-    "Figure 6: MSE against achieved BPF: ECVQ, the layer sweep and the Gaussian bound (those present), a colour per dataset."
+def fig_rd(results, log_y: bool = True, bound_max_bpf: float | None = None, width: int = _panel_width(1), height: int = 300):
+    "Figure 6: MSE against achieved BPF: ECVQ, the layer sweep and the Gaussian R(D) upper bound (those present), a colour per dataset."
     rs = named_results(results)
     t = rd_table(rs, bound_max_bpf)
     if log_y: t = t[t.mse > 0]
     if t.empty: raise EibError("nothing to draw: the results hold no rate points, no layer sweep and no rd_bound")
-    dash = alt.StrokeDash("curve:N", title="curve", scale=alt.Scale(domain=list(RD_CURVES), range=[[1, 0], [5, 2], [2, 2]]),
-                          legend=_STROKE_LEGEND)
+    curves = [c for c in RD_CURVES if c in set(t.curve)]
+    dash = alt.StrokeDash("curve:N", title="curve", scale=alt.Scale(domain=curves, range=[RD_DASHES[c] for c in curves]),
+                          legend=_legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=400, symbolStrokeColor="grey"))
     y = alt.Y("mse:Q", title="MSE per dimension", scale=alt.Scale(type="log") if log_y else alt.Scale())
-    enc = [_x(), y, _color([l for l, _ in rs]), dash, alt.Detail("curve:N")]
+    enc = [_x(width=width), y, _color([l for l, _ in rs]), dash, alt.Detail("curve:N")]
     line = alt.Chart(t).mark_line().encode(*enc)
     pts = alt.Chart(t[t.curve != RD_CURVES[2]]).mark_point(filled=True, size=30).encode(
         *enc[:3], alt.Shape("curve:N", scale=alt.Scale(domain=list(RD_CURVES[:2]), range=["circle", "square"]), legend=None),
@@ -361,7 +470,8 @@ def fig_rd(results, log_y: bool = True, bound_max_bpf: float | None = None, widt
     return alt.layer(line, pts).properties(width=width, height=height, title=alt.TitleParams(
         "Rate and distortion of the decoded features",
         subtitle=["points: measured (circles: ECVQ rate points, squares: layer sweep)",
-                  "Gaussian bound: reverse water-filling on the test features' covariance (an i.i.d.-frame model)"]))
+                  "Gaussian R(D): reverse water-filling on the test features' covariance, frame by frame; the",
+                  "Gaussian is the hardest source of that covariance: an upper bound for it, not a floor"]))
 
 # %% ../nbs/15_figures.ipynb #d32ba638
 PER_UTTERANCE_KEY = "per_utterance"
@@ -398,16 +508,21 @@ def _records(records) -> pd.DataFrame:
     df["capped"] = df["capped"].eq(True) if "capped" in df else False  # missing: not capped
     return df
 
+def _rates_text(rates, most: int = 8) -> str:
+    "Rates as `10, 20, 50`, or, more than `most` of them, as `22 targets from 105 to 300`."
+    v = sorted(set(float(r) for r in rates))
+    return ", ".join(f"{r:g}" for r in v) if len(v) <= most else f"{len(v)} targets from {v[0]:g} to {v[-1]:g}"
+
 def fig_rate_control(records, error: str = "absolute", drop_capped: bool = True, max_points: int = 2000,
-                     width: int = 320, height: int = 300):
-    """Figure 7: achieved against target BPF per utterance (with y = x), and the per-utterance error per target
+                     width: int = _panel_width(1), height: int = 260):
+    """Figure 7: achieved against target BPF per utterance (with y = x) above the per-utterance error per target
     (`error`: `absolute` = achieved − target in BPF, `relative` = that over the target, in %). Above `max_points`
-    records the left panel shows, per target, the median and the central 95% of achieved rates instead of every one."""
+    records the upper panel shows, per target, the median and the central 95% of achieved rates instead of every one."""
     if error not in ("absolute", "relative"): raise EibError(f"unknown error {error!r}; known: absolute, relative")
     df = _records(records)
     sub = []
     if drop_capped and df.capped.any():
-        sub.append(f"targets beyond reach left out: {', '.join(f'{v:g}' for v in sorted(set(df.target_bpf[df.capped])))}")
+        sub.append(f"targets beyond reach left out: {_rates_text(df.target_bpf[df.capped])}")
         df = df[~df.capped]
     if df.empty: raise EibError("every record is capped: nothing left to draw (drop_capped=False to draw them)")
     d = df.achieved_bpf - df.target_bpf
@@ -416,10 +531,10 @@ def fig_rate_control(records, error: str = "absolute", drop_capped: bool = True,
     med, p95 = float(np.median(np.abs(df.error))), float(np.percentile(np.abs(df.error), 95))
     sub.append(f"|error| over {len(df)} utterance codings: median {med:.3g} {unit}, 95th percentile {p95:.3g} {unit}")
     lo, hi = float(min(df.target_bpf.min(), df.achieved_bpf.min())), float(max(df.target_bpf.max(), df.achieved_bpf.max()))
-    color = alt.Color("group:N", title=df.attrs["group_title"])
-    diag = alt.Chart(pd.DataFrame(dict(target_bpf=[lo, hi], achieved_bpf=[lo, hi]))).mark_line(color="grey", strokeDash=[4, 3]).encode(
-        alt.X("target_bpf:Q", title="target rate (BPF)"), alt.Y("achieved_bpf:Q", title="achieved rate (BPF)"))
-    xt, yt = alt.X("target_bpf:Q", title="target rate (BPF)"), alt.Y("achieved_bpf:Q", title="achieved rate (BPF)")
+    groups = sorted(set(df.group))
+    color = alt.Color("group:N", title=df.attrs["group_title"], scale=alt.Scale(domain=groups), legend=_legend(symbolOpacity=1))
+    xt, yt = alt.X("target_bpf:Q", title="target rate (BPF)", axis=_rate_axis(width)), alt.Y("achieved_bpf:Q", title="achieved rate (BPF)")
+    diag = alt.Chart(pd.DataFrame(dict(target_bpf=[lo, hi], achieved_bpf=[lo, hi]))).mark_line(color="grey", strokeDash=[4, 3]).encode(xt, yt)
     if len(df) <= max_points:
         tip = [c for c in ("id", "group", "target_bpf", "achieved_bpf") if c in df]
         marks = [alt.Chart(df).mark_circle(size=18, opacity=0.5).encode(xt, yt, color, tooltip=tip)]
@@ -431,12 +546,22 @@ def fig_rate_control(records, error: str = "absolute", drop_capped: bool = True,
                  alt.Chart(agg).mark_point(filled=True, size=20).encode(xt, yt, color, tooltip=["group", "target_bpf", "achieved_bpf", "lo", "hi", "n"])]
         lt = "Achieved against target: median, central 95% (dashed: y = x)"
     left = alt.layer(diag, *marks).properties(title=lt, width=width, height=height)
-    box = alt.Chart(df).mark_boxplot(extent="min-max", size=10).encode(
-        alt.X("target_bpf:O", title="target rate (BPF)"), alt.Y("error:Q", title=f"achieved − target ({unit})"), color,
-        alt.XOffset("group:N"))
-    zero = alt.Chart(pd.DataFrame(dict(error=[0.0]))).mark_rule(color="grey").encode(alt.Y("error:Q"))
-    right = alt.layer(zero, box).properties(title="Per-utterance error (boxes: quartiles; whiskers: min–max)", width=width, height=height)
-    return alt.hconcat(left, right).properties(title=alt.TitleParams("Rate-control precision", subtitle=sub))
+    n_box = df.target_bpf.nunique() * len(groups)
+    # the boxes' statistics, computed here: the page carries one row per box, not one per utterance
+    bx = df.groupby(["group", "target_bpf"]).error.quantile([0, 0.25, 0.5, 0.75, 1]).unstack().reset_index()
+    bx.columns = ["group", "target_bpf", "min", "q1", "median", "q3", "max"]
+    bx["n"] = df.groupby(["group", "target_bpf"]).size().to_numpy()
+    size = int(max(2, min(14, 0.6 * width / n_box)))
+    bxe = [alt.X("target_bpf:O", title="target rate (BPF)", axis=alt.Axis(labelAngle=0, labelOverlap="parity")), color,
+           alt.XOffset("group:N", scale=alt.Scale(domain=groups))]
+    yt = f"achieved − target ({unit})"
+    tip = ["group:N", "target_bpf:Q", "n:Q", *[alt.Tooltip(f"{c}:Q", format=".3g") for c in ("min", "q1", "median", "q3", "max")]]
+    box = [alt.Chart(bx).mark_rule().encode(*bxe, alt.Y("min:Q", title=yt), alt.Y2("max:Q")),
+           alt.Chart(bx).mark_bar(size=size).encode(*bxe, alt.Y("q1:Q", title=yt), alt.Y2("q3:Q"), tooltip=tip),
+           alt.Chart(bx).mark_tick(color="white", size=size, thickness=1.5).encode(*bxe[::2], alt.Y("median:Q", title=yt))]
+    zero = alt.Chart(pd.DataFrame(dict(error=[0.0]))).mark_rule(color="grey").encode(alt.Y("error:Q", title=yt))
+    right = alt.layer(zero, *box).properties(title="Per-utterance error (boxes: quartiles; whiskers: min–max)", width=width, height=height)
+    return alt.vconcat(left, right, spacing=24).properties(title=alt.TitleParams("Rate-control precision", subtitle=sub))
 
 # %% ../nbs/15_figures.ipynb #c40f6bb7
 def figure_index(results_dir="evaluation_results") -> list[dict]:

@@ -198,15 +198,14 @@ def verdict_table(results) -> Table:
 # %% ../nbs/21_results.ipynb #1bbca722
 PRIMARY_ENCODER = "whisper_base"  # the learned 50 Hz encoder the book's answer is given for
 
-def _enc_name(e: str) -> str: return ENCODERS.get(e, e).split(" (")[0]
+def _enc_name(e: str) -> str: return ENCODERS.get(e, e).split(" (")[0].split(",")[0]
 
 def _probe_line(r, who: str) -> str:
     "One probe's part of a headline line, from a `verdict` row."
     if not r.top_transparent:
-        return f"the {who} probe is not transparent even at the top ({r.top[0]:.0f} BPF), so its curve cannot say where loss begins"
-    s = f"the {who} probe keeps its unquantised F1 ({r.unquantised[0]:.2f}) from **{r.transparent_from[0]:.0f} BPF** up"
-    return s + (f" and reaches the majority-class level at {r.majority_at[0]:.0f} BPF" if r.majority_at
-                else " and never falls to the majority-class level")
+        return f"{who} probe not transparent even at its top ({r.top[0]:.0f} BPF)"
+    s = f"{who} probe transparent from **{r.transparent_from[0]:.0f} BPF** (F1 {r.unquantised[0]:.2f})"
+    return s + (f", at the majority-class level at {r.majority_at[0]:.0f} BPF" if r.majority_at else ", never at the majority-class level")
 
 def headline(named, encoder: str = PRIMARY_ENCODER, max_lines: int = 5) -> list[str]:
     """The book's answer for its first page in at most `max_lines` Markdown list items, every number read from the
@@ -221,14 +220,14 @@ def headline(named, encoder: str = PRIMARY_ENCODER, max_lines: int = 5) -> list[
         parts = [_probe_line(rows[c], who) for c, who in (("linear_probe", "fixed"), ("matched_linear_probe", "matched")) if c in rows]
         if not parts: continue
         syn = " (synthetic speech: how the pipeline behaves, not how people express emotion)" if d.upper() == "SYNTH" else ""
-        lines.append(f"- **{d}**{syn}, {_enc_name(encoder)}: " + "; ".join(parts) + ".")
+        lines.append(f"- **{d}**{syn}: " + "; ".join(parts) + ".")
     bad = v[(v.encoder != encoder) & ~v.top_transparent]
     if len(bad):
         lines.append(f"- With {', '.join(sorted({_enc_name(e) for e in bad.encoder}))}, the codec's top point is not "
                      f"transparent on {', '.join(sorted(set(bad.dataset)))}: those curves cannot say where loss begins.")
     return lines[:max_lines]
 
-def headline_chart(named, encoder: str = PRIMARY_ENCODER, width: int = 520, height: int = 280):
+def headline_chart(named, encoder: str = PRIMARY_ENCODER, width: int = 420, height: int = 260):
     """The first page's chart: weighted F1 against the achieved rate (log axis) of the real corpora measured with
     `encoder`, fixed and matched probes (the synthetic corpus only when no real one is present); None without results."""
     pick = lambda real: [(f"{r['dataset']} {'matched' if r['classifier'].startswith('matched') else 'fixed'}", r)
@@ -317,7 +316,7 @@ _CHART_IDS = itertools.count(1)
 class VegaChart:
     "An altair chart shown by vega-embed from its inline spec (needs `vega_script()` earlier on the page)."
     def __init__(self, chart):
-        self.spec = F._spec(chart)
+        self.spec = F.slim_spec(F.chart_spec(chart))  # only the data the chart reads
         # unique on the page (the same chart may be shown twice), and stable from one build to the next
         self.id = f"eib-chart-{next(_CHART_IDS)}-" + hashlib.sha1(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()[:8]
     def html(self) -> str:
@@ -435,7 +434,7 @@ def show_dataset(label: str, r: dict, rates=BOOK_RATES, figures: bool = True, le
     display(Markdown(f"{level} {label}: baselines"), fmt_table(b))
     if not r["rate_points"]:
         display(Markdown("No rate point has been measured yet: the tables wait for the sweep; the figures below show what the "
-                         "baselines and the Gaussian bound allow."))
+                         "baselines and the Gaussian R(D) curve allow."))
         if figures: show_figures([(label, r)], f"{level} {label}:")
         return
     display(Markdown(f"{level} {label}: at {', '.join(f'{x:g}' for x in rates)} BPF\n\nEach row is the rate point whose "

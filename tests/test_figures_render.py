@@ -66,11 +66,11 @@ def test_figure_renders(demos, name, case):
 
 def test_rd_curves_follow_what_the_file_holds(demos):
     words = lambda rs: " ".join(" ".join(t.itertext()) for t in ET.fromstring(F.show(F.fig_rd(rs)).svg).iter(f"{SVG_NS}text"))
-    assert "layer sweep (plain RVQ)" in words([demos["full"]]) and "Gaussian bound" in words([demos["full"]])
+    assert F.LAYER_SWEEP in words([demos["full"]]) and "Gaussian R(D) (upper bound for this covariance)" in words([demos["full"]])
     assert set(F.rd_table([demos["lean"]]).curve) == {"ECVQ"}
     only_bound = demos["empty"]  # no rate points, no layer sweep: the bound alone is still a figure
-    assert set(F.rd_table([only_bound]).curve) == {"Gaussian bound"}
-    _check_svg(F.show(F.fig_rd([only_bound])).svg, "Gaussian bound")
+    assert set(F.rd_table([only_bound]).curve) == {F.GAUSSIAN_RD}
+    _check_svg(F.show(F.fig_rd([only_bound])).svg, F.GAUSSIAN_RD)
 
 
 def test_nothing_to_draw_is_a_clear_error(demos):
@@ -79,7 +79,7 @@ def test_nothing_to_draw_is_a_clear_error(demos):
         with pytest.raises(EibError, match="no rate points"): f(e)
     with pytest.raises(EibError, match="per-utterance rates"): F.rate_control_records(e)
     with pytest.raises(EibError, match="nothing to draw"): F.fig_rd(e | dict(rd_bound=[]))
-    assert len(F.fig_confusion(e).to_dict()["vconcat"][0]["hconcat"]) == 1  # the unquantised baseline alone
+    assert F.confusion_layout(F.fig_confusion(e)) == [[[["unquantised features"]]]]  # the unquantised baseline alone
     with pytest.raises(EibError, match="no rate points"): F.fig_confusion(e, unquantised=False)
     bad = copy.deepcopy(demos["full"]); bad["rate_points"][0]["metrics"]["accuracy"] = 2.0
     with pytest.raises(EibError, match=r"results\[0\] \(SYNTH-A\).*accuracy"): F.fig_f1([bad])
@@ -101,3 +101,38 @@ def test_saved_results_files_are_figure_input(demos, tmp_path):
     assert [e["dataset"] for e in ix] == ["SYNTH-A", "SYNTH-B"] and all(e["error"] is None for e in ix)
     assert F.fig_f1([e["path"] for e in ix]).to_dict() == F.fig_f1([demos["full"], demos["lean"]]).to_dict()
     validate_results(demos["full"])
+
+
+@pytest.fixture(scope="module")
+def page_demos():
+    "Realistic sizes: 6 and 7 classes (long emotion names), long dataset labels (one dataset, two classifiers)."
+    six = F.demo_results("SYNTH-DEMO", classes=("neutral", "happy", "sad", "angry", "fear", "surprise"), n_per_class=(3,) * 6,
+                         n_boot=20, seed=0)
+    seven = F.demo_results("EMODB-LIKE", classes=("angry", "boredom", "disgust", "fear", "happy", "neutral", "surprise"),
+                           n_per_class=(3,) * 7, n_boot=20, seed=1) | dict(encoder="whisper_base", classifier="linear_probe")
+    matched = seven | dict(classifier="matched_linear_probe")
+    return dict(two=[six, seven], three=[six, seven, matched], one=[matched])
+
+
+@pytest.mark.parametrize("case", ["one", "two", "three"])
+def test_every_figure_fits_the_page(page_demos, case):
+    "Every figure of FIGURES, drawn at its default arguments, is at most PAGE_WIDTH (640 px) wide, legend and titles included."
+    rs = page_demos[case]
+    assert F.PAGE_WIDTH <= 654  # the text column of the website in a 1280 px window
+    sizes = {k: F.svg_size(f(rs)) for k, f in F.FIGURES.items()}
+    wide = {k: w for k, (w, h) in sizes.items() if w > F.PAGE_WIDTH}
+    assert not wide, f"figures wider than {F.PAGE_WIDTH} px ({case}): {wide}"
+    assert all(w > 300 and h > 200 for w, h in sizes.values()), sizes  # drawn, not collapsed
+    words = " ".join(" ".join(t.itertext()) for t in ET.fromstring(F.to_svg(F.fig_recall(rs))).iter(f"{SVG_NS}text"))
+    for emotion in {c for r in rs for c in r["classes"]}: assert f" {emotion} " in f" {words} ", (emotion, words)  # names in full
+    labels = [lab for lab, _ in F.named_results(rs)]
+    words = " ".join(" ".join(t.itertext()) for t in ET.fromstring(F.to_svg(F.fig_f1(rs))).iter(f"{SVG_NS}text"))
+    for lab in labels: assert lab in words, (lab, words)  # dataset labels in full, however long
+    if case == "three": assert "EMODB-LIKE (whisper_base, matched_linear_probe)" in labels
+
+
+def test_confusion_wraps_into_rows(page_demos):
+    lay = F.confusion_layout(F.fig_confusion(page_demos["two"]))
+    assert [[len(row) for row in block] for block in lay] == [[2, 2, 1], [2, 2, 1]]  # 6 and 7 classes at 24 px: 2 to a row
+    assert [t[0] for row in lay[1] for t in row] == ["unquantised features"] + [
+        f"{F.nearest_point(page_demos['two'][1], r)['achieved_bpf_mean']:.1f} BPF" for r in (10, 20, 100, 200)]

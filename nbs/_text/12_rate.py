@@ -1,5 +1,5 @@
 # %% [markdown]
-# # rate
+# # Rate control on real streams
 #
 # > Rate control on actual bits: find the λ that makes the real byte stream hit a target bits-per-frame, for every utterance at once.
 
@@ -808,3 +808,74 @@ with tempfile.TemporaryDirectory() as d:
     test_eq([(p, e) for p, e in zip(["shape (T, 130)", "not an eib stream", "no codec checkpoint", "outside the achievable range"], errs)
              if p not in e], [])
     test_eq(sorted(f.name for f in d.iterdir()), ["b.eib", "bad.npy", "ckpt", "dir.eib", "junk.eib", "text.npy", "x.eib", "x.npy", "y.npy"])
+
+# %% [markdown]
+# ## Rate control in pictures
+#
+# Two pictures of the tiny codec above, drawn with altair as inline SVG (vl-convert: no script from a CDN). This
+# chapter comes before the figures chapter, so it draws them itself; for a sweep's results, the book's figure of
+# the same kind is `eib.figures.fig_rate_control`.
+#
+# **Rate against λ.** The rate of the whole stream (container included) of four utterances over a log-spaced
+# grid of λ around the data's λ scale (`RateEngine.scale`). It falls as λ grows, from the λ = 0 end of the
+# achievable range to the λ → ∞ end, flat near both and in small steps in between (whole bytes; tokens switching
+# to SKIP): this is the curve the controller searches, in ln λ, one per utterance.
+
+# %%
+import altair as alt
+import xml.etree.ElementTree as ET
+alt.renderers.enable("svg")  # vl-convert draws each chart as an inline SVG, the same in JupyterLab and on the website
+_us = np.repeat([0, 1, 2, 3], 33)
+_lams = np.tile(rc_t.engine.scale() * np.exp(np.linspace(-7, 9, 33)), 4)
+lam_curve = pd.DataFrame(dict(id=[_ids[u] for u in _us], lam=_lams,
+                              bpf=[8 * s.stream_len / rc_t.T[u] for u, s in zip(_us, rc_t.engine.evaluate(_us, _lams))]))
+test_close(stream_bpf(compress((rvq_t, model_t), utt[2], float(_lams[80]))), lam_curve.bpf[80], eps=1e-9)  # real streams
+_ends = lam_curve.groupby("id", sort=False).bpf.agg(["first", "last"])
+test_close(_ends["first"].to_numpy(), rng_t.max_bpf[:4].to_numpy(), eps=0.5)   # smallest λ: the top of the range
+test_close(_ends["last"].to_numpy(), rng_t.min_bpf[:4].to_numpy(), eps=0.5)    # largest λ: the bottom
+fig_lam = alt.Chart(lam_curve).mark_line(point=alt.OverlayMarkDef(size=14)).encode(
+    alt.X("lam:Q", title="λ (log scale)", scale=alt.Scale(type="log"), axis=alt.Axis(format="~g", labelOverlap=True)),
+    alt.Y("bpf:Q", title="rate of the whole stream (BPF)", scale=alt.Scale(zero=False)),
+    alt.Color("id:N", title="utterance", legend=alt.Legend(orient="bottom")),
+    tooltip=["id:N", alt.Tooltip("lam:Q", format=".3g"), alt.Tooltip("bpf:Q", format=".2f")]).properties(
+    width=560, height=260, title=alt.TitleParams("Rate against λ, per utterance (tiny codec, synthetic speech)",
+                                                 subtitle="each point: the size of a real stream, in bits per frame"))
+_w = float(ET.fromstring(fig_lam._repr_mimebundle_()["image/svg+xml"]).get("width"))
+assert _w <= 640, _w  # fits the website's text column (eib.figures.PAGE_WIDTH)
+fig_lam
+
+# %% [markdown]
+# **Achieved against target.** The controller's answers for eight targets across the range, per utterance:
+# above, the achieved rate against the line y = x; below, the error (achieved − target) of the utterances that
+# could reach their target. Up to the top of the smallest utterance range every utterance lands on its target:
+# within the 0.25 BPF tolerance, or, flagged `step`, at the nearest rate its stream can take. The last target lies
+# above some utterances' λ = 0 rate: answered with `clamp=True`, those stay at their largest rate, below the line,
+# flagged `clamped_max`, while the others still reach it.
+
+# %%
+_targets = np.append(np.linspace(lo_t + 1, hi_t - 1, 7), rng_t.max_bpf.median()).round(1)
+achieved = pd.concat([rc_t.solve(float(t), clamp=True).table().assign(target=float(t)) for t in _targets], ignore_index=True)
+test_eq(len(achieved), 8 * len(utt))
+_free = achieved[~achieved.status.str.startswith("clamped")]
+assert _free.error.abs().max() <= 0.5 and (_free.error.abs() <= 0.25).mean() >= 0.9, _free.error.describe()
+_cl = achieved[achieved.status == "clamped_max"]
+assert 0 < len(_cl) < len(utt) and (_cl.target == _targets[-1]).all(), _cl               # only at the last target, not all
+test_close(_cl.bpf.to_numpy(), rng_t.max_bpf.to_numpy()[[_ids.index(i) for i in _cl.id]], eps=1e-9)  # at the λ = 0 end
+_diag = alt.Chart(pd.DataFrame(dict(target=[_targets[0], _targets[-1]], bpf=[_targets[0], _targets[-1]]))).mark_line(
+    color="grey", strokeDash=[4, 3]).encode(alt.X("target:Q"), alt.Y("bpf:Q"))
+_x_t = alt.X("target:Q", title="target rate (BPF)", scale=alt.Scale(zero=False), axis=alt.Axis(tickCount=8, labelOverlap=True))
+_enc = dict(color=alt.Color("status:N", title="status", legend=alt.Legend(orient="bottom")),
+            tooltip=["id:N", "target:Q", alt.Tooltip("bpf:Q", format=".2f"), alt.Tooltip("error:Q", format="+.3f"), "status:N",
+                     alt.Tooltip("lam:Q", format=".3g")])
+_top = alt.layer(_diag, alt.Chart(achieved).mark_point(filled=True, size=30, opacity=0.7).encode(
+    _x_t, alt.Y("bpf:Q", title="achieved rate (BPF)"), **_enc)).properties(
+    width=560, height=240, title="Achieved against target rate, per utterance (dashed: y = x)")
+_bottom = alt.layer(alt.Chart(pd.DataFrame(dict(error=[0.0]))).mark_rule(color="grey").encode(alt.Y("error:Q")),
+                    alt.Chart(_free).mark_point(filled=True, size=30, opacity=0.7).encode(
+                        _x_t, alt.Y("error:Q", title="achieved − target (BPF)"), **_enc)).properties(
+    width=560, height=140, title="Error of the utterances that reach their target")
+fig_ach = alt.vconcat(_top, _bottom).properties(title=alt.TitleParams(
+    "Rate control on the tiny codec", subtitle="eight utterances of synthetic speech, the whole stream counted"))
+_w = float(ET.fromstring(fig_ach._repr_mimebundle_()["image/svg+xml"]).get("width"))
+assert _w <= 640, _w
+fig_ach

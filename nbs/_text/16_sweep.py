@@ -445,7 +445,7 @@ def sweep_classifiers(sw: Sweep, model_dir) -> list:
 
 def sweep_results(sw: Sweep, clfs, y_train, targets, out_dir, config: dict, command: str, force: bool, timing: dict,
                   matched_per_emotion, layer_sweep: bool):
-    "Step 5: the baselines (unquantised, majority, Gaussian bound) and one results file per classifier, resumed if there."
+    "Step 5: the baselines (unquantised, majority, Gaussian R(D) curve) and one results file per classifier, resumed if there."
     rvq, classes = sw.codec.rvq, clfs[0][1].classes_
     bound = gaussian_rd_bound(sw.frames, np.unique(np.r_[np.linspace(0, max(targets), 61), targets]),
                               mean=rvq.mean.numpy(), std=rvq.std.numpy())
