@@ -1,5 +1,7 @@
-"""The λ explorer in a real JupyterLab: start it on 127.0.0.1, open nbs/17_explorer.ipynb, run every cell, move the
-λ slider with the keyboard and read the new achieved BPF from the page. No request may leave 127.0.0.1."""
+"""The λ explorer in a real JupyterLab: start it on 127.0.0.1, open nbs/17_explorer.ipynb (it must start its kernel
+without asking), run every cell, find the panel near the top, move the λ slider with the keyboard and read the new
+achieved BPF from the page, then time λ and target-rate updates as a user sees them (reported in
+artifacts/explorer_timing.json, not asserted). No request may leave 127.0.0.1."""
 import json, os, re, secrets, signal, socket, subprocess, sys, time, urllib.request
 
 import pytest
@@ -10,11 +12,14 @@ NOTEBOOK = "nbs/17_explorer.ipynb"
 RUN_TIMEOUT_S = float(os.environ.get("EIB_LAB_RUN_TIMEOUT", 600))  # the whole notebook, its tests included
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
-# JupyterLab settings for the test: no autosave (the notebook in the repository stays as it is), the notebook's
-# kernel starts without asking, no news or update checks.
+PANEL_NEAR_TOP = 10  # the panel must be in one of the notebook's first cells ("Try it")
+TIMED_PRESSES = 6  # λ updates timed in the browser (slider key presses)
+TIMED_TARGETS = (60, 100, 40, 80, 120, 50)  # target rates typed into the target slider's readout, timed in the browser
+
+# JupyterLab settings for the test: no autosave (the notebook in the repository stays as it is), no news or update
+# checks. JupyterLab's defaults otherwise: the notebook's kernelspec alone must spare the "Select Kernel" dialog.
 SETTINGS = {
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
-    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"autoStartDefaultKernel": True},
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
 }
 
@@ -87,8 +92,9 @@ def _wait(fn, timeout: float, what: str, page=None, every: float = 0.5):
 
 
 def _text(page, sel: str) -> str:
+    "The text of the first element matching `sel` (textContent: JupyterLab skips rendering cells off screen, innerText is empty there)."
     el = page.query_selector(sel)
-    return el.inner_text().strip() if el else ""
+    return (el.text_content() or "").strip() if el else ""
 
 
 def _number(page, sel: str):
@@ -103,11 +109,13 @@ def test_explorer_in_jupyterlab(lab, browser):
     try:
         page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", wait_until="domcontentloaded", timeout=90_000)
         page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
-        # A kernel dialog can still appear (e.g. a user setting): accept the default kernel.
+        # The notebook names the python3 kernel: it must start without a "Select Kernel" dialog.
         _wait(lambda: _kernel_ready(page), 120, "the kernel to start", page)
         page.wait_for_timeout(1000)
         _wait(lambda: _kernel_ready(page), 60, "the kernel to settle", page)
         page.screenshot(path=str(shots / "explorer_opened.png"))
+        kernel = _text(page, ".jp-NotebookPanel .jp-Toolbar-kernelName")
+        assert "python" in kernel.lower(), f"the notebook started on {kernel!r}, not the python3 kernel"
         for attempt in range(2):  # Run > Run All Cells, from the menu bar (once more if nothing started)
             page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).first.click()
             page.locator(".lm-Menu-item:visible", has_text=re.compile(r"^Run All Cells")).first.click()
@@ -119,6 +127,16 @@ def test_explorer_in_jupyterlab(lab, browser):
         bpf_sel = ".eib-explorer .eib-bpf"
         _wait(lambda: _failed_cell(page) or _number(page, bpf_sel) is not None, RUN_TIMEOUT_S, "the explorer panel", page, 1.0)
         assert not _failed_cell(page), f"a cell failed in JupyterLab:\n{_failed_cell(page)}"
+        # the cells after the panel (timing) move it while they run: wait until the whole notebook has run
+        _wait(lambda: _failed_cell(page) or _idle(page), RUN_TIMEOUT_S, "every cell to finish", page, 1.0)
+        assert not _failed_cell(page), f"a cell failed in JupyterLab:\n{_failed_cell(page)}"
+        where = page.evaluate("""() => {
+            const cells = [...document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell')];
+            const at = c => c ? (c.dataset.windowedListIndex !== undefined ? +c.dataset.windowedListIndex : cells.indexOf(c)) : -1;
+            const panel = cells.find(c => c.querySelector('.eib-explorer'));
+            const head = cells.find(c => [...c.querySelectorAll('h2')].some(e => /^Try it/.test(e.textContent.trim())));
+            return [at(panel), at(head), cells.length]; }""")
+        assert 0 <= where[1] < where[0] < PANEL_NEAR_TOP, f"the panel is not near the top, under 'Try it': (cell, heading, cells) = {where}"
         panel = page.locator(".eib-explorer").last
         panel.scroll_into_view_if_needed()
         before = _number(page, bpf_sel)
@@ -136,10 +154,23 @@ def test_explorer_in_jupyterlab(lab, browser):
         assert lam_after != lam_before, (lam_before, lam_after)
         assert after < before, f"a larger λ must spend fewer bits: {before} -> {after} BPF"
         status = _text(page, ".eib-explorer .eib-status")
-        assert "set by hand" in status, status
-        img = page.locator(".eib-explorer .eib-map img, .eib-explorer img.eib-map").last
-        assert img.evaluate("e => e.complete && e.naturalWidth > 0"), "the code/SKIP map did not load"
-        print(f"JupyterLab explorer: λ {lam_before} -> {lam_after}, BPF {before} -> {after}")
+        assert "set on the λ slider" in status, status
+        target = float(_text(page, ".eib-explorer .eib-bpf-slider .widget-readout"))
+        assert abs(target - after) <= 0.5, f"the target slider shows {target} after λ reached {after} BPF"
+        img = page.locator(".eib-explorer .eib-map svg image").last
+        assert img.evaluate("e => e.getBBox().width > 100 && e.getAttribute('href').startsWith('data:image/png')"), \
+            "the code/SKIP map did not draw"
+        axes = _text(page, ".eib-explorer .eib-map")
+        assert "G1" in axes and "time (s)" in axes, axes
+        for sel in (".eib-rd .eib-point", ".eib-f1 .eib-rule"):
+            assert page.locator(f".eib-explorer {sel}").count() == 1, f"no {sel} marks the current setting"
+        timing = dict(lam=_time_presses(page, ".eib-lam-slider"), target_bpf=_time_targets(page, TIMED_TARGETS),
+                      load_average=os.getloadavg()[0])
+        med = {k: sorted(v)[len(v) // 2] for k, v in timing.items() if isinstance(v, list)}
+        (ARTIFACTS / "explorer_timing.json").write_text(json.dumps(dict(timing, median=med), indent=1))
+        assert not _failed_cell(page), f"a cell failed in JupyterLab:\n{_failed_cell(page)}"
+        print(f"JupyterLab explorer: λ {lam_before} -> {lam_after}, BPF {before} -> {after}; updates seen in the browser: "
+              f"λ median {med['lam']:.3f} s, target BPF median {med['target_bpf']:.3f} s (load {timing['load_average']:.1f})")
     except BaseException:
         page.screenshot(path=str(shots / "explorer_failure.png"), full_page=True)
         raise
@@ -150,16 +181,64 @@ def test_explorer_in_jupyterlab(lab, browser):
 
 def _kernel_ready(page) -> bool:
     "The notebook's kernel is started and idle (the toolbar names it; the execution indicator says idle)."
-    dlg = page.query_selector(".jp-Dialog .jp-mod-accept")  # "Select Kernel", if asked
-    if dlg: dlg.click()
+    dlg = page.query_selector(".jp-Dialog")
+    assert dlg is None, f"JupyterLab asked before starting the kernel (the notebook needs a python3 kernelspec): {dlg.inner_text()[:300]!r}"
     name = _text(page, ".jp-NotebookPanel .jp-Toolbar-kernelName")
+    return bool(name) and name != "No Kernel" and _idle(page)
+
+
+def _idle(page) -> bool:
+    "The kernel's execution indicator says idle and no cell is queued or running."
     st = page.query_selector(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status]")
-    return bool(name) and name != "No Kernel" and bool(st) and st.get_attribute("data-status") == "idle"
+    if not st or st.get_attribute("data-status") != "idle": return False
+    prompts = page.eval_on_selector_all(".jp-NotebookPanel .jp-InputPrompt", "els => els.map(e => e.textContent.trim())")
+    return not any("*" in p for p in prompts)
+
+
+STATUS = ".eib-explorer .eib-status"
+
+
+def _until_status_changes(page, before: str, t0: float) -> float:
+    "Seconds since `t0` when the panel's status line no longer reads `before` (the update's result is shown)."
+    page.wait_for_function("""([sel, old]) => { const e = document.querySelectorAll(sel);
+        const t = e.length ? e[e.length - 1].textContent.trim() : '';
+        return t && t !== old && !t.includes('loading'); }""", arg=[STATUS, before], timeout=60_000, polling="raf")
+    return round(time.perf_counter() - t0, 3)
+
+
+def _time_presses(page, slider: str, n: int = TIMED_PRESSES) -> list:
+    """Seconds from a key press on `slider`'s handle (PageUp, PageDown, alternately: 0.25 decades of λ each way)
+    until the panel shows the new update."""
+    handle = page.locator(f".eib-explorer {slider} .noUi-handle").last
+    out = []
+    for i in range(n):
+        before = _text(page, STATUS)
+        handle.focus()
+        t0 = time.perf_counter()
+        handle.press("PageUp" if i % 2 == 0 else "PageDown")
+        out.append(_until_status_changes(page, before, t0))
+    return out
+
+
+def _time_targets(page, targets) -> list:
+    "Seconds from typing each target rate into the target slider's readout (Enter) until the panel shows the answer."
+    readout = page.locator(".eib-explorer .eib-bpf-slider .widget-readout").last
+    out = []
+    for t in targets:
+        before = _text(page, STATUS)
+        readout.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.type(str(t))
+        t0 = time.perf_counter()
+        page.keyboard.press("Enter")
+        out.append(_until_status_changes(page, before, t0))
+        assert f"Target {float(t):.1f} BPF" in _text(page, STATUS), _text(page, STATUS)
+    return out
 
 
 def _started(page) -> bool:
     "Some code cell has run or is running."
-    prompts = page.eval_on_selector_all(".jp-NotebookPanel .jp-InputPrompt", "els => els.map(e => e.innerText.trim())")
+    prompts = page.eval_on_selector_all(".jp-NotebookPanel .jp-InputPrompt", "els => els.map(e => e.textContent.trim())")
     return any(re.match(r"^\[(\*|\d+)\]:?$", p) for p in prompts)
 
 
@@ -167,6 +246,6 @@ def _failed_cell(page) -> str:
     "The text of the first error shown in an output area ('' if none)."
     for el in page.query_selector_all(".jp-NotebookPanel .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'], "
                                       ".jp-NotebookPanel .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']"):
-        t = el.inner_text()
+        t = el.text_content() or ""
         if "Error" in t or "Traceback" in t: return t
     return ""
