@@ -231,10 +231,11 @@ def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor
     if s.chunk > chunk_size(s.frames, codec.model):
         raise EibError(f"corrupted stream: it declares chunks of {s.chunk} frames, more than this codec ever codes together "
                        f"({chunk_size(s.frames, codec.model)})")
-    payload = bytes(data[s.header_len:s.header_len + s.payload_len])
-    payload += bytes(-len(payload) % 4)
+    given = bytes(data[s.header_len:s.header_len + s.payload_len])
+    payload = given + bytes(-len(given) % 4)
     dec, fam, cm = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").copy()), _family(), codec.coding_model
     tokens = torch.empty(s.frames, c.positions, dtype=torch.long)
+    ck, fk = np.zeros((s.frames, c.positions), np.int64), np.zeros((s.frames, c.positions), np.int64)  # for the re-encoding
     tail = None  # bits decoded since the decoder may have read all of the payload
     bar = tqdm(total=s.frames, desc="decode", unit="frame", disable=not progress, delay=2)  # shown once work takes a while:
     # a forged header declaring a long stream is refused first, in one line
@@ -246,6 +247,7 @@ def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor
                 f = cm.step(st, inp)
                 inp = torch.from_numpy(np.asarray(dec.decode(fam, (f - 1).numpy().astype(np.float64)), dtype=np.int64))
                 tokens[a:a + n, p] = inp
+                ck[a:a + n, p], fk[a:a + n, p] = (v.numpy() for v in coder_intervals(f, inp))
                 if tail is not None:
                     tail += float(freqs_to_bits(f).gather(1, inp[:, None]).sum())
                     if tail > TAIL_BITS:
@@ -259,6 +261,9 @@ def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor
     finally: bar.close()
     if not dec.maybe_exhausted():
         raise EibError(f"corrupted stream: its payload holds more than the {s.frames} frames its header declares")
+    if encode_payload(ck, fk, s.chunk) != given:  # the coder writes one payload for given tokens: any other is damaged
+        raise EibError("corrupted stream: its payload is not the one the coder writes for the frames it decodes to "
+                       "(shortened, edited or forged)")
     return tokens, codec.rvq.decode(tokens).numpy()
 
 # %% ../nbs/08_bitstream.ipynb #92e9acc1

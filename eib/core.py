@@ -61,8 +61,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    "Write `text` (UTF-8) to `path` atomically."
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    "Write `text` (UTF-8; file-name bytes kept as surrogates are written back as those bytes) to `path` atomically."
+    return atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
 
 def atomic_write_json(path: str | Path, obj, **kw) -> Path:
     "Write `obj` as indented JSON to `path` atomically."

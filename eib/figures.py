@@ -17,16 +17,17 @@ from .records import load_results, new_results, validate_results
 # %% auto #0
 __all__ = ['PAGE_WIDTH', 'LABEL_LIMIT', 'FIGURE_FORMATS', 'SUMMARY_METRICS', 'METRIC_TITLES', 'BASELINES', 'DECODED',
            'LAYER_SWEEP', 'CURVE_DASHES', 'CLASS_METRICS', 'GAUSSIAN_RD', 'RD_CURVES', 'RD_DASHES', 'PER_UTTERANCE_KEY',
-           'FIGURES', 'chart_spec', 'to_svg', 'to_png', 'use_offline_renderer', 'SvgFigure', 'show', 'slim_spec',
-           'svg_size', 'save_figure', 'demo_results', 'named_results', 'rate_table', 'layer_table', 'baseline_table',
-           'class_table', 'fig_f1', 'fig_confidence', 'fig_recall', 'fig_true_prob', 'nearest_point', 'fig_confusion',
-           'confusion_layout', 'rd_table', 'fig_rd', 'rate_control_records', 'fig_rate_control', 'figure_index',
-           'all_figures']
+           'FIGURES', 'vl_version', 'chart_spec', 'to_svg', 'to_png', 'use_offline_renderer', 'SvgFigure', 'show',
+           'slim_spec', 'svg_size', 'save_figure', 'demo_results', 'named_results', 'rate_table', 'layer_table',
+           'baseline_table', 'class_table', 'fig_f1', 'fig_confidence', 'fig_recall', 'fig_true_prob', 'nearest_point',
+           'fig_confusion', 'confusion_layout', 'rd_table', 'fig_rd', 'rate_control_records', 'fig_rate_control',
+           'figure_index', 'all_figures']
 
 # %% ../nbs/15_figures.ipynb #f283aaad
 _VL = alt.SCHEMA_VERSION.lstrip("v").rsplit(".", 1)[0]  # e.g. "6.4", the Vega-Lite version altair writes
 
-def _vl_version() -> str | None:
+def vl_version() -> str | None:
+    "The Vega-Lite version vl-convert draws with: altair's own when vl-convert has it, else vl-convert's default (None)."
     import vl_convert as vlc
     return _VL if _VL in vlc.get_vegalite_versions() else None
 
@@ -40,12 +41,12 @@ def chart_spec(chart) -> dict:
 def to_svg(chart) -> str:
     "The chart drawn as an SVG document by vl-convert (no browser, no network)."
     import vl_convert as vlc
-    return vlc.vegalite_to_svg(chart_spec(chart), vl_version=_vl_version())
+    return vlc.vegalite_to_svg(chart_spec(chart), vl_version=vl_version())
 
 def to_png(chart, scale: float = 2.0) -> bytes:
     "The chart drawn as PNG bytes by vl-convert; `scale` multiplies the pixel size."
     import vl_convert as vlc
-    return vlc.vegalite_to_png(chart_spec(chart), vl_version=_vl_version(), scale=scale)
+    return vlc.vegalite_to_png(chart_spec(chart), vl_version=vl_version(), scale=scale)
 
 def use_offline_renderer() -> str:
     """Show altair charts as inline SVG (vl-convert) in notebooks and in the website built from their outputs,
@@ -270,7 +271,7 @@ def _dash(curves) -> alt.StrokeDash:
                           legend=_legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=400, symbolStrokeColor="grey"))
 
 def _x(log_x: bool = False, field: str = "bpf", width: float = 400):
-    return alt.X(f"{field}:Q", title=_BPF_TITLE, scale=alt.Scale(type="log") if log_x else alt.Scale(zero=True),
+    return alt.X(f"{field}:Q", title=_BPF_TITLE, scale=alt.Scale(type="log", nice=False) if log_x else alt.Scale(zero=True),
                  axis=_rate_axis(width))
 
 def _color(labels):

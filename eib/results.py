@@ -19,7 +19,8 @@ __all__ = ['BOOK_RATES', 'EXPECTED_DATASETS', 'PRIMARY_ENCODER', 'ENCODERS', 'FI
            'missing_datasets', 'availability', 'at_rates', 'class_at_rates', 'class_grid', 'drop_points',
            'describe_drop', 'verdict', 'verdict_table', 'headline', 'headline_chart', 'rate_control_summary',
            'compare_runs', 'describe_rerun', 'VegaScript', 'vega_script', 'VegaChart', 'interactive', 'safe_name',
-           'save_book_figures', 'Table', 'fmt_table', 'describe_run', 'show_dataset', 'figures_for', 'show_figures']
+           'save_book_figures', 'Table', 'fmt_table', 'describe_run', 'show_dataset', 'figures_for', 'show_figures',
+           'reader_command']
 
 # %% ../nbs/21_results.ipynb #729d185f
 BOOK_RATES = (10, 20, 50, 100, 200)
@@ -233,7 +234,7 @@ def headline_chart(named, encoder: str = PRIMARY_ENCODER, width: int = 420, heig
     pick = lambda real: [(f"{r['dataset']} {'matched' if r['classifier'].startswith('matched') else 'fixed'}", r)
                          for _, r in named if r["encoder"] == encoder and (r["dataset"].upper() != "SYNTH") == real and r["rate_points"]]
     sel = pick(True) or pick(False)
-    return F.fig_f1(sel, log_x=True, width=width, height=height) if sel else None
+    return F.fig_f1(sel, log_x=True, layer_sweep=False, width=width, height=height) if sel else None
 
 # %% ../nbs/21_results.ipynb #9d484278
 def rate_control_summary(results) -> pd.DataFrame:
@@ -302,7 +303,7 @@ class VegaScript:
     "The Vega, Vega-Lite and vega-embed libraries as one inline `<script>` (show once per page, before the charts)."
     def _repr_mimebundle_(self, include=None, exclude=None):
         import vl_convert as vlc
-        js = vlc.javascript_bundle(vl_version=F._vl_version())
+        js = vlc.javascript_bundle(vl_version=F.vl_version())
         if "</script" in js.lower(): raise EibError("the vl-convert bundle holds '</script' and cannot be inlined")
         return {"text/html": f'<script type="text/javascript" class="eib-vega-bundle">\n{js}\n</script>',
                 "text/plain": "Vega, Vega-Lite and vega-embed, inline (no CDN)"}
@@ -462,3 +463,9 @@ def show_figures(named, heading: str):
     s = f"{len(ok)} of the {len(F.FIGURES)} figures of `eib.figures` drawn"
     s += (": left out " + "; ".join(f"*{FIGURE_TITLES.get(k, k)}* ({w})" for k, w in why.items()) + ".") if why else "."
     display(Markdown(s))
+
+# %% ../nbs/21_results.ipynb #f6de06c1
+def reader_command(cmd: str) -> str:
+    """A results file's recorded command as a reader can run it: the corpus folder of the machine that ran it
+    (`-p data_root` / `--root`) becomes `~/corpora/<its last part>`, the place the book's commands use."""
+    return re.sub(r"(-p data_root |--root )(?!None\b)(\S*/)?([^/\s]+)/?(?=\s|$)", r"\1~/corpora/\3", cmd)

@@ -99,17 +99,22 @@ def test_whisper_store_offline_and_bad_weights_refused(tmp_path):
 
 
 def test_bad_rows_and_paths_each_get_one_line(tmp_path):
-    "Unknown emotion labels and over-loud audio are listed as errors, not encoded; a store that is or holds the corpus is refused."
+    """Unknown emotion labels, file names that are not UTF-8 and over-loud audio are listed as errors, not encoded; a store
+    that is or holds the corpus is refused."""
     from eib.features import load_store
     c = _corpus(tmp_path / "c", 6)
     man = pd.read_csv(c / "manifest.csv")
     man.loc[0, "emotion"] = "angyr"                                        # a misspelt label
     man.to_csv(c / "manifest.csv", index=False)
+    row = dict(man.iloc[2].astype(str)) | dict(path="wav/m\udcfcde.wav")   # a Latin-1 file name: byte 0xfc, not UTF-8
+    with open(c / "manifest.csv", "ab") as f: f.write(",".join(row[k] for k in man.columns).encode("utf-8", "surrogateescape") + b"\n")
+    (c / "wav" / "m\udcfcde.wav").write_bytes((c / "wav" / "u002.wav").read_bytes())
     sf.write(c / "wav" / "u001.wav", np.full(16000, 1e30, np.float32), 16000, subtype="FLOAT")  # not a waveform
     r = subprocess.run(PREPARE + ["--dataset", "manifest", "--root", str(c), "--out", str(tmp_path / "s"), "--workers", "1"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "error wav__u000: unknown emotion label 'angyr'" in r.stdout and "error wav__u001: " in r.stdout and "peaks at 1e+30" in r.stdout
+    assert "error wav__m_xfcde: path wav/m\\xfcde.wav is not UTF-8 text" in r.stdout, r.stdout  # listed, not a traceback
     assert "0 already encoded, 5 to encode" in r.stdout
     st = load_store(tmp_path / "s" / "c")
     assert sorted(st.ids()) == [f"wav__u{i:03d}" for i in range(2, 6)]

@@ -89,6 +89,11 @@ def test_forged_and_accidental_streams_table(setup):
             k = outcome(codec, forged, res.tokens)
             table[kind, k] = table.get((kind, k), 0) + 1
     print("\n".join(f"{a:22s} {b:9s} {c}" for (a, b), c in sorted(table.items())))
-    assert table.get(("frames raised", "exact"), 0) + table.get(("frames raised", "wrong"), 0) == 0  # more frames than the payload holds
-    assert table.get(("dims edited", "exact"), 0) + table.get(("dims edited", "wrong"), 0) == 0
-    assert table.get(("accidental", "wrong"), 0) == 0  # accidental damage never decodes to other tokens (the CRC)
+    # Accidental damage never decodes to other tokens (the CRC); a forged header is always refused. A forged payload is
+    # refused unless it happens to be the coder's own payload for other tokens (the decoder re-encodes what it read and
+    # compares): rare (2 of about 700 measured at seed 0, against 28 before that check), and only a checksum of the tokens
+    # inside the format could rule it out (see eib.bitstream).
+    assert {k: c for k, c in table.items() if k[1] != "EibError" and (k[0] != "accidental" or k[1] == "wrong")
+            and not (k[0] in ("payload shortened", "payload byte forged") and k[1] == "wrong")} == {}
+    payload = sum(c for (a, _), c in table.items() if a.startswith("payload"))
+    assert sum(c for (a, b), c in table.items() if a.startswith("payload") and b != "EibError") <= 0.005 * payload, table

@@ -88,8 +88,9 @@ def test_every_page_in_browser(site, browser):
             # hidden in a sideways scroll box.
             wide = page.evaluate(WIDE_FIGURES)
             assert not wide, f"{rel}: figures wider than their column: {wide[:5]}"
-            assert not [t for t in ("VBox(children=", "HBox(children=", "FloatLogSlider(") if t in text], \
-                f"{rel}: a widget's raw text is on the page"
+            outputs = " ".join(page.eval_on_selector_all("main .cell-output, main .cell-output-display", "els => els.map(e => e.textContent)"))
+            assert not [t for t in ("VBox(children=", "HBox(children=", "FloatLogSlider(") if t in outputs], \
+                f"{rel}: a widget's raw text is in a cell's output"
             assert "../shared" not in page.content(), f"{rel}: names ../shared, which a reader cannot open"
             shot = shots / (rel.replace("/", "__").replace(".html", ".png"))
             page.screenshot(path=str(shot), full_page=True)

@@ -24,7 +24,7 @@ def imports(name: str):
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             t = _target(node, name)
-            if node.module == "eib" and node.level == 0:
+            if (node.module == "eib" and node.level == 0) or (node.module is None and node.level == 1):  # from eib / from . import m
                 for a in node.names:
                     if a.name in MODULES: edges.add(a.name); aliases[a.asname or a.name] = a.name
             if t and t in MODULES:
@@ -71,10 +71,12 @@ def test_the_checks_see_what_they_look_for(tmp_path, monkeypatch):
     fake = tmp_path / "eib"; fake.mkdir()
     (fake / "a.py").write_text("def f():\n    from eib.b import _g\n")
     (fake / "b.py").write_text("from .a import f\nimport eib.a as A\nx = A._h\n")
+    (fake / "c.py").write_text("from . import a as AA\ny = AA._k\n")
     monkeypatch.setattr(sys.modules[__name__], "PKG", fake)
-    monkeypatch.setattr(sys.modules[__name__], "MODULES", ["a", "b"])
+    monkeypatch.setattr(sys.modules[__name__], "MODULES", ["a", "b", "c"])
     assert imports("a") == ({"b"}, ["a: from b import _g"])
     assert imports("b") == ({"a"}, ["b: A._h"])
+    assert imports("c") == ({"a"}, ["c: AA._k"])  # a relative `from . import a as AA`
 
 
 NBS = PKG.parent / "nbs"

@@ -333,14 +333,24 @@ def speaker_split(speakers, test_frac: float = 0.25) -> dict:
     n_test = min(len(spk) - 1, max(1, math.ceil(test_frac * len(spk))))
     return {s: ("test" if i >= len(spk) - n_test else "train") for i, s in enumerate(spk)}
 
+def _not_utf8_rows(t: pd.DataFrame) -> pd.DataFrame:
+    """A manifest may name files whose names are not UTF-8 (a Latin-1 name on a POSIX file system). Their rows are
+    kept, the odd bytes shown escaped (`m\\xfcde.wav`), and `read_error` says why they will not be encoded: the
+    whole manifest is not refused for one name."""
+    t = t.copy(); t["read_error"] = ""
+    for c in [c for c in t.columns if c != "read_error"]:
+        for i, v in t[c].items():
+            if isinstance(v, str) and any("\udc80" <= ch <= "\udcff" for ch in v):
+                t.at[i, c] = v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                t.at[i, "read_error"] = f"{c} {t.at[i, c]} is not UTF-8 text: rename the file, or save the manifest as UTF-8"
+    return t
+
 def _read_manifest(root: Path, name: str) -> pd.DataFrame:
     f = root / "manifest.csv"
     if not f.exists(): raise EibError(f"{name}: no manifest.csv in {root}. {HOWTO[name]}")
-    try: t = pd.read_csv(f, dtype={"speaker": str, "id": str, "split": str}, keep_default_na=False)
-    except UnicodeDecodeError as e:
-        raise EibError(f"{f} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start}); "
-                       "save it as UTF-8 (rename files whose names are not)") from None
+    try: t = pd.read_csv(f, dtype=object, keep_default_na=False, encoding_errors="surrogateescape")
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e: raise EibError(f"{f} is not a readable CSV file ({e})") from None
+    t = _not_utf8_rows(t)
     miss = [c for c in ("path", "speaker", "emotion") if c not in t.columns]
     if miss: raise EibError(f"{f}: missing column(s) {', '.join(miss)}; needs path, speaker, emotion[, split]")
     if not len(t): raise EibError(f"{f} lists no utterances")
@@ -380,9 +390,11 @@ test_fail(lambda: speaker_split(["a", "a"]), contains="speaker-disjoint")
 
 # %%
 import tempfile
-with tempfile.TemporaryDirectory() as _d:  # a manifest that is not UTF-8 text (a Latin-1 file name): one clear line
-    (Path(_d) / "manifest.csv").write_bytes(b"path,speaker,emotion\nm\xfcde.wav,s1,sad\n")
-    test_fail(lambda: read_dataset("manifest", root=_d), contains="is not UTF-8 text")
+with tempfile.TemporaryDirectory() as _d:  # a file name that is not UTF-8 (Latin-1 "müde.wav"): its row is kept, with its error
+    (Path(_d) / "manifest.csv").write_bytes(b"path,speaker,emotion,split\nm\xfcde.wav,s1,sad,train\nok.wav,s2,angry,test\n")
+    _t = read_dataset("manifest", root=_d)
+    test_eq(list(_t.id), ["m_xfcde", "ok"])
+    test_eq(list(_t.read_error), ["path m\\xfcde.wav is not UTF-8 text: rename the file, or save the manifest as UTF-8", ""])
 
 # %% [markdown]
 # ## Label protocols

@@ -842,6 +842,8 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
             res, todo = {}, []
             unknown = unknown_emotions(dataset, base["emotion"])
             for r, unk in zip(base.to_dict("records"), unknown):
+                if r.get("read_error"):  # the manifest named it with bytes that are not UTF-8: listed, never encoded
+                    res[r["id"]] = dict(id=r["id"], frames=0, duration=float("nan"), error=r["read_error"]); continue
                 if unk:  # listed as an error, never encoded: a misspelt label would become a class of its own
                     res[r["id"]] = dict(id=r["id"], frames=0, duration=float("nan"), error=f"unknown emotion label {r['emotion']!r} "
                                         f"(known: {', '.join(sorted(known_emotions(dataset)))})")
@@ -872,7 +874,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
                 atomic_write_json(store / "meta.json", meta)
                 return m
 
-            if verbose: print(f"{store}: {len(base)} utterances, {int(len(res) - unknown.sum())} already encoded, {len(todo)} to encode "
+            if verbose: print(f"{store}: {len(base)} utterances, {sum(1 for v in res.values() if v.get('reused'))} already encoded, {len(todo)} to encode "
                               f"with {encoder} on {max(workers, 1)} worker(s)")
             last = time.time()
             bar = tqdm(total=len(todo), desc=f"{name}/{encoder}", unit="utt", disable=not progress or not todo,

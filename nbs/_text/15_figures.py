@@ -48,7 +48,8 @@ from fastcore.test import test, test_eq, test_fail, test_close
 #| export
 _VL = alt.SCHEMA_VERSION.lstrip("v").rsplit(".", 1)[0]  # e.g. "6.4", the Vega-Lite version altair writes
 
-def _vl_version() -> str | None:
+def vl_version() -> str | None:
+    "The Vega-Lite version vl-convert draws with: altair's own when vl-convert has it, else vl-convert's default (None)."
     import vl_convert as vlc
     return _VL if _VL in vlc.get_vegalite_versions() else None
 
@@ -62,12 +63,12 @@ def chart_spec(chart) -> dict:
 def to_svg(chart) -> str:
     "The chart drawn as an SVG document by vl-convert (no browser, no network)."
     import vl_convert as vlc
-    return vlc.vegalite_to_svg(chart_spec(chart), vl_version=_vl_version())
+    return vlc.vegalite_to_svg(chart_spec(chart), vl_version=vl_version())
 
 def to_png(chart, scale: float = 2.0) -> bytes:
     "The chart drawn as PNG bytes by vl-convert; `scale` multiplies the pixel size."
     import vl_convert as vlc
-    return vlc.vegalite_to_png(chart_spec(chart), vl_version=_vl_version(), scale=scale)
+    return vlc.vegalite_to_png(chart_spec(chart), vl_version=vl_version(), scale=scale)
 
 def use_offline_renderer() -> str:
     """Show altair charts as inline SVG (vl-convert) in notebooks and in the website built from their outputs,
@@ -432,7 +433,7 @@ def _dash(curves) -> alt.StrokeDash:
                           legend=_legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=400, symbolStrokeColor="grey"))
 
 def _x(log_x: bool = False, field: str = "bpf", width: float = 400):
-    return alt.X(f"{field}:Q", title=_BPF_TITLE, scale=alt.Scale(type="log") if log_x else alt.Scale(zero=True),
+    return alt.X(f"{field}:Q", title=_BPF_TITLE, scale=alt.Scale(type="log", nice=False) if log_x else alt.Scale(zero=True),
                  axis=_rate_axis(width))
 
 def _color(labels):

@@ -431,7 +431,7 @@ def headline_chart(named, encoder: str = PRIMARY_ENCODER, width: int = 420, heig
     pick = lambda real: [(f"{r['dataset']} {'matched' if r['classifier'].startswith('matched') else 'fixed'}", r)
                          for _, r in named if r["encoder"] == encoder and (r["dataset"].upper() != "SYNTH") == real and r["rate_points"]]
     sel = pick(True) or pick(False)
-    return F.fig_f1(sel, log_x=True, width=width, height=height) if sel else None
+    return F.fig_f1(sel, log_x=True, layer_sweep=False, width=width, height=height) if sel else None
 
 
 # %%
@@ -570,7 +570,7 @@ class VegaScript:
     "The Vega, Vega-Lite and vega-embed libraries as one inline `<script>` (show once per page, before the charts)."
     def _repr_mimebundle_(self, include=None, exclude=None):
         import vl_convert as vlc
-        js = vlc.javascript_bundle(vl_version=F._vl_version())
+        js = vlc.javascript_bundle(vl_version=F.vl_version())
         if "</script" in js.lower(): raise EibError("the vl-convert bundle holds '</script' and cannot be inlined")
         return {"text/html": f'<script type="text/javascript" class="eib-vega-bundle">\n{js}\n</script>',
                 "text/plain": "Vega, Vega-Lite and vega-embed, inline (no CDN)"}
@@ -769,6 +769,20 @@ def show_figures(named, heading: str):
     s += (": left out " + "; ".join(f"*{FIGURE_TITLES.get(k, k)}* ({w})" for k, w in why.items()) + ".") if why else "."
     display(Markdown(s))
 
+
+# %%
+#| export
+def reader_command(cmd: str) -> str:
+    """A results file's recorded command as a reader can run it: the corpus folder of the machine that ran it
+    (`-p data_root` / `--root`) becomes `~/corpora/<its last part>`, the place the book's commands use."""
+    return re.sub(r"(-p data_root |--root )(?!None\b)(\S*/)?([^/\s]+)/?(?=\s|$)", r"\1~/corpora/\3", cmd)
+
+
+# %%
+test_eq(reader_command("papermill nbs/sweep.ipynb -p dataset emodb -p data_root ../shared/datasets/emodb -p rates 'full'"),
+        "papermill nbs/sweep.ipynb -p dataset emodb -p data_root ~/corpora/emodb -p rates 'full'")
+test_eq(reader_command("x -p data_root None -p y 1"), "x -p data_root None -p y 1")
+test_eq(reader_command("eib-prepare --root /data/ravdess/"), "eib-prepare --root ~/corpora/ravdess")
 
 # %%
 #| code-fold: true

@@ -128,14 +128,15 @@
 #
 # ## How the results files present were made
 #
-# Each results file records the command that made it and how long its parts took:
+# Each results file records the command that made it (its corpus folder shown as `~/corpora/<name>`, as in the commands
+# above) and how long its parts took:
 
 # %%
 #| code-fold: true
 import pandas as pd
-from eib.results import load_all, fmt_table
+from eib.results import load_all, fmt_table, reader_command
 
 named, bad = load_all()
-_rows = [dict(dataset=lab, created=r["created"], command=r["command"], total_s=r["timing"].get("total_s"),
+_rows = [dict(dataset=lab, created=r["created"], command=reader_command(r["command"]), total_s=r["timing"].get("total_s"),
               threads=r["timing"].get("threads"), torch=r["timing"].get("torch")) for lab, r in named]
 fmt_table(pd.DataFrame(_rows).set_index("dataset"), 1) if _rows else "no results file yet: run a sweep (above)"
