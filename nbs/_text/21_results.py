@@ -91,7 +91,8 @@ display(Markdown("\n".join(f"- [**{_lab}**](results/{safe_name(_lab)}.ipynb): {l
 # ## Compared
 #
 # The datasets side by side: the landmarks of the weighted-F1 curve, the rate-control precision, and the
-# figures that draw every dataset at once (a line or a panel per dataset).
+# figures that draw every dataset in one panel (`COMPARED_FIGURES`: a line per dataset). The per-emotion figures and
+# the confusion matrices, a panel per dataset, are on each results file's page.
 
 # %%
 if len(named) < 2:
@@ -114,7 +115,7 @@ fmt_table(rate_control_summary(named).set_index("dataset")) if named else "no re
 
 # %%
 if len(named) > 1:
-    show_figures(named, "### Compared:")
+    show_figures(named, "### Compared:", COMPARED_FIGURES)
 else: display(Markdown("The figures that draw every dataset at once are left out: with one dataset they are the ones above."))
 
 # %% [markdown]
@@ -753,19 +754,23 @@ def show_dataset(label: str, r: dict, rates=BOOK_RATES, figures: bool = True, le
             fmt_table(class_grid([(label, r)], rates), 2))
     if figures: show_figures([(label, r)], f"{level} {label}:")
 
-def figures_for(named) -> tuple[dict, dict]:
-    "`({name: chart}, {name: why it is left out})` over `eib.figures.FIGURES` for the results `named`."
+COMPARED_FIGURES = ("f1", "confidence", "rd", "rate_control")  # one panel for every file; the rest are on each file's page
+
+def figures_for(named, names=None) -> tuple[dict, dict]:
+    "`({name: chart}, {name: why it is left out})` over `eib.figures.FIGURES` (or those in `names`) for the results `named`."
     ok, why = {}, {}
     for k, f in F.FIGURES.items():
+        if names is not None and k not in names: continue
         try: ok[k] = f(named)
         except EibError as e: why[k] = str(e)
     return ok, why
 
-def show_figures(named, heading: str):
-    "Display every figure `named` supports, interactive, each under `heading` + its title; then say which are left out and why."
-    ok, why = figures_for(named)
+def show_figures(named, heading: str, names=None):
+    """Display every figure `named` supports (of `names`, default all), interactive, each under `heading` + its title;
+    then say which are left out and why."""
+    ok, why = figures_for(named, names)
     for k, ch in ok.items(): display(Markdown(f"{heading} {FIGURE_TITLES.get(k, k)}"), interactive(ch))
-    s = f"{len(ok)} of the {len(F.FIGURES)} figures of `eib.figures` drawn"
+    s = f"{len(ok)} of the {len(names or F.FIGURES)} figures of `eib.figures` drawn"
     s += (": left out " + "; ".join(f"*{FIGURE_TITLES.get(k, k)}* ({w})" for k, w in why.items()) + ".") if why else "."
     display(Markdown(s))
 
@@ -779,7 +784,7 @@ def reader_command(cmd: str) -> str:
 
 
 # %%
-test_eq(reader_command("papermill nbs/sweep.ipynb -p dataset emodb -p data_root ../shared/datasets/emodb -p rates 'full'"),
+test_eq(reader_command("papermill nbs/sweep.ipynb -p dataset emodb -p data_root /mnt/lab/datasets/emodb -p rates 'full'"),
         "papermill nbs/sweep.ipynb -p dataset emodb -p data_root ~/corpora/emodb -p rates 'full'")
 test_eq(reader_command("x -p data_root None -p y 1"), "x -p data_root None -p y 1")
 test_eq(reader_command("eib-prepare --root /data/ravdess/"), "eib-prepare --root ~/corpora/ravdess")
