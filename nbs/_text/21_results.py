@@ -426,7 +426,7 @@ def headline(named, encoder: str = PRIMARY_ENCODER, max_lines: int = 5) -> list[
                      f"transparent on {', '.join(sorted(set(bad.dataset)))}: those curves cannot say where loss begins.")
     return lines[:max_lines]
 
-def headline_chart(named, encoder: str = PRIMARY_ENCODER, width: int = 420, height: int = 260):
+def headline_chart(named, encoder: str = PRIMARY_ENCODER, width: int = 520, height: int = 260):
     """The first page's chart: weighted F1 against the achieved rate (log axis) of the real corpora measured with
     `encoder`, fixed and matched probes (the synthetic corpus only when no real one is present); None without results."""
     pick = lambda real: [(f"{r['dataset']} {'matched' if r['classifier'].startswith('matched') else 'fixed'}", r)
