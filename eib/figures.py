@@ -21,7 +21,7 @@ __all__ = ['PAGE_WIDTH', 'LABEL_LIMIT', 'FIGURE_FORMATS', 'SUMMARY_METRICS', 'ME
            'slim_spec', 'svg_size', 'save_figure', 'demo_results', 'named_results', 'rate_table', 'layer_table',
            'baseline_table', 'class_table', 'fig_f1', 'fig_confidence', 'fig_recall', 'fig_true_prob', 'nearest_point',
            'fig_confusion', 'confusion_layout', 'rd_table', 'fig_rd', 'rate_control_records', 'fig_rate_control',
-           'figure_index', 'all_figures']
+           'figure_index', 'figures_and_reasons', 'all_figures']
 
 # %% ../nbs/15_figures.ipynb #f283aaad
 _VL = alt.SCHEMA_VERSION.lstrip("v").rsplit(".", 1)[0]  # e.g. "6.4", the Vega-Lite version altair writes
@@ -589,10 +589,15 @@ FIGURES = dict(f1=fig_f1, confidence=fig_confidence, recall=fig_recall, precisio
                true_prob=fig_true_prob, confusion=fig_confusion, rd=fig_rd,
                rate_control=lambda r: fig_rate_control(rate_control_records(r)))
 
+def figures_and_reasons(results, names=None) -> tuple[dict, dict]:
+    "`({name: chart}, {name: why it is left out})` over the figures of `FIGURES` (or those in `names`) for `results`."
+    ok, why = {}, {}
+    for k, f in FIGURES.items():
+        if names is not None and k not in names: continue
+        try: ok[k] = f(results)
+        except EibError as e: why[k] = str(e)
+    return ok, why
+
 def all_figures(results) -> dict:
     "`{name: chart}` of every figure in `FIGURES` that `results` can support (those it cannot are left out)."
-    out = {}
-    for k, f in FIGURES.items():
-        try: out[k] = f(results)
-        except EibError: pass
-    return out
+    return figures_and_reasons(results)[0]

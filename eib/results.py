@@ -19,8 +19,7 @@ __all__ = ['BOOK_RATES', 'EXPECTED_DATASETS', 'PRIMARY_ENCODER', 'ENCODERS', 'FI
            'load_all', 'missing_datasets', 'availability', 'at_rates', 'class_at_rates', 'class_grid', 'drop_points',
            'describe_drop', 'verdict', 'verdict_table', 'headline', 'headline_chart', 'rate_control_summary',
            'compare_runs', 'describe_rerun', 'VegaScript', 'vega_script', 'VegaChart', 'interactive', 'safe_name',
-           'save_book_figures', 'Table', 'fmt_table', 'describe_run', 'show_dataset', 'figures_for', 'show_figures',
-           'reader_command']
+           'save_book_figures', 'Table', 'fmt_table', 'describe_run', 'show_dataset', 'show_figures', 'reader_command']
 
 # %% ../nbs/21_results.ipynb #729d185f
 BOOK_RATES = (10, 20, 50, 100, 200)
@@ -450,19 +449,10 @@ def show_dataset(label: str, r: dict, rates=BOOK_RATES, figures: bool = True, le
 
 COMPARED_FIGURES = ("f1", "confidence", "rd", "rate_control")  # one panel for every file; the rest are on each file's page
 
-def figures_for(named, names=None) -> tuple[dict, dict]:
-    "`({name: chart}, {name: why it is left out})` over `eib.figures.FIGURES` (or those in `names`) for the results `named`."
-    ok, why = {}, {}
-    for k, f in F.FIGURES.items():
-        if names is not None and k not in names: continue
-        try: ok[k] = f(named)
-        except EibError as e: why[k] = str(e)
-    return ok, why
-
 def show_figures(named, heading: str, names=None):
     """Display every figure `named` supports (of `names`, default all), interactive, each under `heading` + its title;
     then say which are left out and why."""
-    ok, why = figures_for(named, names)
+    ok, why = F.figures_and_reasons(named, names)
     for k, ch in ok.items(): display(Markdown(f"{heading} {FIGURE_TITLES.get(k, k)}"), interactive(ch))
     s = f"{len(ok)} of the {len(names or F.FIGURES)} figures of `eib.figures` drawn"
     s += (": left out " + "; ".join(f"*{FIGURE_TITLES.get(k, k)}* ({w})" for k, w in why.items()) + ".") if why else "."

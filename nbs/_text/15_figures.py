@@ -981,13 +981,18 @@ FIGURES = dict(f1=fig_f1, confidence=fig_confidence, recall=fig_recall, precisio
                true_prob=fig_true_prob, confusion=fig_confusion, rd=fig_rd,
                rate_control=lambda r: fig_rate_control(rate_control_records(r)))
 
+def figures_and_reasons(results, names=None) -> tuple[dict, dict]:
+    "`({name: chart}, {name: why it is left out})` over the figures of `FIGURES` (or those in `names`) for `results`."
+    ok, why = {}, {}
+    for k, f in FIGURES.items():
+        if names is not None and k not in names: continue
+        try: ok[k] = f(results)
+        except EibError as e: why[k] = str(e)
+    return ok, why
+
 def all_figures(results) -> dict:
     "`{name: chart}` of every figure in `FIGURES` that `results` can support (those it cannot are left out)."
-    out = {}
-    for k, f in FIGURES.items():
-        try: out[k] = f(results)
-        except EibError: pass
-    return out
+    return figures_and_reasons(results)[0]
 
 
 # %%
@@ -996,6 +1001,8 @@ test_eq(list(_figs), list(FIGURES))
 _sizes = {k: svg_size(ch)[0] for k, ch in all_figures([demo, _d7]).items()}  # 4 and 7 classes, long emotion names
 test_eq({k: w for k, w in _sizes.items() if w > PAGE_WIDTH}, {})               # every figure fits the page
 test_eq(list(all_figures(_bare)), ["f1", "confidence", "recall", "precision", "confusion", "rd", "rate_control"])
+test_eq(list(figures_and_reasons(_bare)[1]), ["true_prob"])                # and why the eighth is left out
+test_eq(list(figures_and_reasons(_bare, names=("rd", "true_prob"))[0]), ["rd"])
 with tempfile.TemporaryDirectory() as _t:
     _p = save_figure(_figs["rd"], "fig_rd", _t)
     assert _p["png"].stat().st_size > 1000 and ET.parse(_p["svg"]).getroot().get("width"), (_p["png"].stat().st_size, ET.parse(_p["svg"]).getroot().attrib)

@@ -756,19 +756,10 @@ def show_dataset(label: str, r: dict, rates=BOOK_RATES, figures: bool = True, le
 
 COMPARED_FIGURES = ("f1", "confidence", "rd", "rate_control")  # one panel for every file; the rest are on each file's page
 
-def figures_for(named, names=None) -> tuple[dict, dict]:
-    "`({name: chart}, {name: why it is left out})` over `eib.figures.FIGURES` (or those in `names`) for the results `named`."
-    ok, why = {}, {}
-    for k, f in F.FIGURES.items():
-        if names is not None and k not in names: continue
-        try: ok[k] = f(named)
-        except EibError as e: why[k] = str(e)
-    return ok, why
-
 def show_figures(named, heading: str, names=None):
     """Display every figure `named` supports (of `names`, default all), interactive, each under `heading` + its title;
     then say which are left out and why."""
-    ok, why = figures_for(named, names)
+    ok, why = F.figures_and_reasons(named, names)
     for k, ch in ok.items(): display(Markdown(f"{heading} {FIGURE_TITLES.get(k, k)}"), interactive(ch))
     s = f"{len(ok)} of the {len(names or F.FIGURES)} figures of `eib.figures` drawn"
     s += (": left out " + "; ".join(f"*{FIGURE_TITLES.get(k, k)}* ({w})" for k, w in why.items()) + ".") if why else "."
@@ -799,7 +790,7 @@ test_eq(sum("eib-chart" in o.data.get("text/html", "") for o in _o.outputs), len
 assert f"{len(F.FIGURES)} of the {len(F.FIGURES)} figures" in _md[-1], _md[-1]
 with capture_output() as _o: show_dataset("SYNTH", _small | dict(rate_points=[]), figures=False)
 assert "No rate point" in _o.outputs[-1].data["text/markdown"]
-_ok, _why = figures_for([("SYNTH", _small | dict(rate_points=[]))])
+_ok, _why = F.figures_and_reasons([("SYNTH", _small | dict(rate_points=[]))])
 test_eq(set(_ok) | set(_why), set(F.FIGURES)); assert "f1" in _why and "rate sweep" in _why["f1"]
 _html = fmt_table(at_rates(_small, rates=(10,)).set_index("asked_bpf"))._repr_html_()
 assert ">10</th>" in _html and "10.000000" not in _html and ">target BPF</th>" in _html and "overflow-x" in _html
