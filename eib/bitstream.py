@@ -15,14 +15,15 @@ from .ecvq import ecvq_encode, auto_batch, ECVQResult
 from .codec import as_codec
 
 # %% auto #0
-__all__ = ['MAGIC', 'VERSION', 'MAX_FRAMES', 'TAIL_BITS', 'header_len', 'stream_len', 'StreamInfo', 'stream_info', 'stream_bpf',
-           'payload_bpf', 'check_features', 'chunk_size', 'coder_intervals', 'IntervalRecorder', 'token_intervals',
-           'trim_payload', 'encode_payload', 'pack_stream', 'compress_with_result', 'compress', 'compress_tokens',
-           'decompress', 'mutate', 'fuzz']
+__all__ = ['MAGIC', 'VERSION', 'VERSIONS', 'MAX_FRAMES', 'TAIL_BITS', 'header_len', 'stream_len', 'StreamInfo', 'stream_info',
+           'stream_checksum', 'stream_bpf', 'payload_bpf', 'check_features', 'chunk_size', 'coder_intervals',
+           'IntervalRecorder', 'token_intervals', 'trim_payload', 'encode_payload', 'pack_stream',
+           'compress_with_result', 'compress', 'compress_tokens', 'decompress', 'mutate', 'fuzz']
 
 # %% ../nbs/08_bitstream.ipynb #12f01b64
 MAGIC = b"EIB"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # the formats this eib reads
 MAX_FRAMES = 50 * 3600 * 6  # six hours at 50 frames/s: a bound that keeps a forged header from exhausting memory
 
 def _varint(n: int) -> bytes:
@@ -62,14 +63,16 @@ class StreamInfo:
     header_len: int
 
 def stream_info(data: bytes) -> StreamInfo:
-    "Parse and check a stream's container (magic, version, lengths, CRC32); EibError if anything is wrong."
+    """Parse and check a stream's container (magic, version, lengths; the CRC32 of a version-1 stream); EibError if anything
+    is wrong. A version-2 stream's CRC32 also covers the tokens: `decompress` checks it."""
     if not isinstance(data, (bytes, bytearray, memoryview)): raise EibError(f"a stream is bytes, got {type(data).__name__}")
     data = bytes(data)
     if not data.startswith(MAGIC[:len(data)]) or len(data) == 0:
         raise EibError("not an eib stream (bad magic bytes): was it written by eib-compress?")
     if len(data) < len(MAGIC) + 1: raise EibError(f"truncated stream: only {len(data)} bytes")
     v = data[len(MAGIC)]
-    if v != VERSION: raise EibError(f"unsupported stream format version {v}; this eib reads version {VERSION}")
+    if v not in VERSIONS:
+        raise EibError(f"unsupported stream format version {v}; this eib reads versions {', '.join(map(str, VERSIONS))}")
     i = len(MAGIC) + 1
     if len(data) < i + 4: raise EibError("truncated stream: the header ends early")
     fp = data[i:i + 4].hex(); i += 4
@@ -83,11 +86,15 @@ def stream_info(data: bytes) -> StreamInfo:
         raise EibError(f"truncated stream: {len(data)} bytes, the header announces {i + plen + 4}")
     if len(data) > i + plen + 4:
         raise EibError(f"corrupted stream: {len(data)} bytes, the header announces {i + plen + 4}")
-    if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+    if v == 1 and zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
         raise EibError("corrupted stream: checksum mismatch (the file was damaged or altered)")
     if not (1 <= frames <= MAX_FRAMES and dim >= 1 and 1 <= chunk <= frames and math.isfinite(lam) and lam >= 0):
         raise EibError(f"corrupted stream: implausible header (frames {frames}, dim {dim}, chunk {chunk}, λ {lam})")
     return StreamInfo(v, fp, frames, dim, chunk, lam, plen, i)
+
+def stream_checksum(body: bytes, tokens) -> int:
+    "A version-2 stream's CRC32: of the container `body` before it, then of the (T, L) `tokens` as little-endian uint32."
+    return zlib.crc32(np.ascontiguousarray(np.asarray(tokens), dtype="<u4").tobytes(), zlib.crc32(body))
 
 def stream_bpf(data: bytes, frames: int | None = None) -> float:
     "Bits per frame of the whole stream: header, payload, coder termination and checksum all counted."
@@ -178,11 +185,12 @@ def encode_payload(ck: np.ndarray, fk: np.ndarray, chunk: int) -> bytes:
     if len(s): enc.encode(s, _family(), P)
     return trim_payload(enc.get_compressed())
 
-def pack_stream(fp: str, frames: int, dim: int, chunk: int, lam: float, payload: bytes) -> bytes:
-    "The container around a coder `payload`: magic, version, fingerprint `fp` (hex), sizes, λ, length, CRC32."
+def pack_stream(fp: str, frames: int, dim: int, chunk: int, lam: float, payload: bytes, tokens) -> bytes:
+    """The container around a coder `payload` of the (T, L) `tokens`: magic, version, fingerprint `fp` (hex), sizes, λ,
+    length, and the CRC32 of all that and of the tokens (`stream_checksum`)."""
     body = (MAGIC + bytes([VERSION]) + bytes.fromhex(fp[:8]) + _varint(frames) + _varint(dim) + _varint(chunk)
             + struct.pack("<d", lam) + _varint(len(payload)) + payload)
-    return body + struct.pack("<I", zlib.crc32(body))
+    return body + struct.pack("<I", stream_checksum(body, tokens))
 
 def compress_with_result(codec, features, lam: float, batch_size: int | None = None, progress: bool = False) -> tuple[bytes, ECVQResult]:
     """Compress frames (T, D) at λ into a stream with `codec` (a `Codec` or an `(rvq, model)` pair); also returns the ECVQ
@@ -195,7 +203,7 @@ def compress_with_result(codec, features, lam: float, batch_size: int | None = N
     rec = IntervalRecorder(len(x), c.positions)
     res = ecvq_encode(codec.rvq, codec.coding_model, x, lam, batch_size=chunk, on_step=rec, progress=progress)
     payload = encode_payload(rec.ck.numpy(), rec.fk.numpy(), chunk)
-    return pack_stream(codec.fingerprint, len(x), c.dim, chunk, lam, payload), res
+    return pack_stream(codec.fingerprint, len(x), c.dim, chunk, lam, payload, res.tokens), res
 
 def compress(codec, features, lam: float, batch_size: int | None = None, progress: bool = False) -> bytes:
     "Compress frames (T, D) in the original feature space at λ into a self-checking byte stream."
@@ -212,7 +220,7 @@ def compress_tokens(codec, tokens_list, lam: float = 0.0) -> list[bytes]:
     for t in toks:
         T, b = len(t), a + len(t)
         chunk = chunk_size(T, codec.model)
-        out.append(pack_stream(codec.fingerprint, T, codec.rvq.cfg.dim, chunk, lam, encode_payload(ck[a:b], fk[a:b], chunk)))
+        out.append(pack_stream(codec.fingerprint, T, codec.rvq.cfg.dim, chunk, lam, encode_payload(ck[a:b], fk[a:b], chunk), t))
         a = b
     return out
 
@@ -225,7 +233,7 @@ def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor
     fp = codec.fingerprint
     if s.fingerprint != fp[:8]:
         raise EibError(f"wrong checkpoint: the stream was made with model {s.fingerprint}, this checkpoint is {fp[:8]}; "
-                       "decode with the checkpoint that compressed it")
+                       "decode with the checkpoint that compressed it" + (" (or the stream is damaged)" if s.version > 1 else ""))
     c = codec.rvq.cfg
     if s.dim != c.dim: raise EibError(f"corrupted stream: it has {s.dim} dims, the checkpoint {c.dim}")
     if s.chunk > chunk_size(s.frames, codec.model):
@@ -256,7 +264,7 @@ def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor
                 elif dec.maybe_exhausted(): tail = 0.0
             bar.update(n)
     except EibError: raise
-    except Exception as e:  # the coder met data it cannot decode (only possible if the checksum was forged)
+    except Exception as e:  # the coder met data it cannot decode (a damaged or forged payload)
         raise EibError(f"corrupted stream: the payload does not decode ({type(e).__name__}: {e})") from None
     finally: bar.close()
     if not dec.maybe_exhausted():
@@ -264,6 +272,8 @@ def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor
     if encode_payload(ck, fk, s.chunk) != given:  # the coder writes one payload for given tokens: any other is damaged
         raise EibError("corrupted stream: its payload is not the one the coder writes for the frames it decodes to "
                        "(shortened, edited or forged)")
+    if s.version > 1 and stream_checksum(data[:-4], tokens) != struct.unpack("<I", data[-4:])[0]:
+        raise EibError("corrupted stream: checksum mismatch (the file was damaged or altered)")
     return tokens, codec.rvq.decode(tokens).numpy()
 
 # %% ../nbs/08_bitstream.ipynb #92e9acc1

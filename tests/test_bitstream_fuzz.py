@@ -6,7 +6,7 @@ import torch
 from eib.core import EibError
 from eib.rvq import RVQConfig, fit_rvq
 from eib.entropy import EntropyConfig, EntropyModel
-from eib.bitstream import compress_with_result, decompress, fuzz, stream_info
+from eib.bitstream import compress_with_result, decompress, fuzz, stream_checksum, stream_info
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,8 +48,10 @@ def test_every_truncation_and_bit_flip(codec):
 
 
 def test_forged_checksums_never_crash(codec):
-    """Payload edits with a recomputed CRC get past the checksum: the decoder must still return well-formed
-    tokens or raise EibError, never crash or hang (content is only guarded by the checksum)."""
+    """Payload edits with a recomputed checksum: as format 1 (the container's CRC32, which anyone can recompute) they
+    get past the checksum, and the decoder must still return well-formed tokens or raise EibError, never crash or hang;
+    as format 2, with the checksum of the original tokens (what a forger without the codec can compute), they are
+    all refused."""
     rvq, model, data, tokens = codec
     s = stream_info(data)
     rng = np.random.default_rng(2)
@@ -57,6 +59,8 @@ def test_forged_checksums_never_crash(codec):
         b = bytearray(data[:-4])
         i = s.header_len + int(rng.integers(s.payload_len))
         b[i] ^= 1 << int(rng.integers(8))
+        with pytest.raises(EibError): decompress((rvq, model), bytes(b) + struct.pack("<I", stream_checksum(bytes(b), tokens)))
+        b[3] = 1
         try: t, y = decompress((rvq, model), bytes(b) + struct.pack("<I", zlib.crc32(bytes(b))))
         except EibError: continue
         assert t.shape == tokens.shape and int(t.min()) >= 0 and int(t.max()) <= rvq.cfg.skip and np.isfinite(y).all()

@@ -197,7 +197,7 @@ def test_cli_roundtrip_exact(codec, synth_npy, tmp_path):
 def test_cli_rejects_damaged_streams(codec, synth_npy, tmp_path):
     with threads(1): data = compress(codec, np.load(synth_npy)[:40], 0.05)
     bad = bytearray(data); bad[len(bad) // 2] ^= 0x04
-    cases = {"flip.eib": (bytes(bad), "checksum"), "cut.eib": (data[:-7], "truncated"),
+    cases = {"flip.eib": (bytes(bad), "corrupted stream"), "cut.eib": (data[:-7], "truncated"),
              "npy.eib": (synth_npy.read_bytes(), "not an eib stream"), "empty.eib": (b"", "not an eib stream")}
     for name, (blob, msg) in cases.items():
         (tmp_path / name).write_bytes(blob)

@@ -1,18 +1,32 @@
 """Every way eib writes a stream still writes the bytes committed in tests/reference (made before the
-codec/bitstream restructuring with tests/reference/make_streams.py): compress at λ, compress at a target BPF, the
-rate controller's streams and the sweep's streams of given tokens, on the committed synthetic codec."""
-import hashlib, json, sys
+codec/bitstream restructuring with tests/reference/make_streams.py, in format version 1): compress at λ, compress at
+a target BPF, the rate controller's streams and the sweep's streams of given tokens, on the committed synthetic codec.
+Format version 2 changed only what the final CRC32 covers (the container and the decoded tokens), so a stream written
+now is the committed one with its version byte 2 and that checksum; the committed version-1 streams still decode, to
+the same tokens."""
+import hashlib, json, struct, sys
 from pathlib import Path
+
+from eib.core import repo_root
+from eib.codec import load_codec
+from eib.bitstream import decompress, stream_checksum, stream_info
 
 HERE = Path(__file__).resolve().parent / "reference"
 sys.path.insert(0, str(HERE))
 from make_streams import cases  # noqa: E402
 
 
-def test_streams_are_byte_identical_to_the_committed_ones():
+def test_streams_are_the_committed_ones_in_format_2():
     index = json.loads((HERE / "index.json").read_text())
     got = dict(cases())
     assert sorted(got) == sorted(index)
+    codecs = {n: load_codec(repo_root() / "checkpoints" / n) for n in ("synth_cpu", "synth_cpu_layers")}
     for name, data in got.items():
-        assert (len(data), hashlib.sha256(data).hexdigest()) == (index[name]["bytes"], index[name]["sha256"]), name
-        assert data == (HERE / f"{name}.eib").read_bytes(), name
+        ref = (HERE / f"{name}.eib").read_bytes()
+        assert (len(ref), hashlib.sha256(ref).hexdigest()) == (index[name]["bytes"], index[name]["sha256"]), name
+        assert (stream_info(ref).version, stream_info(data).version) == (1, 2), name
+        assert data[:-4] == ref[:3] + b"\x02" + ref[4:-4], name  # the same container and payload, byte for byte
+        codec = codecs["synth_cpu_layers" if name.endswith(".layers7") else "synth_cpu"]
+        tokens = decompress(codec, ref)[0]  # the version-1 stream still decodes
+        assert data[-4:] == struct.pack("<I", stream_checksum(data[:-4], tokens)), name
+        assert decompress(codec, data)[0].equal(tokens), name

@@ -33,7 +33,7 @@ from eib.codec import Codec
 # | field | bytes | |
 # |---|---|---|
 # | magic | 3 | `EIB` |
-# | version | 1 | format version, now 1 |
+# | version | 1 | format version, now 2 (version 1 is still read) |
 # | model fingerprint | 4 | first 4 bytes of the codec's fingerprint (`eib.codec.codec_fingerprint`): a stream decodes only with its own checkpoint |
 # | frames T | varint | |
 # | dims D | varint | |
@@ -41,16 +41,25 @@ from eib.codec import Codec
 # | λ | 8 | float64, for the record |
 # | payload length | varint | bytes |
 # | payload | | constriction range-coder words, trailing zero bytes of the last word dropped |
-# | CRC32 | 4 | of everything before it |
+# | CRC32 | 4 | of everything before it, then of the tokens the payload decodes to (version 1: of everything before it) |
 #
 # The header and checksum take about 25 bytes; the coder's termination adds up to a word. Both are a
 # fixed cost per stream, counted by `stream_bpf` (the rate every result of this project reports) and
 # left out by `payload_bpf` (coder termination included).
+#
+# Version 2 differs from version 1 only in what the CRC32 covers: the container *and the decoded tokens* (as a
+# (T, L) array of little-endian uint32, row by row; `stream_checksum`), as FLAC's header carries an MD5 of the decoded
+# audio. Both versions have the same length, so every rate measured with version 1 holds for version 2. A checksum
+# of the container alone can be recomputed by anyone who edits a field; this one cannot be made to agree with an
+# edited payload without decoding it with the codec, so a forged header or a cut payload is refused even when it
+# happens to decode to other tokens. The price: a version-2 stream is checked once decoded, not before (the decoder's
+# work is bounded by its payload, below), and a damaged fingerprint reads as another checkpoint's stream.
 
 # %%
 #| export
 MAGIC = b"EIB"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # the formats this eib reads
 MAX_FRAMES = 50 * 3600 * 6  # six hours at 50 frames/s: a bound that keeps a forged header from exhausting memory
 
 def _varint(n: int) -> bytes:
@@ -90,14 +99,16 @@ class StreamInfo:
     header_len: int
 
 def stream_info(data: bytes) -> StreamInfo:
-    "Parse and check a stream's container (magic, version, lengths, CRC32); EibError if anything is wrong."
+    """Parse and check a stream's container (magic, version, lengths; the CRC32 of a version-1 stream); EibError if anything
+    is wrong. A version-2 stream's CRC32 also covers the tokens: `decompress` checks it."""
     if not isinstance(data, (bytes, bytearray, memoryview)): raise EibError(f"a stream is bytes, got {type(data).__name__}")
     data = bytes(data)
     if not data.startswith(MAGIC[:len(data)]) or len(data) == 0:
         raise EibError("not an eib stream (bad magic bytes): was it written by eib-compress?")
     if len(data) < len(MAGIC) + 1: raise EibError(f"truncated stream: only {len(data)} bytes")
     v = data[len(MAGIC)]
-    if v != VERSION: raise EibError(f"unsupported stream format version {v}; this eib reads version {VERSION}")
+    if v not in VERSIONS:
+        raise EibError(f"unsupported stream format version {v}; this eib reads versions {', '.join(map(str, VERSIONS))}")
     i = len(MAGIC) + 1
     if len(data) < i + 4: raise EibError("truncated stream: the header ends early")
     fp = data[i:i + 4].hex(); i += 4
@@ -111,11 +122,15 @@ def stream_info(data: bytes) -> StreamInfo:
         raise EibError(f"truncated stream: {len(data)} bytes, the header announces {i + plen + 4}")
     if len(data) > i + plen + 4:
         raise EibError(f"corrupted stream: {len(data)} bytes, the header announces {i + plen + 4}")
-    if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+    if v == 1 and zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
         raise EibError("corrupted stream: checksum mismatch (the file was damaged or altered)")
     if not (1 <= frames <= MAX_FRAMES and dim >= 1 and 1 <= chunk <= frames and math.isfinite(lam) and lam >= 0):
         raise EibError(f"corrupted stream: implausible header (frames {frames}, dim {dim}, chunk {chunk}, λ {lam})")
     return StreamInfo(v, fp, frames, dim, chunk, lam, plen, i)
+
+def stream_checksum(body: bytes, tokens) -> int:
+    "A version-2 stream's CRC32: of the container `body` before it, then of the (T, L) `tokens` as little-endian uint32."
+    return zlib.crc32(np.ascontiguousarray(np.asarray(tokens), dtype="<u4").tobytes(), zlib.crc32(body))
 
 def stream_bpf(data: bytes, frames: int | None = None) -> float:
     "Bits per frame of the whole stream: header, payload, coder termination and checksum all counted."
@@ -130,7 +145,7 @@ def payload_bpf(data: bytes) -> float:
 # %%
 test_eq([_read_varint(_varint(n), 0)[0] for n in (0, 1, 127, 128, 300, 2 ** 40)], [0, 1, 127, 128, 300, 2 ** 40])
 test_fail(lambda: stream_info(b"RIFF1234"), contains="not an eib stream")
-test_fail(lambda: stream_info(b"EIB\x07" + bytes(30)), contains="version 7")
+test_fail(lambda: stream_info(b"EIB\x07" + bytes(30)), contains="reads versions 1, 2")
 test_fail(lambda: stream_info(b"EI"), contains="truncated")
 
 # %% [markdown]
@@ -152,14 +167,13 @@ test_fail(lambda: stream_info(b"EI"), contains="truncated")
 # codes is refused before decoding (its key/value caches would not fit), decoding stops with an error as soon as the
 # symbols decoded after the range decoder may have read its last word are worth more than `TAIL_BITS` (its state
 # holds at most 64 bits: the header declared more frames than the payload holds), and after the last frame the
-# decoder must have reached the end of the payload. Last, the decoder re-encodes the tokens it read and compares: the
+# decoder must have reached the end of the payload. Then the decoder re-encodes the tokens it read and compares: the
 # coder writes exactly one payload for given tokens, so a payload that is not that one was shortened, edited or forged
-# (a forger can recompute the container's CRC32, but a cut or edited payload is rarely the coder's own). This check costs
-# one vectorised range-coder pass, no model evaluation, and needs no change to the format. It is not a proof: a cut or
-# edited payload that happens to be the coder's payload for *other* tokens decodes to them (about 1 in 350 of the forged
-# payloads of `tests/test_hostile_streams.py`, against 1 in 25 without the check). Only a checksum of the tokens inside
-# the container would rule that out, at 16 to 32 bits more per stream (0.1–0.2 BPF on a 3 s clip), which would shift every
-# committed rate; the format keeps without it for now.
+# (one vectorised range-coder pass, no model evaluation). Last, the CRC32 over the container and the decoded tokens
+# (version 2): a cut or edited payload that happens to be the coder's own payload for *other* tokens (about 1 in 350 of
+# the forged payloads of `tests/test_hostile_streams.py`) is refused there, at no cost in bits. What no checksum
+# without a key can stop is a forger who holds the codec: decoding, editing the tokens and coding them again makes a
+# valid stream, as compressing does.
 
 # %%
 #| export
@@ -242,11 +256,12 @@ def encode_payload(ck: np.ndarray, fk: np.ndarray, chunk: int) -> bytes:
     if len(s): enc.encode(s, _family(), P)
     return trim_payload(enc.get_compressed())
 
-def pack_stream(fp: str, frames: int, dim: int, chunk: int, lam: float, payload: bytes) -> bytes:
-    "The container around a coder `payload`: magic, version, fingerprint `fp` (hex), sizes, λ, length, CRC32."
+def pack_stream(fp: str, frames: int, dim: int, chunk: int, lam: float, payload: bytes, tokens) -> bytes:
+    """The container around a coder `payload` of the (T, L) `tokens`: magic, version, fingerprint `fp` (hex), sizes, λ,
+    length, and the CRC32 of all that and of the tokens (`stream_checksum`)."""
     body = (MAGIC + bytes([VERSION]) + bytes.fromhex(fp[:8]) + _varint(frames) + _varint(dim) + _varint(chunk)
             + struct.pack("<d", lam) + _varint(len(payload)) + payload)
-    return body + struct.pack("<I", zlib.crc32(body))
+    return body + struct.pack("<I", stream_checksum(body, tokens))
 
 def compress_with_result(codec, features, lam: float, batch_size: int | None = None, progress: bool = False) -> tuple[bytes, ECVQResult]:
     """Compress frames (T, D) at λ into a stream with `codec` (a `Codec` or an `(rvq, model)` pair); also returns the ECVQ
@@ -259,7 +274,7 @@ def compress_with_result(codec, features, lam: float, batch_size: int | None = N
     rec = IntervalRecorder(len(x), c.positions)
     res = ecvq_encode(codec.rvq, codec.coding_model, x, lam, batch_size=chunk, on_step=rec, progress=progress)
     payload = encode_payload(rec.ck.numpy(), rec.fk.numpy(), chunk)
-    return pack_stream(codec.fingerprint, len(x), c.dim, chunk, lam, payload), res
+    return pack_stream(codec.fingerprint, len(x), c.dim, chunk, lam, payload, res.tokens), res
 
 def compress(codec, features, lam: float, batch_size: int | None = None, progress: bool = False) -> bytes:
     "Compress frames (T, D) in the original feature space at λ into a self-checking byte stream."
@@ -276,7 +291,7 @@ def compress_tokens(codec, tokens_list, lam: float = 0.0) -> list[bytes]:
     for t in toks:
         T, b = len(t), a + len(t)
         chunk = chunk_size(T, codec.model)
-        out.append(pack_stream(codec.fingerprint, T, codec.rvq.cfg.dim, chunk, lam, encode_payload(ck[a:b], fk[a:b], chunk)))
+        out.append(pack_stream(codec.fingerprint, T, codec.rvq.cfg.dim, chunk, lam, encode_payload(ck[a:b], fk[a:b], chunk), t))
         a = b
     return out
 
@@ -289,7 +304,7 @@ def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor
     fp = codec.fingerprint
     if s.fingerprint != fp[:8]:
         raise EibError(f"wrong checkpoint: the stream was made with model {s.fingerprint}, this checkpoint is {fp[:8]}; "
-                       "decode with the checkpoint that compressed it")
+                       "decode with the checkpoint that compressed it" + (" (or the stream is damaged)" if s.version > 1 else ""))
     c = codec.rvq.cfg
     if s.dim != c.dim: raise EibError(f"corrupted stream: it has {s.dim} dims, the checkpoint {c.dim}")
     if s.chunk > chunk_size(s.frames, codec.model):
@@ -320,7 +335,7 @@ def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor
                 elif dec.maybe_exhausted(): tail = 0.0
             bar.update(n)
     except EibError: raise
-    except Exception as e:  # the coder met data it cannot decode (only possible if the checksum was forged)
+    except Exception as e:  # the coder met data it cannot decode (a damaged or forged payload)
         raise EibError(f"corrupted stream: the payload does not decode ({type(e).__name__}: {e})") from None
     finally: bar.close()
     if not dec.maybe_exhausted():
@@ -328,6 +343,8 @@ def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor
     if encode_payload(ck, fk, s.chunk) != given:  # the coder writes one payload for given tokens: any other is damaged
         raise EibError("corrupted stream: its payload is not the one the coder writes for the frames it decodes to "
                        "(shortened, edited or forged)")
+    if s.version > 1 and stream_checksum(data[:-4], tokens) != struct.unpack("<I", data[-4:])[0]:
+        raise EibError("corrupted stream: checksum mismatch (the file was damaged or altered)")
     return tokens, codec.rvq.decode(tokens).numpy()
 
 
@@ -403,9 +420,11 @@ test_fail(lambda: decompress(Codec(rvq, other), data), contains="wrong checkpoin
 test_fail(lambda: decompress(codec, data[:-1]), contains="truncated")
 test_fail(lambda: decompress(codec, data[:20]), contains="truncated")
 bad = bytearray(data); bad[40] ^= 0x10
+test_fail(lambda: decompress(codec, bytes(bad)), contains="corrupted stream")
+bad = bytearray(data); bad[-1] ^= 0x10
 test_fail(lambda: decompress(codec, bytes(bad)), contains="checksum")
 test_fail(lambda: decompress(codec, b"\x89PNG\r\n" + bytes(100)), contains="not an eib stream")
-test_fail(lambda: decompress(codec, data[:3] + b"\x02" + data[4:]), contains="unsupported stream format version 2")
+test_fail(lambda: decompress(codec, data[:3] + b"\x03" + data[4:]), contains="unsupported stream format version 3")
 test_fail(lambda: decompress(codec, data + b"\x00"), contains="corrupted")
 test_fail(lambda: compress(codec, x[:0], lam), contains="empty")
 test_fail(lambda: compress(codec, x[:, :5], lam), contains="shape (T, 16)")
@@ -418,6 +437,23 @@ test_fail(lambda: compress(codec, [x[0], x[1][:3]], lam), contains="ragged")
 test_fail(lambda: compress(codec, x.astype(np.complex64), lam), contains="real numbers")
 test_fail(lambda: compress(None, x, lam), contains="expected a Codec")
 test_eq(compress(codec, torch.from_numpy(x[:20]).requires_grad_(), lam), compress(codec, x[:20], lam))
+
+# %% [markdown]
+# A payload that is the coder's own for *other* tokens (here: the same frames coded at another λ) in a container
+# whose checksum was made for the original tokens is refused by the version-2 checksum; a version-1 stream, whose
+# CRC32 covers the container only, is still read, and checked before decoding:
+
+# %%
+alt = compress(codec, x, lam * 4); so = stream_info(alt)
+forged = pack_stream(so.fingerprint, so.frames, so.dim, so.chunk, lam, alt[so.header_len:so.header_len + so.payload_len], res.tokens)
+test_fail(lambda: decompress(codec, forged), contains="checksum mismatch")
+test_eq(decompress(codec, forged[:-4] + struct.pack("<I", stream_checksum(forged[:-4], decompress(codec, alt)[0])))[0],
+        decompress(codec, alt)[0])  # with the checksum of the tokens it holds, it is a valid stream of those
+body1 = data[:3] + b"\x01" + data[4:-4]; v1 = body1 + struct.pack("<I", zlib.crc32(body1))
+test_eq((stream_info(v1).version, len(v1)), (1, len(data)))
+test_eq(decompress(codec, v1)[0], res.tokens)
+bad1 = bytearray(v1); bad1[40] ^= 0x10
+test_fail(lambda: stream_info(bytes(bad1)), contains="checksum mismatch")
 
 
 # %% [markdown]

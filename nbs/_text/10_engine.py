@@ -223,7 +223,7 @@ class RateEngine:
     def stream_bytes(self, u: int, st: CodedState) -> bytes:
         "The exact eib.bitstream container of utterance `u` at state `st`."
         T, ch = int(self.T[u]), int(self.chunk[u])
-        return pack_stream(self.codec.fingerprint, T, self.D, ch, st.lam, encode_payload(st.ck, st.fk, ch))
+        return pack_stream(self.codec.fingerprint, T, self.D, ch, st.lam, encode_payload(st.ck, st.fk, ch), st.tokens)
 
 
 # %% [markdown]

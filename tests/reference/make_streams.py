@@ -1,10 +1,12 @@
 """Write the reference streams that tests/test_reference_streams.py compares against, byte for byte.
 
-Made once, before the codec/bitstream restructuring of issue 15 (with that commit's API; this file now calls the
+Made once, in format version 1, before the codec/bitstream restructuring of issue 15 (with that commit's API; this file now calls the
 current one), with the committed synthetic codec
 (checkpoints/synth_cpu and its layer-sweep codec) on committed synthetic features (data_subset/synth): every way
 eib writes a stream (compress at λ, compress at a target BPF, the rate controller's streams, the sweep's
-streams of given tokens) must keep writing exactly these bytes. Run from the repository root:
+streams of given tokens) must keep writing these bytes, in format 2 with its version byte and its checksum over the
+tokens (see the test). `cases()` is what the test calls; running this file would overwrite the committed version-1
+streams with today's version-2 ones, which the test refuses:
     .venv/bin/python tests/reference/make_streams.py
 """
 import hashlib, json, sys
