@@ -12,13 +12,14 @@ HASH    = $(shell cat $(PINNED) | sha256sum | cut -c1-16)
 PKGHASH = $(shell cat setup.py settings.ini | sha256sum | cut -c1-16)
 DEB_PACKAGES := chromium espeak-ng
 
-.PHONY: book test setup system venv site export clean-nbs text check-sync lab help
+.PHONY: book test setup system venv site export clean-nbs text check-sync lab help slurm slurm-stop
 
 help:
 	@echo "make book   - set up, run the embedded default and render the website into _site/"
 	@echo "make test   - set up and run every test (nbdev_test, pytest incl. the browser test)"
 	@echo "make setup  - only the set-up (Debian packages when root, .venv from the pinned files)"
 	@echo "make lab    - start JupyterLab on 127.0.0.1:8888"
+	@echo "make slurm  - (root) install and start a one-node SLURM on this machine; make slurm-stop stops it"
 	@echo "make text   - rewrite the jupytext twins in nbs/_text/ after editing notebooks"
 
 # The main job: rerun the synthetic sweeps from the committed codecs into a fresh folder, with both encoders (ComParE
@@ -88,6 +89,14 @@ text:
 # Fails when eib/ is out of date with the notebooks, a notebook is not clean, or a text twin is stale.
 check-sync:
 	@$(BIN)/eib-book --check-sync
+
+# A real one-node SLURM (Debian's slurm-wlm and munge, installed on first use) to run `-p executor slurm` against;
+# tests/test_slurm.py brings it up itself when run as root.
+slurm:
+	@.ci/slurm.sh up
+
+slurm-stop:
+	@.ci/slurm.sh down
 
 lab:
 	$(BIN)/jupyter lab --ip 127.0.0.1 --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) nbs

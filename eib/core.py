@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #ce49d8c1
 from __future__ import annotations
-import hashlib, json, os, sys, tempfile
+import hashlib, json, os, subprocess, sys, tempfile, time
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['FRAME_RATE', 'SAMPLE_RATE', 'bpf_to_bps', 'EibError', 'repo_root', 'shared_root', 'datasets_root',
+__all__ = ['FRAME_RATE', 'SAMPLE_RATE', 'EXECUTORS', 'bpf_to_bps', 'EibError', 'repo_root', 'shared_root', 'datasets_root',
            'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_save_npy', 'check_output', 'run_cli',
-           'fingerprint']
+           'fingerprint', 'Jobs', 'run_jobs', 'add_job_args', 'jobs_from_args']
 
 # %% ../nbs/00_core.ipynb #f8e4f5f8
 FRAME_RATE = 50  # frames per second, for every encoder
@@ -119,3 +120,118 @@ def fingerprint(obj, n: int = 16) -> str:
     "Hex SHA-256 prefix (`n` chars) of bytes, or of `obj` as canonical JSON."
     b = obj if isinstance(obj, (bytes, bytearray)) else json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(b).hexdigest()[:n]
+
+# %% ../nbs/00_core.ipynb #10faf22d
+EXECUTORS = ("none", "local", "slurm")
+
+@dataclass
+class Jobs:
+    "Where heavy work runs, and with what per job (see above). `folder` holds submitit's pickles and the job logs."
+    executor: str = "none"
+    folder: str | Path = "_jobs"
+    partition: str | None = None
+    time_min: int = 120
+    cpus: int = 1
+    gpus: int = 0
+    mem_gb: float | None = None
+    parallel: int = 2
+    retries: int = 1
+    poll_s: float = 1.0
+
+    def __post_init__(self):
+        if self.executor not in EXECUTORS:
+            raise EibError(f"unknown executor {self.executor!r}; use one of {', '.join(EXECUTORS)}")
+        for k in ("time_min", "cpus", "parallel"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1: raise EibError(f"{k} must be a whole number >= 1, got {v!r}")
+        for k in ("gpus", "retries"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0: raise EibError(f"{k} must be a whole number >= 0, got {v!r}")
+        if self.executor == "slurm" and not _which("sbatch"):
+            raise EibError("executor 'slurm' needs SLURM's sbatch and squeue on the PATH (none found); use executor 'local' on one machine")
+
+def _which(cmd: str) -> bool:
+    import shutil
+    return shutil.which(cmd) is not None
+
+def _executor(jobs: Jobs, name: str):
+    import logging, submitit
+    logging.getLogger("submitit").setLevel(logging.ERROR)  # without SLURM accounting its sacct calls fail; squeue tells (below)
+    ex = submitit.AutoExecutor(folder=Path(jobs.folder) / "%j", cluster=jobs.executor)
+    threads = [f"export OMP_NUM_THREADS={jobs.cpus} MKL_NUM_THREADS={jobs.cpus}"]  # torch uses the CPUs the job was given
+    ex.update_parameters(name=name, timeout_min=int(jobs.time_min), cpus_per_task=int(jobs.cpus), gpus_per_node=int(jobs.gpus),
+                         **({"mem_gb": jobs.mem_gb} if jobs.mem_gb else {}), slurm_array_parallelism=int(jobs.parallel),
+                         **({"slurm_partition": jobs.partition} if jobs.partition else {}), slurm_setup=threads, local_setup=threads)
+    return ex
+
+def _squeue() -> set:
+    "Ids of the SLURM jobs (array tasks expanded, e.g. 123_4) the scheduler still lists."
+    r = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
+    if r.returncode: raise EibError(f"squeue failed: {r.stderr.strip() or r.returncode}")
+    return set(r.stdout.split())
+
+def _outcome(job) -> tuple[bool, object]:
+    "(finished well, result or a one-line reason) of a job that has ended."
+    if not job.paths.result_pickle.exists():
+        return False, f"ended without a result (cancelled, killed, timed out or pre-empted); log {job.paths.stderr}"
+    try: return True, job.result()
+    except Exception as e:  # submitit's message holds the job's traceback: keep its last line, the exception
+        import re
+        last = re.findall(r"(?m)^(\w[\w.]*(?:Error|Exception|Interrupt|Exit)\b.*)$", str(e))
+        return False, f"failed: {last[-1] if last else type(e).__name__}; log {job.paths.stderr}"
+
+def run_jobs(fn, items, jobs: Jobs | None = None, done=None, name: str = "eib", progress: bool = True) -> list:
+    """`fn(item)` for every item of `items` whose output is not there yet (`done(item)` false) as jobs of `jobs` (in
+    this process when `jobs.executor == 'none'`); returns their results in order (None for the items skipped)."""
+    from tqdm.auto import tqdm
+    jobs, items = jobs or Jobs(), list(items)
+    done = done or (lambda item: False)
+    results, todo = [None] * len(items), [i for i, it in enumerate(items) if not done(it)]
+    if jobs.executor == "none":
+        for i in todo: results[i] = fn(items[i])
+        return results
+    reasons, finished = {}, set()
+    bar = tqdm(total=len(todo), desc=f"{name} ({jobs.executor} jobs)", unit="job", disable=not progress)
+    for attempt in range(1 + jobs.retries):
+        if not todo: break
+        ex, running, queue = _executor(jobs, name), {}, list(todo)
+        if jobs.executor == "slurm":  # one job array; the scheduler runs `parallel` of its tasks at a time
+            try: running = dict(zip(ex.map_array(fn, [items[i] for i in queue]), queue)); queue = []
+            except Exception as e:  # sbatch refused (no controller, a bad partition, ...): its own words
+                msg = " ".join(str(e).split())[:300]
+                raise EibError(f"SLURM did not take the {name} jobs: {msg}") from None
+            bar.write(f"{name}: submitted SLURM job array {next(iter(running)).job_id.split('_')[0]} ({len(running)} task{'s' if len(running) > 1 else ''}); "
+                      f"logs in {jobs.folder}")
+        while running or queue:
+            while queue and len(running) < jobs.parallel:  # local: at most `parallel` processes at once
+                i = queue.pop(0); running[ex.submit(fn, items[i])] = i
+            time.sleep(jobs.poll_s)
+            listed = _squeue() if jobs.executor == "slurm" else None
+            for job in [j for j in running if j.paths.result_pickle.exists() or (j.job_id not in listed if listed is not None else j.done())]:
+                i = running.pop(job)
+                ok, out = _outcome(job)
+                if ok: results[i] = out; finished.add(i); bar.update(1); reasons.pop(i, None)
+                else: reasons[i] = out
+        todo = [i for i in todo if i not in finished]
+        if todo and attempt < jobs.retries: bar.write(f"{name}: {len(todo)} job(s) ended without their output; submitting them again")
+    bar.close()
+    if todo:
+        first = reasons.get(todo[0], "its output is missing")
+        raise EibError(f"{len(todo)} of {len(items)} {name} job(s) did not finish after {1 + jobs.retries} attempt(s) "
+                       f"(first: {items[todo[0]]!r} {first}); run the same command again to finish them (finished ones are kept)")
+    return results
+
+# %% ../nbs/00_core.ipynb #0148d031
+def add_job_args(parser):
+    "Add `Jobs`'s choices to a console script's `argparse` parser (read them back with `jobs_from_args`)."
+    g = parser.add_argument_group("jobs", "run the work as a job, on SLURM (through submitit) or as a local process, and wait for it")
+    g.add_argument("--executor", default="none", choices=EXECUTORS, help="none: in this process (default)")
+    g.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's)")
+    g.add_argument("--time-min", type=int, default=240, help="minutes the job may run")
+    g.add_argument("--cpus", type=int, default=2, help="CPUs of the job")
+    g.add_argument("--gpus", type=int, default=0, help="GPUs of the job (with --device cuda)")
+    g.add_argument("--jobs-dir", default="_jobs", help="folder of the job's log and submitit's files")
+
+def jobs_from_args(a) -> Jobs:
+    "The `Jobs` that `add_job_args`'s flags name."
+    return Jobs(a.executor, a.jobs_dir, partition=a.partition, time_min=a.time_min, cpus=a.cpus, gpus=a.gpus)

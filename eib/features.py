@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .core import EibError, FRAME_RATE, SAMPLE_RATE, atomic_save_npy, atomic_write_json, atomic_write_text, \
-    check_output, datasets_root, repo_root, run_cli
+    add_job_args, check_output, datasets_root, jobs_from_args, repo_root, run_cli, run_jobs
 
 # %% auto #0
 __all__ = ['MIN_DURATION', 'ENCODERS', 'E2V_MODELS', 'HUB_HOSTS', 'WHISPER_BASE_SHA256', 'WHISPER_WHEELS', 'WHISPER_FILES',
            'WHISPER_LAYERS', 'WHISPER_LAYER', 'PLUS_LABELS', 'prepare_wave', 'Encoder', 'CompareEncoder', 'models_root',
            'is_model_dir', 'hub_reachable', 'resolve_weights', 'Emotion2vecEncoder', 'whisper_model_dir',
            'read_ct2_encoder', 'whisper_log_mel', 'whisper_forward', 'WhisperBaseEncoder', 'get_encoder',
-           'tiny_emotion2vec', 'store_lock', 'build_store', 'FeatureStore', 'load_store', 'prepare_cli']
+           'tiny_emotion2vec', 'store_lock', 'build_store', 'FeatureStore', 'load_store', 'build_store_job',
+           'prepare_cli']
 
 # %% ../nbs/03_features.ipynb #e77c63a2
 MIN_DURATION = 0.1  # seconds: shorter clips are refused
@@ -697,6 +698,10 @@ def load_store(path, with_errors: bool = False) -> FeatureStore:
     return FeatureStore(path, with_errors=with_errors)
 
 # %% ../nbs/03_features.ipynb #15c62607
+def build_store_job(kw: dict) -> Path:
+    "`build_store(**kw)`, as a job."
+    return build_store(**kw)
+
 def prepare_cli(argv=None) -> int:
     "Console script `eib-prepare`: build a feature store (exit status 0, 2 on a user error, 130 if interrupted)."
     code = _prepare(argv)
@@ -720,6 +725,7 @@ def _prepare(argv) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="recompute everything, replacing an existing store")
     p.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    add_job_args(p)
     a = p.parse_args(argv)
     cmd = "eib-prepare " + " ".join(shlex.quote(s) for s in (sys.argv[1:] if argv is None else argv))
     def work():
@@ -727,8 +733,9 @@ def _prepare(argv) -> int:
         if out is None:
             try: out = repo_root() / "data_subset"
             except EibError: out = Path("data_subset")
-        store = build_store(a.dataset, a.root, a.encoder, out=out, name=a.name, model_dir=a.model_dir, workers=a.workers,
-                            layer=a.layer, device=a.device, force=a.force, command=cmd)  # root None: the shared datasets folder
+        kw = dict(dataset=a.dataset, root=a.root, encoder=a.encoder, out=out, name=a.name, model_dir=a.model_dir, workers=a.workers,
+                  layer=a.layer, device=a.device, force=a.force, command=cmd)  # root None: the shared datasets folder
+        store = run_jobs(build_store_job, [kw], jobs_from_args(a), name="eib-prepare")[0]  # executor none: here
         print(f"wrote {store}")
         return 0
     return run_cli("eib-prepare", work, a.debug, interrupted="interrupted; the finished files are kept: run the same command again to resume")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from .core import EibError, check_output, run_cli
+from .core import EibError, add_job_args, check_output, jobs_from_args, run_cli, run_jobs
 from .rvq import RVQConfig, GroupedRVQ, fit_rvq, rvq_report, lloyd_update
 from .ecvq import ecvq_encode, lambda_grid, train_entropy_model
 from .codec import Codec, save_codec
@@ -18,7 +18,7 @@ from .features import load_store
 
 # %% auto #0
 __all__ = ['PRESETS', 'open_features', 'split_train_val', 'sample_frames', 'stack_frames', 'train_codec', 'evaluate_codec',
-           'mse_at_rate', 'train_cli']
+           'mse_at_rate', 'train_codec_job', 'train_cli']
 
 # %% ../nbs/09_train.ipynb #ee8cdcbd
 def open_features(features):
@@ -203,6 +203,10 @@ def _refine(rvq, model, rd, info, xtr, xva, lams, ekw, seed, progress):
     return rvq2, model2, hist2, info
 
 # %% ../nbs/09_train.ipynb #39a1f9bb
+def train_codec_job(kw: dict) -> Codec:
+    "`train_codec(**kw)`, as a job."
+    return train_codec(**kw)
+
 def train_cli(argv=None) -> int:
     "Console script `eib-train`."
     ap = argparse.ArgumentParser(prog="eib-train", description="Train a grouped-RVQ + entropy-model codec on a feature store.")
@@ -220,6 +224,7 @@ def train_cli(argv=None) -> int:
     ap.add_argument("--refine", action="store_true", help="Lloyd-refine the codebooks on ECVQ tokens once")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    add_job_args(ap)
     a = ap.parse_args(argv)
     rc = run_cli("eib-train", lambda: _train(a, argv), a.debug, interrupted="interrupted; no checkpoint was written")
     if argv is None: sys.exit(rc)
@@ -229,10 +234,11 @@ def _train(a, argv) -> int:
     if a.device == "cuda" and not torch.cuda.is_available(): raise EibError("--device cuda but no CUDA device is available")
     check_output(a.out, a.features, folder=True)
     ekw = {k: v for k, v in (("epochs", a.epochs), ("max_steps", a.max_steps)) if v is not None}
-    c = train_codec(a.features, preset=a.preset, out=a.out, seed=a.seed, lams=a.lams, rounds=a.rounds,
-                    device=a.device, refine=a.refine, progress=not a.quiet, entropy_kw=ekw,
-                    max_frames=None if a.max_frames == 0 else a.max_frames, budget=a.budget,
-                    command=" ".join(["eib-train", *(sys.argv[1:] if argv is None else argv)]))
+    kw = dict(features=a.features, preset=a.preset, out=a.out, seed=a.seed, lams=a.lams, rounds=a.rounds,
+              device=a.device, refine=a.refine, progress=not a.quiet, entropy_kw=ekw,
+              max_frames=None if a.max_frames == 0 else a.max_frames, budget=a.budget,
+              command=" ".join(["eib-train", *(sys.argv[1:] if argv is None else argv)]))
+    c = run_jobs(train_codec_job, [kw], jobs_from_args(a), name="eib-train")[0]  # executor none: here
     m = c.meta["metrics"]
     print(f"saved {a.out} (fingerprint {c.fingerprint}); RVQ val cosine {m['rvq_val']['cosine']:.4f}; {m['train_s']} s")
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from eib.core import EibError, FRAME_RATE, SAMPLE_RATE, atomic_save_npy, atomic_write_json, atomic_write_text, \
-    check_output, datasets_root, repo_root, run_cli
+    add_job_args, check_output, datasets_root, jobs_from_args, repo_root, run_cli, run_jobs
 
 # %%
 import io, contextlib  # noqa (also exported)
@@ -1044,6 +1044,10 @@ test_fail(lambda: load_store(_d / "corpus"), contains="not a feature store")
 
 # %%
 #| export
+def build_store_job(kw: dict) -> Path:
+    "`build_store(**kw)`, as a job."
+    return build_store(**kw)
+
 def prepare_cli(argv=None) -> int:
     "Console script `eib-prepare`: build a feature store (exit status 0, 2 on a user error, 130 if interrupted)."
     code = _prepare(argv)
@@ -1067,6 +1071,7 @@ def _prepare(argv) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="recompute everything, replacing an existing store")
     p.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    add_job_args(p)
     a = p.parse_args(argv)
     cmd = "eib-prepare " + " ".join(shlex.quote(s) for s in (sys.argv[1:] if argv is None else argv))
     def work():
@@ -1074,8 +1079,9 @@ def _prepare(argv) -> int:
         if out is None:
             try: out = repo_root() / "data_subset"
             except EibError: out = Path("data_subset")
-        store = build_store(a.dataset, a.root, a.encoder, out=out, name=a.name, model_dir=a.model_dir, workers=a.workers,
-                            layer=a.layer, device=a.device, force=a.force, command=cmd)  # root None: the shared datasets folder
+        kw = dict(dataset=a.dataset, root=a.root, encoder=a.encoder, out=out, name=a.name, model_dir=a.model_dir, workers=a.workers,
+                  layer=a.layer, device=a.device, force=a.force, command=cmd)  # root None: the shared datasets folder
+        store = run_jobs(build_store_job, [kw], jobs_from_args(a), name="eib-prepare")[0]  # executor none: here
         print(f"wrote {store}")
         return 0
     return run_cli("eib-prepare", work, a.debug, interrupted="interrupted; the finished files are kept: run the same command again to resume")

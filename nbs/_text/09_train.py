@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from eib.core import EibError, check_output, run_cli
+from eib.core import EibError, add_job_args, check_output, jobs_from_args, run_cli, run_jobs
 from eib.rvq import RVQConfig, GroupedRVQ, fit_rvq, rvq_report, lloyd_update
 from eib.ecvq import ecvq_encode, lambda_grid, train_entropy_model
 from eib.codec import Codec, save_codec
@@ -301,6 +301,10 @@ test_fail(lambda: train_codec("/nonexistent/store"), contains="eib-prepare")
 
 # %%
 #| export
+def train_codec_job(kw: dict) -> Codec:
+    "`train_codec(**kw)`, as a job."
+    return train_codec(**kw)
+
 def train_cli(argv=None) -> int:
     "Console script `eib-train`."
     ap = argparse.ArgumentParser(prog="eib-train", description="Train a grouped-RVQ + entropy-model codec on a feature store.")
@@ -318,6 +322,7 @@ def train_cli(argv=None) -> int:
     ap.add_argument("--refine", action="store_true", help="Lloyd-refine the codebooks on ECVQ tokens once")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    add_job_args(ap)
     a = ap.parse_args(argv)
     rc = run_cli("eib-train", lambda: _train(a, argv), a.debug, interrupted="interrupted; no checkpoint was written")
     if argv is None: sys.exit(rc)
@@ -327,10 +332,11 @@ def _train(a, argv) -> int:
     if a.device == "cuda" and not torch.cuda.is_available(): raise EibError("--device cuda but no CUDA device is available")
     check_output(a.out, a.features, folder=True)
     ekw = {k: v for k, v in (("epochs", a.epochs), ("max_steps", a.max_steps)) if v is not None}
-    c = train_codec(a.features, preset=a.preset, out=a.out, seed=a.seed, lams=a.lams, rounds=a.rounds,
-                    device=a.device, refine=a.refine, progress=not a.quiet, entropy_kw=ekw,
-                    max_frames=None if a.max_frames == 0 else a.max_frames, budget=a.budget,
-                    command=" ".join(["eib-train", *(sys.argv[1:] if argv is None else argv)]))
+    kw = dict(features=a.features, preset=a.preset, out=a.out, seed=a.seed, lams=a.lams, rounds=a.rounds,
+              device=a.device, refine=a.refine, progress=not a.quiet, entropy_kw=ekw,
+              max_frames=None if a.max_frames == 0 else a.max_frames, budget=a.budget,
+              command=" ".join(["eib-train", *(sys.argv[1:] if argv is None else argv)]))
+    c = run_jobs(train_codec_job, [kw], jobs_from_args(a), name="eib-train")[0]  # executor none: here
     m = c.meta["metrics"]
     print(f"saved {a.out} (fingerprint {c.fingerprint}); RVQ val cosine {m['rvq_val']['cosine']:.4f}; {m['train_s']} s")
     return 0

@@ -10,12 +10,12 @@
 #| export
 from __future__ import annotations
 import json, math, platform, shlex, sys, time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from eib.core import EibError, repo_root, fingerprint
+from eib.core import EibError, Jobs, atomic_write_json, fingerprint, repo_root, run_jobs
 from eib.bitstream import compress_tokens, decompress
 from eib.evaluate import (QUICK_RATES_BPF, THESIS_RATES_BPF, evaluate_predictions, fit_probe, PlusHead, gaussian_rd_bound,
                           majority_baseline, store_split)
@@ -134,6 +134,12 @@ test_eq(results_path("ravdess", "x", "emotion2vec_plus_base", "emotion2vec_plus_
 #| export
 def _store_name(dataset: str, encoder: str) -> str: return dataset if encoder == "compare" else f"{dataset}_{encoder}"
 
+def store_path(dataset: str, data_root=None, encoder: str = "compare", features_dir="data_subset", name: str | None = None) -> Path:
+    "The folder of `dataset`'s feature store: `<features_dir>/<name or dataset>[_<encoder>]` (a manifest corpus: its folder's name)."
+    root = resolve_data_root(dataset, data_root)
+    name = name or (root.name if dataset == "manifest" and root is not None else dataset)
+    return _in_repo(features_dir) / _store_name(name, encoder)
+
 def prepare_features(dataset: str, data_root=None, encoder: str = "compare", features_dir="data_subset",
                      device: str = "cpu", progress: bool = True, model_dir=None, name: str | None = None):
     """The feature store of `dataset` (built from `data_root` if missing; `model_dir`: the encoder's weights) -> `FeatureStore`.
@@ -144,8 +150,8 @@ def prepare_features(dataset: str, data_root=None, encoder: str = "compare", fea
     if encoder not in ENCODERS: raise EibError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
     root = resolve_data_root(dataset, data_root)
     if dataset == "manifest" and root is None: raise EibError("dataset 'manifest' needs data_root=<folder with manifest.csv>")
-    name = name or (root.name if dataset == "manifest" else dataset)
-    path = _in_repo(features_dir) / _store_name(name, encoder)
+    path = store_path(dataset, root, encoder, features_dir, name)
+    name = path.name[:-len(encoder) - 1] if encoder != "compare" else path.name
     if not (path / "meta.json").exists():
         build_store(dataset, root, encoder=encoder, out=path.parent, name=path.name, model_dir=model_dir, device=device,
                     progress=progress, command=f"eib.sweep.prepare_features({dataset!r}, encoder={encoder!r}, name={name!r})")
@@ -389,17 +395,45 @@ class Sweep:
         "The points (`key`: rate_points or layer_sweep, named by `ident`) present in every results file."
         return set.intersection(*({q[ident] for q in obj[key]} for _, _, obj, _ in self.outs))
 
-    def save_point(self, key, ident, point, recon, recon_train, secs):
-        "Score the decoded test frames `recon` with every classifier (the matched one fitted on `recon_train`); write each file's point."
-        for kind, path, obj, score in self.outs:
+    def score_point(self, point: dict, recon, recon_train) -> dict:
+        """`{classifier kind: [point with its metrics, seconds the scoring took]}`: the decoded test frames `recon` scored
+        by every classifier (the matched one fitted on the decoded training subset `recon_train`)."""
+        out = {}
+        for kind, _, _, score in self.outs:
             t0 = time.time()
             metrics, fit = score(recon, recon_train)
-            p = dict(point, metrics=metrics, **({} if fit is None else dict(classifier_fit=fit)))
+            out[kind] = [dict(point, metrics=metrics, **({} if fit is None else dict(classifier_fit=fit))), time.time() - t0]
+        return out
+
+    def merge_point(self, key: str, ident: str, scored: dict, secs: float):
+        "Write each file's point of `scored` (`score_point`; the same point again replaces it); `secs`: the work before scoring."
+        for kind, path, obj, _ in self.outs:
+            p, s = scored[kind]
             obj[key] = sorted([q for q in obj[key] if q[ident] != p[ident]] + [p], key=lambda q: q[ident])
-            timing, s = obj["timing"], secs + time.time() - t0
+            timing, s = obj["timing"], secs + s
             timing["rate_points_s" if key == "rate_points" else "layer_points_s"][str(p[ident])] = round(s, 2)
             timing["total_s"] = round(timing.get("total_s", 0.0) + s, 2)
             write_results(path, obj)
+
+    def save_point(self, key, ident, point, recon, recon_train, secs):
+        "Score a point with every classifier and write it into each results file."
+        self.merge_point(key, ident, self.score_point(point, recon, recon_train), secs)
+
+    def for_jobs(self) -> "Sweep":
+        "A copy to send to jobs: the store as its path and no frames (a job reads them from the store), no results objects."
+        return replace(self, store=str(self.store.path), frames=[], train_frames=[], outs=[(k, p, None, s) for k, p, _, s in self.outs])
+
+    def points_dir(self) -> Path:
+        "Where jobs write their points before they are merged: beside the first results file, `<its name>.points/`."
+        return self.outs[0][1].parent / (self.outs[0][1].stem + ".points")
+
+    def merge_job_points(self, key: str, ident: str):
+        "Merge the points jobs wrote (`point_job`) into the results files, then remove them (merging again changes nothing)."
+        for f in sorted(self.points_dir().glob(f"{key}_*.json")):
+            d = json.loads(f.read_text())
+            self.merge_point(key, ident, d["scored"], d["secs"])
+            f.unlink()
+        if self.points_dir().is_dir() and not any(self.points_dir().iterdir()): self.points_dir().rmdir()
 
     def finish(self, t_start: float) -> Path:
         for _, path, obj, _ in self.outs:
@@ -419,6 +453,15 @@ def sweep_codec(store, label, encoder, checkpoint, preset, codec_seed, device, p
     "Step 2: the codec at `checkpoint` (default `checkpoints/<label>_<preset>[_<encoder>]`), trained there if missing."
     ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder)
     return get_codec(store, ck, preset, seed=codec_seed, device=device, progress=progress), ck
+
+def features_job(kw: dict) -> str:
+    "In a job: build (or find) the feature store of `sweep_features`'s arguments `kw`; returns its folder."
+    return str(sweep_features(**kw)[0].path)
+
+def codec_job(kw: dict) -> str:
+    "In a job: train (or find) the codec of `sweep_codec`'s arguments `kw`, the store given as its folder; returns the checkpoint."
+    from eib.features import load_store
+    return str(sweep_codec(**dict(kw, store=load_store(kw["store"])))[1])
 
 def sweep_subsets(sw: Sweep, samples_per_emotion, matched: bool, matched_per_emotion):
     "Step 3: the test subset and, for the matched probe, the training subset that is coded like it."
@@ -468,80 +511,147 @@ def sweep_results(sw: Sweep, clfs, y_train, targets, out_dir, config: dict, comm
         write_results(path, obj)
         sw.outs.append((kind, path, obj, score))
 
-def sweep_rate_points(sw: Sweep, targets, rate_mode: str, workers: int, progress: bool):
+def rate_point(sw: Sweep, t: float, r_all, maxb, workers: int) -> tuple[dict, list, list | None]:
+    """The point at target `t` from the rate controller's answer `r_all` (the test subset, then the matched training
+    subset; `maxb`: the test utterances' λ=0 rates): its shortest stream rebuilt, sized and round-tripped; with the decoded
+    frames of both subsets."""
+    codec, rvq, n, T = sw.codec, sw.codec.rvq, len(sw.frames), sw.T
+    r, r_train = r_all.subset(range(n)), r_all.subset(range(n, n + len(sw.train_frames)))
+    u = int(np.argmin(T))  # the shortest stream is rebuilt from its tokens: its size must be the counted one
+    data = compress_tokens(codec, [r.tokens[u]])[0]
+    if 8 * len(data) != r.bits[u]: raise EibError(f"stream of {sw.ids[u]} has {8 * len(data)} bits, counted {r.bits[u]:.0f}")
+    _roundtrip(codec, data, r.tokens[u])
+    capped = bool(r.clamped.any() or (t > maxb).any())
+    point = dict(
+        target_bpf=float(t), capped=capped, n_capped=int(max(r.clamped.sum(), (t > maxb).sum())),
+        **{f"achieved_bpf_{k}": v for k, v in _stats(r.bpf).items()}, set_bpf=r.set_bpf,
+        lam=dict(mean=float(r.lam.mean()), min=float(r.lam.min()), max=float(r.lam.max())),
+        mse=_mse(r.distortion, T, rvq.cfg.dim), status={s: int((r.status == s).sum()) for s in sorted(set(r.status))},
+        per_utterance=dict(id=list(sw.ids), achieved_bpf=r.bpf.round(4).tolist(), lam=r.lam.tolist()),
+        roundtrip_checked=sw.ids[u], workers=int(workers),
+        passes=int(r.passes), evals=np.bincount(r.evals).tolist(), frames_encoded=int(r.frames_encoded),
+        **({} if not sw.matched else dict(train_achieved_bpf_mean=float(r_train.bpf.mean()), train_set_bpf=r_train.set_bpf)))
+    return point, r.recon(rvq), r_train.recon(rvq) if sw.matched else None
+
+def sweep_rate_points(sw: Sweep, targets, rate_mode: str, workers: int, progress: bool, jobs: Jobs | None = None):
     """Step 6: for each target not yet in every file, the per-utterance (or set) λ search on real stream sizes over the
-    test and matched-training subsets at once; decode, check one stream's size and round trip, score, write."""
+    test and matched-training subsets at once; decode, check one stream's size and round trip, score, write. With
+    `jobs` (an executor other than 'none'): one job per target (`point_job`), merged into the files as they finish."""
     from tqdm.auto import tqdm
     from eib.rate import RateController, solve_sharded
     todo = [t for t in targets if t not in sw.done("rate_points", "target_bpf")]
+    if jobs is not None and jobs.executor != "none":
+        _run_point_jobs(sw, "rate_points", "target_bpf", todo, jobs, progress, rate_mode=rate_mode)
+        return
     if not todo: return
-    codec, rvq, n, T = sw.codec, sw.codec.rvq, len(sw.frames), sw.T
     coded, coded_ids = sw.frames + sw.train_frames, sw.ids + sw.train_ids  # one per-utterance search for both subsets
     def solved():  # (target, RateResult) in order; per-utterance control is split over `workers` processes
         if rate_mode == "utterance" and workers > 1:
-            yield from solve_sharded(codec, coded, todo, workers=workers, ids=coded_ids, on_range=rng_box.append)
+            yield from solve_sharded(sw.codec, coded, todo, workers=workers, ids=coded_ids, on_range=rng_box.append)
             return
-        rc = RateController(codec, coded, count="stream", ids=coded_ids)
+        rc = RateController(sw.codec, coded, count="stream", ids=coded_ids)
         rng_box.append(rc.achievable_range())
         for t in todo: yield t, rc.solve(t, mode=rate_mode, clamp=True)
     rng_box, t0 = [], time.time()
     for t, r_all in tqdm(solved(), total=len(todo), desc=f"{sw.label} rate points", disable=not progress):
-        maxb = rng_box[0]["max_bpf"].to_numpy()[:n]
-        r, r_train = r_all.subset(range(n)), r_all.subset(range(n, len(coded)))
-        u = int(np.argmin(T))  # the shortest stream is rebuilt from its tokens: its size must be the counted one
-        data = compress_tokens(codec, [r.tokens[u]])[0]
-        if 8 * len(data) != r.bits[u]: raise EibError(f"stream of {sw.ids[u]} has {8 * len(data)} bits, counted {r.bits[u]:.0f}")
-        _roundtrip(codec, data, r.tokens[u])
-        capped = bool(r.clamped.any() or (t > maxb).any())
-        sw.save_point("rate_points", "target_bpf", dict(
-            target_bpf=float(t), capped=capped, n_capped=int(max(r.clamped.sum(), (t > maxb).sum())),
-            **{f"achieved_bpf_{k}": v for k, v in _stats(r.bpf).items()}, set_bpf=r.set_bpf,
-            lam=dict(mean=float(r.lam.mean()), min=float(r.lam.min()), max=float(r.lam.max())),
-            mse=_mse(r.distortion, T, rvq.cfg.dim), status={s: int((r.status == s).sum()) for s in sorted(set(r.status))},
-            per_utterance=dict(id=list(sw.ids), achieved_bpf=r.bpf.round(4).tolist(), lam=r.lam.tolist()),
-            roundtrip_checked=sw.ids[u], workers=int(workers) if rate_mode == "utterance" else 1,
-            passes=int(r.passes), evals=np.bincount(r.evals).tolist(), frames_encoded=int(r.frames_encoded),
-            **({} if not sw.matched else dict(train_achieved_bpf_mean=float(r_train.bpf.mean()), train_set_bpf=r_train.set_bpf))),
-            r.recon(rvq), r_train.recon(rvq) if sw.matched else None, time.time() - t0)
+        maxb = rng_box[0]["max_bpf"].to_numpy()[:len(sw.frames)]
+        point, recon, recon_train = rate_point(sw, t, r_all, maxb, workers if rate_mode == "utterance" else 1)
+        sw.save_point("rate_points", "target_bpf", point, recon, recon_train, time.time() - t0)
         t0 = time.time()
 
-def sweep_layer_points(sw: Sweep, layer_points: int, layer_max_steps: int, codec_seed: int, device: str, progress: bool):
-    """Step 7: the layer-sweep baseline at up to `layer_points` depths not yet in every file: plain RVQ with n layers,
-    coded by the layer-sweep entropy model (trained and saved beside the codec if missing)."""
-    from tqdm.auto import tqdm
+def layer_point(sw: Sweep, lc, k: int) -> tuple[dict, list, list | None]:
+    "The layer-sweep point of depth `k` coded by the layer codec `lc`; with the decoded frames of both subsets."
     rvq = sw.codec.rvq
     c, T = rvq.cfg, sw.T
+    toks = [layer_tokens(rvq, f, k) for f in sw.frames]
+    streams = compress_tokens(lc, toks)
+    u = int(np.argmin(T))
+    _roundtrip(lc, streams[u], toks[u])
+    bpf = np.array([8 * len(s) for s in streams]) / T
+    z = [rvq.normalise(f) for f in sw.frames]
+    zr = [rvq.decode_normalised(tk) for tk in toks]
+    dist = np.array([float(((a - b) ** 2).sum(1).mean()) for a, b in zip(z, zr)])
+    point = dict(layers=int(k), **{f"achieved_bpf_{s}": v for s, v in _stats(bpf).items()},
+                 set_bpf=float(8 * sum(len(s) for s in streams) / T.sum()), mse=_mse(dist, T, c.dim),
+                 per_utterance=dict(id=list(sw.ids), achieved_bpf=bpf.round(4).tolist()))
+    decode = lambda tk: rvq.denormalise(rvq.decode_normalised(tk)).numpy()
+    return (point, [rvq.denormalise(q).numpy() for q in zr],
+            [decode(layer_tokens(rvq, f, k)) for f in sw.train_frames] if sw.matched else None)
+
+def sweep_layer_points(sw: Sweep, layer_points: int, layer_max_steps: int, codec_seed: int, device: str, progress: bool,
+                       jobs: Jobs | None = None):
+    """Step 7: the layer-sweep baseline at up to `layer_points` depths not yet in every file: plain RVQ with n layers,
+    coded by the layer-sweep entropy model (trained and saved beside the codec if missing; with `jobs`, in a job, and
+    one job per depth)."""
+    from tqdm.auto import tqdm
+    c = sw.codec.rvq.cfg
     ns = [k for k in layer_depths(c.groups, c.positions, layer_points) if k not in sw.done("layer_sweep", "layers")]
     if not ns: return
-    t0 = time.time()
-    lc = get_layer_codec(sw.codec, sw.store, Path(str(sw.checkpoint) + "_layers"), seed=codec_seed, device=device,
-                         progress=progress, max_steps=layer_max_steps)
+    t0, ck = time.time(), Path(str(sw.checkpoint) + "_layers")
+    train = dict(checkpoint=str(ck), seed=codec_seed, device=device, progress=progress, max_steps=layer_max_steps)
+    if jobs is not None and jobs.executor != "none":
+        run_jobs(layer_codec_job, [(sw.for_jobs(), train)], jobs, done=lambda _: (ck / "config.json").exists(),
+                 name=f"eib-{sw.label}-layer-model", progress=progress)
+    lc = get_layer_codec(sw.codec, sw.store, ck, **{k: v for k, v in train.items() if k != "checkpoint"})
     for _, _, obj, _ in sw.outs: obj["timing"]["layer_model_s"] = round(time.time() - t0, 2)
-    z = [rvq.normalise(f) for f in sw.frames]
-    decode = lambda toks: [rvq.denormalise(rvq.decode_normalised(tk)).numpy() for tk in toks]
+    if jobs is not None and jobs.executor != "none":
+        _run_point_jobs(sw, "layer_sweep", "layers", ns, jobs, progress, layer_codec=lc)
+        return
     for k in tqdm(ns, desc=f"{sw.label} layer sweep", disable=not progress):
         t0 = time.time()
-        toks = [layer_tokens(rvq, f, k) for f in sw.frames]
-        streams = compress_tokens(lc, toks)
-        u = int(np.argmin(T))
-        _roundtrip(lc, streams[u], toks[u])
-        bpf = np.array([8 * len(s) for s in streams]) / T
-        zr = [rvq.decode_normalised(tk) for tk in toks]
-        dist = np.array([float(((a - b) ** 2).sum(1).mean()) for a, b in zip(z, zr)])
-        sw.save_point("layer_sweep", "layers", dict(
-            layers=int(k), **{f"achieved_bpf_{s}": v for s, v in _stats(bpf).items()},
-            set_bpf=float(8 * sum(len(s) for s in streams) / T.sum()), mse=_mse(dist, T, c.dim),
-            per_utterance=dict(id=list(sw.ids), achieved_bpf=bpf.round(4).tolist())),
-            [rvq.denormalise(q).numpy() for q in zr], decode([layer_tokens(rvq, f, k) for f in sw.train_frames]) if sw.matched else None,
-            time.time() - t0)
+        point, recon, recon_train = layer_point(sw, lc, k)
+        sw.save_point("layer_sweep", "layers", point, recon, recon_train, time.time() - t0)
 
+@dataclass
+class PointJob:
+    "One rate or layer point as a job: the sweep as `Sweep.for_jobs` sends it, which point, and the file it writes."
+    sw: Sweep
+    key: str  # "rate_points" (value: a target BPF) or "layer_sweep" (value: a depth)
+    value: float
+    out: Path
+    rate_mode: str = "utterance"
+    layer_codec: object = None
+
+def _job_sweep(sw: Sweep) -> Sweep:
+    "A sweep sent to a job, with its store opened and its frames read again."
+    from eib.features import load_store
+    store = load_store(sw.store)
+    return replace(sw, store=store, frames=[store.frames(u) for u in sw.ids], train_frames=[store.frames(u) for u in sw.train_ids])
+
+def point_job(job: PointJob) -> str:
+    "In a job: compute one point, score it with every classifier, and write it to `job.out` atomically; returns that path."
+    from eib.rate import RateController
+    sw, t0 = _job_sweep(job.sw), time.time()
+    if job.key == "rate_points":
+        rc = RateController(sw.codec, sw.frames + sw.train_frames, count="stream", ids=sw.ids + sw.train_ids)
+        maxb = rc.achievable_range()["max_bpf"].to_numpy()[:len(sw.frames)]
+        point, recon, recon_train = rate_point(sw, job.value, rc.solve(job.value, mode=job.rate_mode, clamp=True), maxb, 1)
+    else: point, recon, recon_train = layer_point(sw, job.layer_codec, int(job.value))
+    secs = time.time() - t0
+    atomic_write_json(job.out, dict(key=job.key, value=job.value, secs=secs, scored=sw.score_point(point, recon, recon_train)), allow_nan=False)
+    return str(job.out)
+
+def layer_codec_job(args) -> str:
+    "In a job: train and save the layer-sweep codec of a sweep (`args`: the sweep for jobs, `get_layer_codec`'s arguments)."
+    sw, train = args
+    sw = _job_sweep(sw)
+    get_layer_codec(sw.codec, sw.store, **train)
+    return train["checkpoint"]
+
+def _run_point_jobs(sw: Sweep, key: str, ident: str, values, jobs: Jobs, progress: bool, **kw):
+    "One job per point value (points already written by an earlier job are merged, not redone); merged as far as they got."
+    pdir, slim = sw.points_dir(), sw.for_jobs()
+    pj = [PointJob(slim, key, v, pdir / f"{key}_{v:g}.json", **kw) for v in values]
+    try: run_jobs(point_job, pj, replace(jobs, gpus=0), done=lambda j: j.out.exists(), name=f"eib-{sw.label}-{key.replace('_', '-')}",
+                  progress=progress)  # the exact coding model runs on CPUs
+    finally: sw.merge_job_points(key, ident)
 
 def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="quick", rate_mode: str = "utterance",
               preset: str = "cpu", device: str = "cpu", seed: int = 42, samples_per_emotion: int | None = 100,
               out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
               progress: bool = True, force: bool = False, layer_max_steps: int = 1500, command: str | None = None,
               workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 30,
-              name: str | None = None, layer_points: int = 24, codec_seed: int = 0) -> Path:
+              name: str | None = None, layer_points: int = 24, codec_seed: int = 0, jobs: Jobs | None = None) -> Path:
     """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
     write `results_path(...)` after every point, resuming the points already there. Every decoded point is scored
     by the fixed probe and (`matched`) by a probe fitted on the decoded training subset (`matched_per_emotion`
@@ -550,16 +660,28 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     (`data_root`) with a `manifest.csv`, named `name`. The layer sweep takes at most `layer_points` depths n, evenly
     spaced from G to G*M layers (all of them when there are fewer). Seeds: `seed` drives the subsets, the classifiers
     and the bootstrap; `codec_seed` the training of a codec or layer-sweep model that is missing (0: the seed of the
-    committed checkpoints, so that a recorded command rebuilds the same codec)."""
+    committed checkpoints, so that a recorded command rebuilds the same codec). `jobs` (`eib.core.Jobs`): run the
+    feature extraction, the codec's training, each rate point and each layer point as jobs (local processes or SLURM;
+    default: all here), each kept as it finishes, so that a rerun resumes after a killed job."""
     from eib.data import LABEL_PROTOCOLS
     t_start = time.time()
     targets = resolve_rates(rates)
     if rate_mode not in ("utterance", "set"): raise EibError(f"rate_mode must be 'utterance' or 'set', got {rate_mode!r}")
     if matched and rate_mode != "utterance": raise EibError("the matched classifier needs rate_mode='utterance' (pass matched=False)")
     if device == "cuda" and not torch.cuda.is_available(): raise EibError("device='cuda' but no CUDA device is available")
-    store, label = sweep_features(dataset, data_root, encoder, features_dir, device, progress, model_dir, name)  # 1
+    jobs = jobs or Jobs()
+    away = jobs.executor != "none"
+    fkw = dict(dataset=dataset, data_root=data_root, encoder=encoder, features_dir=features_dir, device=device, progress=progress,
+               model_dir=model_dir, name=name)
+    if away: run_jobs(features_job, [fkw], jobs, done=lambda kw: (store_path(dataset, data_root, encoder, features_dir, name) / "meta.json").exists(),
+                      name="eib-features", progress=progress)
+    store, label = sweep_features(**fkw)  # 1 (a store built by the job is read here)
     t_feat = time.time()
-    codec, ck = sweep_codec(store, label, encoder, checkpoint, preset, codec_seed, device, progress)  # 2
+    ckw = dict(store=str(store.path), label=label, encoder=encoder, checkpoint=checkpoint, preset=preset, codec_seed=codec_seed,
+               device=device, progress=progress)
+    ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder)
+    if away: run_jobs(codec_job, [ckw], jobs, done=lambda kw: (ck / "config.json").exists(), name="eib-codec", progress=progress)
+    codec, ck = sweep_codec(**dict(ckw, store=store))  # 2 (a codec trained by the job is loaded here)
     t_codec = time.time()
     sw = Sweep(label, store, codec, ck, dataset if dataset in LABEL_PROTOCOLS else "identity", seed)
     sweep_subsets(sw, samples_per_emotion, matched, matched_per_emotion)  # 3
@@ -571,8 +693,8 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     cmd = command if command is not None else " ".join(shlex.quote(a) for a in sys.argv)
     sweep_results(sw, clfs, y_train, targets, out_dir, config, cmd, force, dict(features_s=round(t_feat - t_start, 2),
                   codec_s=round(t_codec - t_feat, 2), probe_s=round(time.time() - t_codec, 2)), matched_per_emotion, layer_sweep)  # 5
-    sweep_rate_points(sw, targets, rate_mode, workers, progress)  # 6
-    if layer_sweep: sweep_layer_points(sw, layer_points, layer_max_steps, codec_seed, device, progress)  # 7
+    sweep_rate_points(sw, targets, rate_mode, workers, progress, jobs)  # 6
+    if layer_sweep: sweep_layer_points(sw, layer_points, layer_max_steps, codec_seed, device, progress, jobs)  # 7
     return sw.finish(t_start)
 
 

@@ -35,6 +35,13 @@
 # With no parameters it sweeps the committed synthetic set with the committed codec at the quick rates; when
 # `evaluation_results/rate_sweep_SYNTH.json` already holds those points (the committed full sweep does) the run
 # only refits the probe, checks the file and draws the figures.
+#
+# **On a cluster** (see the chapter "Scale out"): `-p executor slurm` runs the feature extraction and the codec's
+# training as one job each (`-p gpus 1` gives them a GPU, with `-p device cuda`), and every rate point and layer point
+# as a task of a SLURM job array (`-p parallel 8` at a time, `-p partition NAME`, `-p time_min 60`); each task writes its
+# point, the notebook merges them into the results files as they come. A killed or pre-empted task is submitted again
+# (`-p retries 1`); a rerun of the same command computes only what is missing. `-p executor local` runs the same jobs
+# as processes on this machine.
 
 # %% tags=["parameters"]
 dataset = "synth"  # ravdess, emodb, esd, iemocap, synth, or manifest (any folder with a manifest.csv: data_root, name)
@@ -56,11 +63,19 @@ workers = 2  # processes for per-utterance rate control (utterances split betwee
 model_dir = None  # the encoder's weights folder (None: the default places); a plus model's own head is scored too
 matched = True  # also score every point with a probe fitted on the decoded training subset
 matched_per_emotion = 30  # training utterances per class coded for the matched probe
+executor = "none"  # where the heavy work runs: "none" (here), "local" (processes) or "slurm" (a SLURM cluster, via submitit)
+partition = None  # SLURM partition (None: the cluster's default)
+time_min = 120  # minutes per job
+cpus = 1  # CPUs per job (its torch threads)
+gpus = 0  # GPUs per feature-extraction and training job (rate and layer points run on CPUs: exact coding)
+parallel = 2  # jobs (SLURM array tasks) at a time
+retries = 1  # resubmissions of a job that ended without its point (cancelled, killed, pre-empted)
+jobs_dir = "../_jobs"  # job logs and submitit's files, relative to nbs/
 
 # %%
 import time
 from pathlib import Path
-from eib.core import repo_root
+from eib.core import Jobs, repo_root
 from eib.sweep import run_sweep, resolve_rates, results_path
 from eib.records import load_results
 from eib import figures as F
@@ -69,14 +84,16 @@ _cmd = (f"papermill nbs/sweep.ipynb -p dataset {dataset} -p data_root {data_root
         f"-p rate_mode {rate_mode} -p preset {preset} -p device {device} -p seed {seed} "
         f"-p samples_per_emotion {samples_per_emotion} -p layer_sweep {layer_sweep} -p workers {workers}"
         + (f" -p model_dir {model_dir}" if model_dir else "") + (f" -p name {name}" if name else "") + (f" -p codec_seed {codec_seed}" if codec_seed else "")
-        + f" -p matched {matched} -p matched_per_emotion {matched_per_emotion}")
+        + f" -p matched {matched} -p matched_per_emotion {matched_per_emotion}" + (f" -p executor {executor}" if executor != "none" else ""))
 _out = Path(out_dir) if Path(out_dir).is_absolute() else repo_root() / "nbs" / out_dir  # relative to nbs/ from any working directory
+_jobs = Jobs(executor, Path(jobs_dir) if Path(jobs_dir).is_absolute() else repo_root() / "nbs" / jobs_dir, partition=partition,
+             time_min=time_min, cpus=cpus, gpus=gpus, parallel=parallel, retries=retries)
 t0 = time.time()
 path = run_sweep(dataset, data_root=data_root, encoder=encoder, rates=resolve_rates(rates), rate_mode=rate_mode,
                  preset=preset, device=device, seed=seed, samples_per_emotion=samples_per_emotion, out_dir=_out,
                  checkpoint=checkpoint, layer_sweep=layer_sweep, force=force, progress=False, command=_cmd,
                  workers=workers, model_dir=model_dir, matched=matched, matched_per_emotion=matched_per_emotion, name=name,
-                 codec_seed=codec_seed)
+                 codec_seed=codec_seed, jobs=_jobs)
 res = load_results(path)
 print(f"{path}: {len(res['rate_points'])} rate points, {len(res['layer_sweep'])} layer points; this run {time.time() - t0:.0f} s")
 _label = res["dataset"].lower()
