@@ -8,6 +8,7 @@ import argparse, contextlib, hashlib, io, json, math, multiprocessing, os, shlex
     time, warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+import dataclasses
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
@@ -532,8 +533,11 @@ def _summary(man: pd.DataFrame) -> str:
 def build_store(dataset: str, root=None, encoder: str = "compare", out="data_subset", name: str | None = None,
                 model_dir=None, workers: int = 2, device: str = "cpu", force: bool = False, table: pd.DataFrame | None = None,
                 command: str | None = None, progress: bool = True, verbose: bool = True, check_dim: bool = True,
-                layer: int | None = None) -> Path:
-    "Encode corpus `dataset` (at `root`) with `encoder` (`layer`: whisper_base's hidden layer) into `out/<name>/`; returns the store folder."
+                layer: int | None = None, shard: tuple[int, int] | None = None) -> Path:
+    """Encode corpus `dataset` (at `root`) with `encoder` (`layer`: whisper_base's hidden layer) into `out/<name>/`; returns
+    the store folder. `shard=(k, n)`: encode only the k-th of n shares of the utterances still to encode, writing their
+    feature files and nothing else (no lock: n shard jobs run at once); a later run without `shard` finds them
+    encoded and writes the manifest and metadata."""
     from eib.data import DATASETS, known_emotions, read_dataset, unknown_emotions
     from tqdm.auto import tqdm
     import eib
@@ -542,6 +546,8 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
     elif encoder == "whisper_base": model_dir = whisper_model_dir(model_dir)
     elif model_dir is not None: raise EibError("the compare encoder needs no model folder; --model-dir is for learned encoders")
     if layer is not None and encoder != "whisper_base": raise EibError(f"{encoder} has no layer to choose; --layer is for whisper_base")
+    if shard is not None and not (len(shard) == 2 and 0 <= int(shard[0]) < int(shard[1])):
+        raise EibError(f"shard must be (k, n) with 0 <= k < n, got {shard!r}")
     if table is None:
         if dataset not in DATASETS: raise EibError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
         if dataset == "synth" and root is None:  # the embedded corpus is rendered (espeak-ng) on first use
@@ -562,7 +568,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
     # openSMILE workers are forked (fast); torch is not fork-safe, so emotion2vec workers are spawned
     ctx = multiprocessing.get_context("fork" if encoder == "compare" else "spawn")
     if encoder == "compare" and workers > 1: import opensmile  # noqa: F401 (imported once, inherited by the forks)
-    with store_lock(store):  # one writer at a time
+    with store_lock(store) if shard is None else contextlib.nullcontext():  # one writer of the manifest at a time
         pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=F._die_with_parent) if workers > 1 else None
         try:
             try: info = pool.submit(F._encoder_info, spec).result() if pool else F._encoder_info(spec)
@@ -596,8 +602,13 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
                     d = old.get(r["id"], {}).get("duration") or r.get("duration")
                     res[r["id"]] = dict(id=r["id"], frames=n, duration=float(d), error="", reused=True)
                 else: todo.append((r["id"], r["path"], str(f)))
+            if shard is not None:  # shares of the whole table, so that the n shards stay disjoint whatever is done already
+                pos = {u: i for i, u in enumerate(base["id"])}
+                todo = [t for t in todo if pos[t[0]] % int(shard[1]) == int(shard[0])]
+
 
             def write(complete: bool):
+                if shard is not None: return None  # a shard writes feature files only
                 m = base.merge(pd.DataFrame(list(res.values()), columns=["id", "frames", "duration", "error"]),
                                on="id", how="inner", suffixes=("_table", ""))
                 m = m[_MANIFEST_COLS].copy()
@@ -616,7 +627,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
                 atomic_write_json(store / "meta.json", meta)
                 return m
 
-            if verbose: print(f"{store}: {len(base)} utterances, {sum(1 for v in res.values() if v.get('reused'))} already encoded, {len(todo)} to encode "
+            if verbose: print(f"{store}{'' if shard is None else f' (shard {shard[0] + 1} of {shard[1]})'}: {len(base)} utterances, {sum(1 for v in res.values() if v.get('reused'))} already encoded, {len(todo)} to encode "
                               f"with {encoder} on {max(workers, 1)} worker(s)")
             last = time.time()
             bar = tqdm(total=len(todo), desc=f"{name}/{encoder}", unit="utt", disable=not progress or not todo,
@@ -640,7 +651,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
         finally:
             if pool: pool.shutdown(wait=True, cancel_futures=True)
         m = write(True)
-    if verbose:
+    if verbose and shard is None:
         n_new = len(todo)
         el = time.time() - t_start
         print(f"{store}: {int((m['error'] == '').sum())} ok, {int((m['error'] != '').sum())} errors "
@@ -726,6 +737,7 @@ def _prepare(argv) -> int:
     p.add_argument("--force", action="store_true", help="recompute everything, replacing an existing store")
     p.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     add_job_args(p)
+    p.add_argument("--shards", type=int, default=1, help="with --executor: jobs that each encode a share of the files (at once)")
     a = p.parse_args(argv)
     cmd = "eib-prepare " + " ".join(shlex.quote(s) for s in (sys.argv[1:] if argv is None else argv))
     def work():
@@ -735,7 +747,12 @@ def _prepare(argv) -> int:
             except EibError: out = Path("data_subset")
         kw = dict(dataset=a.dataset, root=a.root, encoder=a.encoder, out=out, name=a.name, model_dir=a.model_dir, workers=a.workers,
                   layer=a.layer, device=a.device, force=a.force, command=cmd)  # root None: the shared datasets folder
-        store = run_jobs(build_store_job, [kw], jobs_from_args(a), name="eib-prepare")[0]  # executor none: here
+        jobs = jobs_from_args(a)
+        if jobs.executor != "none":  # the shards encode the files; the manifest and metadata are written here
+            if a.shards < 1: raise EibError(f"--shards must be 1 or more, got {a.shards}")
+            run_jobs(build_store_job, [dict(kw, workers=a.cpus, shard=(k, a.shards)) for k in range(a.shards)],
+                     dataclasses.replace(jobs, parallel=a.shards), name="eib-prepare")
+        store = build_store(**kw)
         print(f"wrote {store}")
         return 0
     return run_cli("eib-prepare", work, a.debug, interrupted="interrupted; the finished files are kept: run the same command again to resume")

@@ -101,3 +101,47 @@ def test_slurm_array_sweep_equals_local_and_survives_scancel(slurm, local, tmp_p
     layer = [j for j in recs if j.get("Name") == "eib-synth-layer-sweep"]
     assert sorted(j["JobState"] for j in rate) == ["CANCELLED"] + ["COMPLETED"] * len(RATES), recs  # no point computed twice
     assert [j["JobState"] for j in layer] == ["COMPLETED"] * 2, recs
+
+
+def tiny_corpus(d: Path) -> Path:
+    "Six short noise and tone clips with a manifest.csv: a corpus `eib-prepare --dataset manifest` reads."
+    import numpy as np, pandas as pd, soundfile as sf
+    rng, rows = np.random.default_rng(0), []
+    (d / "wav").mkdir(parents=True)
+    for i, emo in enumerate(["angry", "sad", "happy", "neutral", "angry", "sad"]):
+        t = np.arange(16000) / 16000
+        sf.write(d / "wav" / f"u{i}.wav", 0.1 * np.sin(2 * np.pi * (150 + 40 * i) * t) + rng.normal(0, 0.01, len(t)), 16000)
+        rows.append(dict(path=f"wav/u{i}.wav", speaker=f"s{i % 3}", emotion=emo, split="test" if i % 3 == 0 else "train"))
+    pd.DataFrame(rows).to_csv(d / "manifest.csv", index=False)
+    return d
+
+
+def prepare(tmp: Path, name: str, *flags) -> subprocess.CompletedProcess:
+    return subprocess.run([Path(sys.executable).parent / "eib-prepare", "--dataset", "manifest", "--root", tmp / "corpus",
+                           "--out", tmp / "stores", "--name", name, "--workers", "1", *flags], capture_output=True, text=True, timeout=600)
+
+
+def same_store(a: Path, b: Path) -> bool:
+    from eib.features import load_store
+    sa, sb = load_store(a), load_store(b)
+    return sa.ids() == sb.ids() and all((sa.frames(u) == sb.frames(u)).all() for u in sa.ids())
+
+
+def test_prepare_shards_as_local_jobs(tmp_path):
+    tiny_corpus(tmp_path / "corpus")
+    r = prepare(tmp_path, "here"); assert r.returncode == 0, r.stderr
+    r = prepare(tmp_path, "jobs", "--executor", "local", "--shards", "2", "--cpus", "1", "--jobs-dir", str(tmp_path / "jobs"))
+    assert r.returncode == 0, r.stderr
+    assert "6 already encoded, 0 to encode" in r.stdout, r.stdout  # the two shard jobs encoded every file
+    assert same_store(tmp_path / "stores" / "here", tmp_path / "stores" / "jobs")
+
+
+def test_prepare_shards_on_slurm(slurm, tmp_path):
+    tiny_corpus(tmp_path / "corpus")
+    seen = len(jobcomp())
+    r = prepare(tmp_path, "here"); assert r.returncode == 0, r.stderr
+    r = prepare(tmp_path, "slurm", "--executor", "slurm", "--shards", "2", "--cpus", "1", "--jobs-dir", str(tmp_path / "jobs"))
+    assert r.returncode == 0, r.stderr
+    assert "6 already encoded, 0 to encode" in r.stdout, r.stdout
+    assert same_store(tmp_path / "stores" / "here", tmp_path / "stores" / "slurm")
+    assert [j["JobState"] for j in jobcomp()[seen:] if j.get("Name") == "eib-prepare"] == ["COMPLETED"] * 2

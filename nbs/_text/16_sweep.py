@@ -141,9 +141,11 @@ def store_path(dataset: str, data_root=None, encoder: str = "compare", features_
     return _in_repo(features_dir) / _store_name(name, encoder)
 
 def prepare_features(dataset: str, data_root=None, encoder: str = "compare", features_dir="data_subset",
-                     device: str = "cpu", progress: bool = True, model_dir=None, name: str | None = None):
+                     device: str = "cpu", progress: bool = True, model_dir=None, name: str | None = None,
+                     workers: int = 2, shard: tuple[int, int] | None = None):
     """The feature store of `dataset` (built from `data_root` if missing; `model_dir`: the encoder's weights) -> `FeatureStore`.
-    `dataset="manifest"`: any corpus folder with a `manifest.csv` (`data_root`), stored under `name` (default: the folder's)."""
+    `dataset="manifest"`: any corpus folder with a `manifest.csv` (`data_root`), stored under `name` (default: the folder's).
+    `shard=(k, n)`: only encode the k-th of n shares of the missing feature files (`build_store`), for a job; returns the folder."""
     from eib.data import DATASETS
     from eib.features import ENCODERS, build_store, load_store
     if dataset not in DATASETS: raise EibError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
@@ -152,9 +154,10 @@ def prepare_features(dataset: str, data_root=None, encoder: str = "compare", fea
     if dataset == "manifest" and root is None: raise EibError("dataset 'manifest' needs data_root=<folder with manifest.csv>")
     path = store_path(dataset, root, encoder, features_dir, name)
     name = path.name[:-len(encoder) - 1] if encoder != "compare" else path.name
-    if not (path / "meta.json").exists():
-        build_store(dataset, root, encoder=encoder, out=path.parent, name=path.name, model_dir=model_dir, device=device,
-                    progress=progress, command=f"eib.sweep.prepare_features({dataset!r}, encoder={encoder!r}, name={name!r})")
+    if shard is not None or not (path / "meta.json").exists():
+        build_store(dataset, root, encoder=encoder, out=path.parent, name=path.name, model_dir=model_dir, device=device, workers=workers,
+                    progress=progress, command=f"eib.sweep.prepare_features({dataset!r}, encoder={encoder!r}, name={name!r})", shard=shard)
+        if shard is not None: return path
     store = load_store(path)
     if store.encoder != encoder:
         raise EibError(f"{path} holds {store.encoder} features, not {encoder}; pass features_dir=<another folder>")
@@ -455,8 +458,8 @@ def sweep_codec(store, label, encoder, checkpoint, preset, codec_seed, device, p
     return get_codec(store, ck, preset, seed=codec_seed, device=device, progress=progress), ck
 
 def features_job(kw: dict) -> str:
-    "In a job: build (or find) the feature store of `sweep_features`'s arguments `kw`; returns its folder."
-    return str(sweep_features(**kw)[0].path)
+    "In a job: encode the share `kw['shard']` of the feature files of `prepare_features`'s arguments `kw`; returns the store's folder."
+    return str(prepare_features(**kw))
 
 def codec_job(kw: dict) -> str:
     "In a job: train (or find) the codec of `sweep_codec`'s arguments `kw`, the store given as its folder; returns the checkpoint."
@@ -673,9 +676,11 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     away = jobs.executor != "none"
     fkw = dict(dataset=dataset, data_root=data_root, encoder=encoder, features_dir=features_dir, device=device, progress=progress,
                model_dir=model_dir, name=name)
-    if away: run_jobs(features_job, [fkw], jobs, done=lambda kw: (store_path(dataset, data_root, encoder, features_dir, name) / "meta.json").exists(),
-                      name="eib-features", progress=progress)
-    store, label = sweep_features(**fkw)  # 1 (a store built by the job is read here)
+    if away:  # `parallel` jobs encode a share of the files each; the store's manifest is then written here
+        run_jobs(features_job, [dict(fkw, workers=jobs.cpus, shard=(k, jobs.parallel)) for k in range(jobs.parallel)], jobs,
+                 done=lambda kw: (store_path(dataset, data_root, encoder, features_dir, name) / "meta.json").exists(),
+                 name="eib-features", progress=progress)
+    store, label = sweep_features(**fkw)  # 1 (the files the jobs encoded are found, not encoded again)
     t_feat = time.time()
     ckw = dict(store=str(store.path), label=label, encoder=encoder, checkpoint=checkpoint, preset=preset, codec_seed=codec_seed,
                device=device, progress=progress)

@@ -27,7 +27,7 @@
 #
 # | step | jobs | resources per job | output, written atomically |
 # |---|---|---|---|
-# | features (`sweep_features`) | 1 | `cpus` (its own worker processes), `gpus` with `-p device cuda` | the feature store |
+# | features (`prepare_features`) | `parallel` shards, each a share of the files still to encode | `cpus` (as many worker processes), `gpus` with `-p device cuda` | feature files; then the notebook writes the store's manifest |
 # | codec training (`sweep_codec`), when the checkpoint is missing | 1 | `cpus`, `gpus` with `-p device cuda` (RVQ fit and entropy-model training) | the checkpoint |
 # | layer-sweep entropy model, when missing | 1 | as above | its checkpoint |
 # | rate points (`point_job`) | 1 per target: one job array | `cpus`, no GPU: the exact coding model and the rate controller run on CPUs, where streams are bit-exact | `<results file>.points/rate_points_<target>.json` |
