@@ -170,19 +170,20 @@ def _squeue() -> set:
     if r.returncode: raise EibError(f"squeue failed: {r.stderr.strip() or r.returncode}")
     return set(r.stdout.split())
 
-def _outcome(job) -> tuple[bool, object]:
-    "(finished well, result or a one-line reason) of a job that has ended."
+def _outcome(job) -> tuple[str, object]:
+    "('ok', its result), ('failed', the reason: it raised) or ('lost', the reason: it ended without a result) of an ended job."
     if not job.paths.result_pickle.exists():
-        return False, f"ended without a result (cancelled, killed, timed out or pre-empted); log {job.paths.stderr}"
-    try: return True, job.result()
+        return "lost", f"ended without a result (cancelled, killed, timed out or pre-empted); log {job.paths.stderr}"
+    try: return "ok", job.result()
     except Exception as e:  # submitit's message holds the job's traceback: keep its last line, the exception
         import re
         last = re.findall(r"(?m)^(\w[\w.]*(?:Error|Exception|Interrupt|Exit)\b.*)$", str(e))
-        return False, f"failed: {last[-1] if last else type(e).__name__}; log {job.paths.stderr}"
+        return "failed", f"failed: {last[-1] if last else type(e).__name__}; log {job.paths.stderr}"
 
 def run_jobs(fn, items, jobs: Jobs | None = None, done=None, name: str = "eib", progress: bool = True) -> list:
     """`fn(item)` for every item of `items` whose output is not there yet (`done(item)` false) as jobs of `jobs` (in
-    this process when `jobs.executor == 'none'`); returns their results in order (None for the items skipped)."""
+    this process when `jobs.executor == 'none'`); returns their results in order (None for the items skipped). A job that
+    ended without a result is submitted again (`jobs.retries`); one that raised is not."""
     from tqdm.auto import tqdm
     jobs, items = jobs or Jobs(), list(items)
     done = done or (lambda item: False)
@@ -190,7 +191,7 @@ def run_jobs(fn, items, jobs: Jobs | None = None, done=None, name: str = "eib", 
     if jobs.executor == "none":
         for i in todo: results[i] = fn(items[i])
         return results
-    reasons, finished = {}, set()
+    reasons, finished, failed = {}, set(), set()
     bar = tqdm(total=len(todo), desc=f"{name} ({jobs.executor} jobs)", unit="job", disable=not progress)
     for attempt in range(1 + jobs.retries):
         if not todo: break
@@ -209,16 +210,18 @@ def run_jobs(fn, items, jobs: Jobs | None = None, done=None, name: str = "eib", 
             listed = _squeue() if jobs.executor == "slurm" else None
             for job in [j for j in running if j.paths.result_pickle.exists() or (j.job_id not in listed if listed is not None else j.done())]:
                 i = running.pop(job)
-                ok, out = _outcome(job)
-                if ok: results[i] = out; finished.add(i); bar.update(1); reasons.pop(i, None)
+                state, out = _outcome(job)
+                if state == "ok": results[i] = out; finished.add(i); bar.update(1); reasons.pop(i, None)
                 else: reasons[i] = out
-        todo = [i for i in todo if i not in finished]
+                if state == "failed": failed.add(i)  # it raised: running it again would raise again
+        todo = [i for i in todo if i not in finished and i not in failed]
         if todo and attempt < jobs.retries: bar.write(f"{name}: {len(todo)} job(s) ended without their output; submitting them again")
     bar.close()
+    todo = sorted(set(todo) | failed)
     if todo:
         first = reasons.get(todo[0], "its output is missing")
-        raise EibError(f"{len(todo)} of {len(items)} {name} job(s) did not finish after {1 + jobs.retries} attempt(s) "
-                       f"(first: {items[todo[0]]!r} {first}); run the same command again to finish them (finished ones are kept)")
+        raise EibError(f"{len(todo)} of {len(items)} {name} job(s) did not finish (first: {items[todo[0]]!r} {first}); "
+                       "run the same command again to finish them (finished ones are kept)")
     return results
 
 # %% ../nbs/00_core.ipynb #0148d031

@@ -245,7 +245,7 @@ test_ne(fingerprint({"a": 1}), fingerprint({"a": 2}))
 # SLURM executor: `sbatch`, one job array per batch of work, `parallel` array tasks at a time, on `partition`, with
 # `cpus`, `gpus` and `time_min` per job). Each job writes its own output atomically; `run_jobs` skips the items whose
 # output is already there (`done`), waits for the rest, and submits again those that ended without it (cancelled,
-# killed, pre-empted or failed), `retries` times; what is still missing after that is one `EibError` naming the items
+# killed or pre-empted), `retries` times (a job that raised is not: it would raise again); what is still missing is one `EibError` naming the items
 # and the job logs, and running the same work again finishes it without redoing anything. Without the scheduler's
 # accounting (`sacct`), a SLURM job has ended when `squeue` no longer lists it.
 
@@ -299,19 +299,20 @@ def _squeue() -> set:
     if r.returncode: raise EibError(f"squeue failed: {r.stderr.strip() or r.returncode}")
     return set(r.stdout.split())
 
-def _outcome(job) -> tuple[bool, object]:
-    "(finished well, result or a one-line reason) of a job that has ended."
+def _outcome(job) -> tuple[str, object]:
+    "('ok', its result), ('failed', the reason: it raised) or ('lost', the reason: it ended without a result) of an ended job."
     if not job.paths.result_pickle.exists():
-        return False, f"ended without a result (cancelled, killed, timed out or pre-empted); log {job.paths.stderr}"
-    try: return True, job.result()
+        return "lost", f"ended without a result (cancelled, killed, timed out or pre-empted); log {job.paths.stderr}"
+    try: return "ok", job.result()
     except Exception as e:  # submitit's message holds the job's traceback: keep its last line, the exception
         import re
         last = re.findall(r"(?m)^(\w[\w.]*(?:Error|Exception|Interrupt|Exit)\b.*)$", str(e))
-        return False, f"failed: {last[-1] if last else type(e).__name__}; log {job.paths.stderr}"
+        return "failed", f"failed: {last[-1] if last else type(e).__name__}; log {job.paths.stderr}"
 
 def run_jobs(fn, items, jobs: Jobs | None = None, done=None, name: str = "eib", progress: bool = True) -> list:
     """`fn(item)` for every item of `items` whose output is not there yet (`done(item)` false) as jobs of `jobs` (in
-    this process when `jobs.executor == 'none'`); returns their results in order (None for the items skipped)."""
+    this process when `jobs.executor == 'none'`); returns their results in order (None for the items skipped). A job that
+    ended without a result is submitted again (`jobs.retries`); one that raised is not."""
     from tqdm.auto import tqdm
     jobs, items = jobs or Jobs(), list(items)
     done = done or (lambda item: False)
@@ -319,7 +320,7 @@ def run_jobs(fn, items, jobs: Jobs | None = None, done=None, name: str = "eib", 
     if jobs.executor == "none":
         for i in todo: results[i] = fn(items[i])
         return results
-    reasons, finished = {}, set()
+    reasons, finished, failed = {}, set(), set()
     bar = tqdm(total=len(todo), desc=f"{name} ({jobs.executor} jobs)", unit="job", disable=not progress)
     for attempt in range(1 + jobs.retries):
         if not todo: break
@@ -338,16 +339,18 @@ def run_jobs(fn, items, jobs: Jobs | None = None, done=None, name: str = "eib", 
             listed = _squeue() if jobs.executor == "slurm" else None
             for job in [j for j in running if j.paths.result_pickle.exists() or (j.job_id not in listed if listed is not None else j.done())]:
                 i = running.pop(job)
-                ok, out = _outcome(job)
-                if ok: results[i] = out; finished.add(i); bar.update(1); reasons.pop(i, None)
+                state, out = _outcome(job)
+                if state == "ok": results[i] = out; finished.add(i); bar.update(1); reasons.pop(i, None)
                 else: reasons[i] = out
-        todo = [i for i in todo if i not in finished]
+                if state == "failed": failed.add(i)  # it raised: running it again would raise again
+        todo = [i for i in todo if i not in finished and i not in failed]
         if todo and attempt < jobs.retries: bar.write(f"{name}: {len(todo)} job(s) ended without their output; submitting them again")
     bar.close()
+    todo = sorted(set(todo) | failed)
     if todo:
         first = reasons.get(todo[0], "its output is missing")
-        raise EibError(f"{len(todo)} of {len(items)} {name} job(s) did not finish after {1 + jobs.retries} attempt(s) "
-                       f"(first: {items[todo[0]]!r} {first}); run the same command again to finish them (finished ones are kept)")
+        raise EibError(f"{len(todo)} of {len(items)} {name} job(s) did not finish (first: {items[todo[0]]!r} {first}); "
+                       "run the same command again to finish them (finished ones are kept)")
     return results
 
 
@@ -358,8 +361,9 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(run_jobs(_square, [1, 2, 3], Jobs("local", Path(d) / "jobs", time_min=5), done=lambda x: x == 2, progress=False), [1, None, 9])
     test_eq(len(list((Path(d) / "jobs").glob("*/*_log.out"))), 2)  # each job left its log
     with contextlib.redirect_stderr(io.StringIO()):
-        test_fail(lambda: run_jobs(_square, [1, "a"], Jobs("local", Path(d) / "j2", retries=0, time_min=5), progress=False),
-                  contains="1 of 2 eib job(s) did not finish after 1 attempt(s) (first: 'a' failed: TypeError")
+        test_fail(lambda: run_jobs(_square, [1, "a"], Jobs("local", Path(d) / "j2", time_min=5), progress=False),
+                  contains="1 of 2 eib job(s) did not finish (first: 'a' failed: TypeError")
+    test_eq(len(list((Path(d) / "j2").glob("*/*_log.out"))), 2)  # the job that raised was not submitted again
 test_fail(lambda: Jobs("cloud"), contains="unknown executor 'cloud'")
 test_fail(lambda: Jobs("local", parallel=0), contains="parallel must be a whole number >= 1")
 
