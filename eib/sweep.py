@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_sweep.ipynb #52b0fa2f
 from __future__ import annotations
-import json, math, platform, shlex, sys, time
+import json, math, platform, shlex, shutil, sys, time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
@@ -300,15 +300,27 @@ class Sweep:
         "A copy to send to jobs: the store as its path and no frames (a job reads them from the store), no results objects."
         return replace(self, store=str(self.store.path), frames=[], train_frames=[], outs=[(k, p, None, s) for k, p, _, s in self.outs])
 
+    def job_tag(self) -> str:
+        "What a job's point must have been computed for to be merged: the codec, both subsets, the seed and the classifiers."
+        return fingerprint(dict(codec=self.codec.fingerprint, ids=self.ids, train_ids=self.train_ids, seed=self.seed,
+                                classifiers=[k for k, *_ in self.outs], protocol=self.protocol))
+
+    def job_point_ready(self, path: Path) -> bool:
+        "Whether `path` holds a point a job computed for this sweep (`job_tag`)."
+        try: return json.loads(path.read_text()).get("tag") == self.job_tag()
+        except (OSError, ValueError): return False
+
     def points_dir(self) -> Path:
         "Where jobs write their points before they are merged: beside the first results file, `<its name>.points/`."
         return self.outs[0][1].parent / (self.outs[0][1].stem + ".points")
 
     def merge_job_points(self, key: str, ident: str):
-        "Merge the points jobs wrote (`point_job`) into the results files, then remove them (merging again changes nothing)."
+        """Merge the points jobs wrote (`point_job`) for this sweep into the results files, then remove them (merging again
+        changes nothing); points left by a sweep of another codec, subset or classifier set are removed unmerged."""
         for f in sorted(self.points_dir().glob(f"{key}_*.json")):
-            d = json.loads(f.read_text())
-            self.merge_point(key, ident, d["scored"], d["secs"])
+            if self.job_point_ready(f):
+                d = json.loads(f.read_text())
+                self.merge_point(key, ident, d["scored"], d["secs"])
             f.unlink()
         if self.points_dir().is_dir() and not any(self.points_dir().iterdir()): self.points_dir().rmdir()
 
@@ -387,6 +399,7 @@ def sweep_results(sw: Sweep, clfs, y_train, targets, out_dir, config: dict, comm
         t.setdefault("rate_points_s", {}); t.setdefault("layer_points_s", {})
         write_results(path, obj)
         sw.outs.append((kind, path, obj, score))
+    if force and sw.points_dir().is_dir(): shutil.rmtree(sw.points_dir())  # afresh: points jobs left earlier are not merged
 
 def rate_point(sw: Sweep, t: float, r_all, maxb, workers: int) -> tuple[dict, list, list | None]:
     """The point at target `t` from the rate controller's answer `r_all` (the test subset, then the matched training
@@ -505,7 +518,8 @@ def point_job(job: PointJob) -> str:
         point, recon, recon_train = rate_point(sw, job.value, rc.solve(job.value, mode=job.rate_mode, clamp=True), maxb, 1)
     else: point, recon, recon_train = layer_point(sw, job.layer_codec, int(job.value))
     secs = time.time() - t0
-    atomic_write_json(job.out, dict(key=job.key, value=job.value, secs=secs, scored=sw.score_point(point, recon, recon_train)), allow_nan=False)
+    atomic_write_json(job.out, dict(key=job.key, value=job.value, secs=secs, tag=sw.job_tag(),
+                                    scored=sw.score_point(point, recon, recon_train)), allow_nan=False)
     return str(job.out)
 
 def layer_codec_job(args) -> str:
@@ -519,7 +533,7 @@ def _run_point_jobs(sw: Sweep, key: str, ident: str, values, jobs: Jobs, progres
     "One job per point value (points already written by an earlier job are merged, not redone); merged as far as they got."
     pdir, slim = sw.points_dir(), sw.for_jobs()
     pj = [PointJob(slim, key, v, pdir / f"{key}_{v:g}.json", **kw) for v in values]
-    try: run_jobs(point_job, pj, replace(jobs, gpus=0), done=lambda j: j.out.exists(), name=f"eib-{sw.label}-{key.replace('_', '-')}",
+    try: run_jobs(point_job, pj, replace(jobs, gpus=0), done=lambda j: sw.job_point_ready(j.out), name=f"eib-{sw.label}-{key.replace('_', '-')}",
                   progress=progress)  # the exact coding model runs on CPUs
     finally: sw.merge_job_points(key, ident)
 

@@ -54,10 +54,13 @@ def test_local_jobs_write_every_point_and_resume(local):
         assert [q["layers"] for q in got[f]["layer_sweep"]] == [10, 30], f
     assert not (local / "rate_sweep_SYNTH.points").exists()  # every job's point merged
     before = sorted(p.name for p in (local / "jobs").iterdir())
+    stale = local / "rate_sweep_SYNTH.points" / "rate_points_10.json"  # as if left by a killed sweep of another codec
+    stale.parent.mkdir(); stale.write_text(json.dumps(dict(key="rate_points", value=10.0, secs=1.0, tag="another sweep", scored={})))
     p = sweep("local", local)
     assert p.wait(timeout=300) == 0
     assert sorted(p.name for p in (local / "jobs").iterdir()) == before  # a rerun submits nothing
     assert content(local) == got
+    assert not stale.parent.exists()  # the stale point was removed, not merged
 
 
 def jobcomp() -> list[dict]:
