@@ -19,10 +19,10 @@ from .records import new_results, start_results, validate_results, write_results
 # %% auto #0
 __all__ = ['SPAN_RATES_BPF', 'RATE_LISTS', 'CLASSIFIER_SUFFIX', 'resolve_rates', 'resolve_data_root', 'results_path',
            'store_path', 'prepare_features', 'default_checkpoint', 'get_codec', 'fit_classifier', 'test_subset',
-           'split_subset', 'plus_head', 'layer_tokens', 'layer_depths', 'train_layer_model', 'get_layer_codec', 'Sweep',
-           'sweep_features', 'sweep_codec', 'features_job', 'codec_job', 'sweep_subsets', 'sweep_classifiers',
-           'sweep_results', 'rate_point', 'sweep_rate_points', 'layer_point', 'sweep_layer_points', 'PointJob',
-           'point_job', 'layer_codec_job', 'run_sweep']
+           'split_subset', 'plus_head', 'layer_tokens', 'layer_depths', 'train_layer_model', 'layer_codec_ready',
+           'get_layer_codec', 'Sweep', 'sweep_features', 'sweep_codec', 'features_job', 'codec_job', 'sweep_subsets',
+           'sweep_classifiers', 'sweep_results', 'rate_point', 'sweep_rate_points', 'layer_point', 'sweep_layer_points',
+           'PointJob', 'point_job', 'layer_codec_job', 'run_sweep']
 
 # %% ../nbs/16_sweep.ipynb #52239e39
 SPAN_RATES_BPF = (10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 250.0, 300.0, 350.0, 400.0, 450.0, 500.0, 600.0)
@@ -188,13 +188,17 @@ def train_layer_model(codec, store, seed: int = 0, max_steps: int = 1500, epochs
     return model.cpu().eval(), dict(history=hist, validation=how, train_frames=len(tr), val_frames=len(va),
                                     max_steps=max_steps, epochs=epochs, seed=seed)
 
+def layer_codec_ready(codec, checkpoint) -> bool:
+    "Whether `checkpoint` holds the layer-sweep codec of `codec` (made from its RVQ: the same base fingerprint)."
+    from eib.codec import load_codec
+    ck = Path(checkpoint)
+    return (ck / "config.json").exists() and load_codec(ck).meta.get("base_fingerprint") == codec.fingerprint
+
 def get_layer_codec(codec, store, checkpoint, seed: int = 0, device: str = "cpu", progress: bool = True, **kw):
     "The layer-sweep codec (codec's RVQ + its own entropy model) at `checkpoint`, trained and saved if missing."
     from eib.codec import Codec, load_codec, save_codec
     ck = Path(checkpoint)
-    if (ck / "config.json").exists():
-        lc = load_codec(ck)
-        if lc.meta.get("base_fingerprint") == codec.fingerprint: return lc
+    if layer_codec_ready(codec, ck): return load_codec(ck)
     model, info = train_layer_model(codec, store, seed=seed, device=device, progress=progress, **kw)
     lc = Codec(codec.rvq, model, dict(kind="layer_sweep", base_fingerprint=codec.fingerprint, layer_model=info))
     save_codec(lc, ck)
@@ -262,6 +266,9 @@ class Sweep:
     train_y: np.ndarray | None = None
     train_spk: np.ndarray | None = None
     outs: list = field(default_factory=list)  # (classifier kind, results path, results object, scorer)
+    classes: list = field(default_factory=list)  # the classifiers' classes
+    model_dir: object = None  # the encoder's weights (emotion2vec_plus's own head is rebuilt from them in a job)
+    tag: str = ""  # the configuration of every results file (`job_tag`), set by `sweep_results`
 
     @property
     def T(self) -> np.ndarray: return np.array([len(f) for f in self.frames])
@@ -297,13 +304,14 @@ class Sweep:
         self.merge_point(key, ident, self.score_point(point, recon, recon_train), secs)
 
     def for_jobs(self) -> "Sweep":
-        "A copy to send to jobs: the store as its path and no frames (a job reads them from the store), no results objects."
-        return replace(self, store=str(self.store.path), frames=[], train_frames=[], outs=[(k, p, None, s) for k, p, _, s in self.outs])
+        """A copy to send to jobs: the store as its path and no frames (a job reads them from the store), no results objects,
+        and no emotion2vec_plus model inside a scorer (a job loads its head again, `model_dir`)."""
+        return replace(self, store=str(self.store.path), frames=[], train_frames=[],
+                       outs=[(k, p, None, None if k == PlusHead.kind else s) for k, p, _, s in self.outs])
 
     def job_tag(self) -> str:
-        "What a job's point must have been computed for to be merged: the codec, both subsets, the seed and the classifiers."
-        return fingerprint(dict(codec=self.codec.fingerprint, ids=self.ids, train_ids=self.train_ids, seed=self.seed,
-                                classifiers=[k for k, *_ in self.outs], protocol=self.protocol))
+        "What a job's point must have been computed for to be merged: every results file's configuration and the classifiers."
+        return self.tag
 
     def job_point_ready(self, path: Path) -> bool:
         "Whether `path` holds a point a job computed for this sweep (`job_tag`)."
@@ -362,6 +370,7 @@ def sweep_classifiers(sw: Sweep, model_dir) -> list:
     """Step 4: `(kind, classifier, scorer, training)` of each classifier: the fixed probe (unquantised training split),
     the matched probe (its recipe refitted on the decoded training subset at every point) and emotion2vec_plus's head."""
     probe, y_train = fit_classifier(sw.store, sw.protocol, sw.seed)
+    sw.classes, sw.model_dir = list(probe.classes_), model_dir
     if set(sw.y) - set(probe.classes_): raise EibError(f"test labels {sorted(set(sw.y) - set(probe.classes_))} never occur in training")
     clfs = [("linear_probe", probe, _fixed(probe, sw.y, sw.seed), dict(fitted_on="unquantised training split", utterances=len(y_train),
                                                                        cv=probe.cv["scheme"]))]
@@ -399,6 +408,8 @@ def sweep_results(sw: Sweep, clfs, y_train, targets, out_dir, config: dict, comm
         t.setdefault("rate_points_s", {}); t.setdefault("layer_points_s", {})
         write_results(path, obj)
         sw.outs.append((kind, path, obj, score))
+    sw.tag = fingerprint(dict(configs=[obj["config"] for _, _, obj, _ in sw.outs], classifiers=[k for k, *_ in sw.outs],
+                              train_ids=sw.train_ids))
     if force and sw.points_dir().is_dir(): shutil.rmtree(sw.points_dir())  # afresh: points jobs left earlier are not merged
 
 def rate_point(sw: Sweep, t: float, r_all, maxb, workers: int) -> tuple[dict, list, list | None]:
@@ -480,7 +491,7 @@ def sweep_layer_points(sw: Sweep, layer_points: int, layer_max_steps: int, codec
     t0, ck = time.time(), Path(str(sw.checkpoint) + "_layers")
     train = dict(checkpoint=str(ck), seed=codec_seed, device=device, progress=progress, max_steps=layer_max_steps)
     if jobs is not None and jobs.executor != "none":
-        run_jobs(layer_codec_job, [(sw.for_jobs(), train)], jobs, done=lambda _: (ck / "config.json").exists(),
+        run_jobs(layer_codec_job, [(sw.for_jobs(), train)], jobs, done=lambda _: layer_codec_ready(sw.codec, ck),
                  name=f"eib-{sw.label}-layer-model", progress=progress)
     lc = get_layer_codec(sw.codec, sw.store, ck, **{k: v for k, v in train.items() if k != "checkpoint"})
     for _, _, obj, _ in sw.outs: obj["timing"]["layer_model_s"] = round(time.time() - t0, 2)
@@ -502,11 +513,14 @@ class PointJob:
     rate_mode: str = "utterance"
     layer_codec: object = None
 
+    def __repr__(self): return f"{self.key} {self.value:.10g} of {self.sw.label}"
+
 def _job_sweep(sw: Sweep) -> Sweep:
     "A sweep sent to a job, with its store opened and its frames read again."
     from eib.features import load_store
     store = load_store(sw.store)
-    return replace(sw, store=store, frames=[store.frames(u) for u in sw.ids], train_frames=[store.frames(u) for u in sw.train_ids])
+    outs = [(k, p, o, s if s is not None else _fixed(plus_head(store, sw.classes, sw.model_dir), sw.y, sw.seed)) for k, p, o, s in sw.outs]
+    return replace(sw, store=store, frames=[store.frames(u) for u in sw.ids], train_frames=[store.frames(u) for u in sw.train_ids], outs=outs)
 
 def point_job(job: PointJob) -> str:
     "In a job: compute one point, score it with every classifier, and write it to `job.out` atomically; returns that path."
@@ -532,7 +546,7 @@ def layer_codec_job(args) -> str:
 def _run_point_jobs(sw: Sweep, key: str, ident: str, values, jobs: Jobs, progress: bool, **kw):
     "One job per point value (points already written by an earlier job are merged, not redone); merged as far as they got."
     pdir, slim = sw.points_dir(), sw.for_jobs()
-    pj = [PointJob(slim, key, v, pdir / f"{key}_{v:g}.json", **kw) for v in values]
+    pj = [PointJob(slim, key, v, pdir / f"{key}_{v:.10g}.json", **kw) for v in values]
     try: run_jobs(point_job, pj, replace(jobs, gpus=0), done=lambda j: sw.job_point_ready(j.out), name=f"eib-{sw.label}-{key.replace('_', '-')}",
                   progress=progress)  # the exact coding model runs on CPUs
     finally: sw.merge_job_points(key, ident)
@@ -559,8 +573,9 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     targets = resolve_rates(rates)
     if rate_mode not in ("utterance", "set"): raise EibError(f"rate_mode must be 'utterance' or 'set', got {rate_mode!r}")
     if matched and rate_mode != "utterance": raise EibError("the matched classifier needs rate_mode='utterance' (pass matched=False)")
-    if device == "cuda" and not torch.cuda.is_available(): raise EibError("device='cuda' but no CUDA device is available")
     jobs = jobs or Jobs()
+    if device == "cuda" and jobs.executor != "slurm" and not torch.cuda.is_available():  # a SLURM job finds its GPU there
+        raise EibError("device='cuda' but no CUDA device is available")
     away = jobs.executor != "none"
     fkw = dict(dataset=dataset, data_root=data_root, encoder=encoder, features_dir=features_dir, device=device, progress=progress,
                model_dir=model_dir, name=name)

@@ -226,12 +226,14 @@ def train_cli(argv=None) -> int:
     ap.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     add_job_args(ap)
     a = ap.parse_args(argv)
-    rc = run_cli("eib-train", lambda: _train(a, argv), a.debug, interrupted="interrupted; no checkpoint was written")
+    rc = run_cli("eib-train", lambda: _train(a, argv), a.debug, interrupted="interrupted; no checkpoint was written" if a.executor == "none"
+                 else f"interrupted; a submitted job may still run and write the checkpoint (its log is in {a.jobs_dir})")
     if argv is None: sys.exit(rc)
     return rc
 
 def _train(a, argv) -> int:
-    if a.device == "cuda" and not torch.cuda.is_available(): raise EibError("--device cuda but no CUDA device is available")
+    if a.device == "cuda" and a.executor != "slurm" and not torch.cuda.is_available():  # a SLURM job finds its GPU there
+        raise EibError("--device cuda but no CUDA device is available")
     check_output(a.out, a.features, folder=True)
     ekw = {k: v for k, v in (("epochs", a.epochs), ("max_steps", a.max_steps)) if v is not None}
     kw = dict(features=a.features, preset=a.preset, out=a.out, seed=a.seed, lams=a.lams, rounds=a.rounds,

@@ -265,7 +265,7 @@ class Jobs:
     mem_gb: float | None = None
     parallel: int = 2
     retries: int = 1
-    poll_s: float = 1.0
+    poll_s: float | None = None  # seconds between looks at the jobs (None: 1 locally, 10 on SLURM)
 
     def __post_init__(self):
         if self.executor not in EXECUTORS:
@@ -276,6 +276,7 @@ class Jobs:
         for k in ("gpus", "retries"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0: raise EibError(f"{k} must be a whole number >= 0, got {v!r}")
+        if self.poll_s is not None and not self.poll_s > 0: raise EibError(f"poll_s must be positive, got {self.poll_s!r}")
         if self.executor == "slurm" and not _which("sbatch"):
             raise EibError("executor 'slurm' needs SLURM's sbatch and squeue on the PATH (none found); use executor 'local' on one machine")
 
@@ -294,10 +295,12 @@ def _executor(jobs: Jobs, name: str):
     return ex
 
 def _squeue() -> set:
-    "Ids of the SLURM jobs (array tasks expanded, e.g. 123_4) the scheduler still lists."
-    r = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
-    if r.returncode: raise EibError(f"squeue failed: {r.stderr.strip() or r.returncode}")
-    return set(r.stdout.split())
+    "Ids of this user's SLURM jobs (array tasks expanded, e.g. 123_4, every partition) the scheduler still lists."
+    for attempt in range(5):  # a busy controller may time out now and then
+        r = subprocess.run(["squeue", "--me", "-a", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
+        if r.returncode == 0: return set(r.stdout.split())
+        time.sleep(2 ** attempt)
+    raise EibError(f"squeue failed five times: {r.stderr.strip() or r.returncode}")
 
 def _outcome(job) -> tuple[str, object]:
     "('ok', its result), ('failed', the reason: it raised) or ('lost', the reason: it ended without a result) of an ended job."
@@ -321,10 +324,11 @@ def run_jobs(fn, items, jobs: Jobs | None = None, done=None, name: str = "eib", 
         for i in todo: results[i] = fn(items[i])
         return results
     reasons, finished, failed = {}, set(), set()
+    poll = jobs.poll_s if jobs.poll_s is not None else (10.0 if jobs.executor == "slurm" else 1.0)
     bar = tqdm(total=len(todo), desc=f"{name} ({jobs.executor} jobs)", unit="job", disable=not progress)
     for attempt in range(1 + jobs.retries):
         if not todo: break
-        ex, running, queue = _executor(jobs, name), {}, list(todo)
+        ex, running, queue, unlisted = _executor(jobs, name), {}, list(todo), {}
         if jobs.executor == "slurm":  # one job array; the scheduler runs `parallel` of its tasks at a time
             try: running = dict(zip(ex.map_array(fn, [items[i] for i in queue]), queue)); queue = []
             except Exception as e:  # sbatch refused (no controller, a bad partition, ...): its own words
@@ -335,15 +339,17 @@ def run_jobs(fn, items, jobs: Jobs | None = None, done=None, name: str = "eib", 
         while running or queue:
             while queue and len(running) < jobs.parallel:  # local: at most `parallel` processes at once
                 i = queue.pop(0); running[ex.submit(fn, items[i])] = i
-            time.sleep(jobs.poll_s)
+            time.sleep(poll)
             listed = _squeue() if jobs.executor == "slurm" else None
-            for job in [j for j in running if j.paths.result_pickle.exists() or (j.job_id not in listed if listed is not None else j.done())]:
+            for j in running:  # a job SLURM no longer lists has ended once it stays unlisted for two looks (files may lag)
+                unlisted[j] = unlisted.get(j, 0) + 1 if listed is not None and j.job_id not in listed else 0
+            for job in [j for j in running if j.paths.result_pickle.exists() or (unlisted[j] >= 2 if listed is not None else j.done())]:
                 i = running.pop(job)
                 state, out = _outcome(job)
                 if state == "ok": results[i] = out; finished.add(i); bar.update(1); reasons.pop(i, None)
                 else: reasons[i] = out
                 if state == "failed": failed.add(i)  # it raised: running it again would raise again
-        todo = [i for i in todo if i not in finished and i not in failed]
+        todo = [i for i in todo if i not in finished and i not in failed and not done(items[i])]  # its output may be there
         if todo and attempt < jobs.retries: bar.write(f"{name}: {len(todo)} job(s) ended without their output; submitting them again")
     bar.close()
     todo = sorted(set(todo) | failed)

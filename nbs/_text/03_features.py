@@ -1111,6 +1111,7 @@ def _prepare(argv) -> int:
             if a.shards < 1: raise EibError(f"--shards must be 1 or more, got {a.shards}")
             run_jobs(build_store_job, [dict(kw, workers=a.cpus, shard=(k, a.shards)) for k in range(a.shards)],
                      dataclasses.replace(jobs, parallel=a.shards), name="eib-prepare")
+            kw["force"] = False  # the shards did the forced encoding; this pass finds their files
         store = build_store(**kw)
         print(f"wrote {store}")
         return 0
