@@ -36,12 +36,14 @@
 # The notebook's process does the light steps (subsets, classifiers, baselines), waits for the jobs, and merges each
 # point into every classifier's results file (`Sweep.merge_job_points`), then removes the point file. A job reads
 # the frames it needs from the feature store itself; what is sent to it is the codec, the subset's ids and labels and
-# the fitted classifiers (`Sweep.for_jobs`).
+# the fitted classifiers (`Sweep.for_jobs`; emotion2vec_plus's own head is loaded again inside the job).
 #
 # **Resuming.** A point already in the results files, or written by a job but not merged yet, is never computed again.
 # A job that ends without its point (cancelled, killed, timed out, pre-empted: under SLURM without accounting it has
-# ended when `squeue` stops listing it) is submitted again, `retries` times (default 1); what is still missing after that
-# is one line naming the point and the job's log, and the same command run again computes only the missing points.
+# ended when `squeue` stops listing it) is submitted again, `retries` times (default 1); a job that raised is not (it
+# would raise again). What is still missing after that is one line naming the point, the job's error and its log, and the
+# same command run again computes only the missing points. Each point file carries a tag of the sweep's configuration
+# (codec, subsets, classifiers, rate mode): one left by a sweep of another configuration is removed, not merged.
 # Interrupting the notebook leaves submitted SLURM tasks running; their points are merged by the next run (or
 # `scancel` them).
 #
