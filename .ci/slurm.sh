@@ -11,6 +11,7 @@
 #        .ci/slurm.sh down     stop slurmd, slurmctld and munged
 #        .ci/slurm.sh status   daemons + sinfo; exit 0 if the node is usable
 #        .ci/slurm.sh jobcomp  print the job-completion log (one line per finished job)
+# Exit status: 0 done, 1 the cluster did not come up, 2 usage, 3 not root, 4 the packages could not be installed.
 set -euo pipefail
 
 CONF=/etc/slurm/slurm.conf
@@ -32,7 +33,8 @@ install_pkgs() {
   local pkgs=(slurm-wlm munge)
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y --no-install-recommends "${pkgs[@]}" \
-    || { apt-get update && apt-get install -y --no-install-recommends "${pkgs[@]}"; }
+    || { apt-get update && apt-get install -y --no-install-recommends "${pkgs[@]}"; } \
+    || { echo "slurm.sh: could not install ${pkgs[*]} from Debian's packages (apt-get failed: no package source reachable?)" >&2; exit 4; }
 }
 
 start_munge() {
@@ -144,5 +146,5 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   jobcomp) cat "$JOBCOMP" 2>/dev/null || echo "slurm.sh: no job-completion log at $JOBCOMP" >&2 ;;
-  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -487,7 +487,9 @@ def sweep_layer_points(sw: Sweep, layer_points: int, layer_max_steps: int, codec
     from tqdm.auto import tqdm
     c = sw.codec.rvq.cfg
     ns = [k for k in layer_depths(c.groups, c.positions, layer_points) if k not in sw.done("layer_sweep", "layers")]
-    if not ns: return
+    if not ns:
+        if jobs is not None and jobs.executor != "none": sw.merge_job_points("layer_sweep", "layers")  # what killed runs left
+        return
     t0, ck = time.time(), Path(str(sw.checkpoint) + "_layers")
     train = dict(checkpoint=str(ck), seed=codec_seed, device=device, progress=progress, max_steps=layer_max_steps)
     if jobs is not None and jobs.executor != "none":
