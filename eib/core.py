@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #ce49d8c1
 from __future__ import annotations
-import hashlib, json, os, subprocess, sys, tempfile, time
+import hashlib, json, os, re, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -12,7 +12,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['FRAME_RATE', 'SAMPLE_RATE', 'EXECUTORS', 'bpf_to_bps', 'EibError', 'repo_root', 'shared_root', 'datasets_root',
            'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_save_npy', 'check_output', 'run_cli',
-           'fingerprint', 'Jobs', 'run_jobs', 'add_job_args', 'jobs_from_args']
+           'fingerprint', 'Jobs', 'run_jobs', 'call', 'add_job_args', 'jobs_from_args']
 
 # %% ../nbs/00_core.ipynb #f8e4f5f8
 FRAME_RATE = 50  # frames per second, for every encoder
@@ -148,13 +148,16 @@ class Jobs:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0: raise EibError(f"{k} must be a whole number >= 0, got {v!r}")
         if self.poll_s is not None and not self.poll_s > 0: raise EibError(f"poll_s must be positive, got {self.poll_s!r}")
-        if self.executor == "slurm" and not _which("sbatch"):
+        if self.executor == "slurm" and not shutil.which("sbatch"):
             raise EibError("executor 'slurm' needs SLURM's sbatch and squeue on the PATH (none found); use executor 'local' on one machine")
 
-def _which(cmd: str) -> bool:
-    import shutil
-    return shutil.which(cmd) is not None
+    @property
+    def away(self) -> bool:
+        "Whether the work leaves this process (any executor but 'none')."
+        return self.executor != "none"
 
+
+# %% ../nbs/00_core.ipynb #5041c3f1
 def _executor(jobs: Jobs, name: str):
     import logging, submitit
     logging.getLogger("submitit").setLevel(logging.ERROR)  # without SLURM accounting its sacct calls fail; squeue tells (below)
@@ -179,7 +182,6 @@ def _outcome(job) -> tuple[str, object]:
         return "lost", f"ended without a result (cancelled, killed, timed out or pre-empted); log {job.paths.stderr}"
     try: return "ok", job.result()
     except Exception as e:  # submitit's message holds the job's traceback: keep its last line, the exception
-        import re
         last = re.findall(r"(?m)^(\w[\w.]*(?:Error|Exception|Interrupt|Exit)\b.*)$", str(e))
         return "failed", f"failed: {last[-1] if last else type(e).__name__}; log {job.paths.stderr}"
 
@@ -191,7 +193,7 @@ def run_jobs(fn, items, jobs: Jobs | None = None, done=None, name: str = "eib", 
     jobs, items = jobs or Jobs(), list(items)
     done = done or (lambda item: False)
     results, todo = [None] * len(items), [i for i, it in enumerate(items) if not done(it)]
-    if jobs.executor == "none":
+    if not jobs.away:
         for i in todo: results[i] = fn(items[i])
         return results
     reasons, finished, failed = {}, set(), set()
@@ -229,6 +231,11 @@ def run_jobs(fn, items, jobs: Jobs | None = None, done=None, name: str = "eib", 
         raise EibError(f"{len(todo)} of {len(items)} {name} job(s) did not finish (first: {items[todo[0]]!r} {first}); "
                        "run the same command again to finish them (finished ones are kept)")
     return results
+
+def call(work):
+    "`work()`: `run_jobs`'s function for work given as a `functools.partial` of a function and its arguments."
+    return work()
+
 
 # %% ../nbs/00_core.ipynb #0148d031
 def add_job_args(parser):

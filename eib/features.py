@@ -9,20 +9,20 @@ import argparse, contextlib, hashlib, io, json, math, multiprocessing, os, shlex
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 import dataclasses
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from .core import EibError, FRAME_RATE, SAMPLE_RATE, atomic_save_npy, atomic_write_json, atomic_write_text, \
-    add_job_args, check_output, datasets_root, jobs_from_args, repo_root, run_cli, run_jobs
+    add_job_args, call, check_output, datasets_root, jobs_from_args, repo_root, run_cli, run_jobs
 
 # %% auto #0
 __all__ = ['MIN_DURATION', 'ENCODERS', 'E2V_MODELS', 'HUB_HOSTS', 'WHISPER_BASE_SHA256', 'WHISPER_WHEELS', 'WHISPER_FILES',
            'WHISPER_LAYERS', 'WHISPER_LAYER', 'PLUS_LABELS', 'prepare_wave', 'Encoder', 'CompareEncoder', 'models_root',
            'is_model_dir', 'hub_reachable', 'resolve_weights', 'Emotion2vecEncoder', 'whisper_model_dir',
            'read_ct2_encoder', 'whisper_log_mel', 'whisper_forward', 'WhisperBaseEncoder', 'get_encoder',
-           'tiny_emotion2vec', 'store_lock', 'build_store', 'FeatureStore', 'load_store', 'build_store_job',
-           'prepare_cli']
+           'tiny_emotion2vec', 'store_lock', 'build_store', 'FeatureStore', 'load_store', 'prepare_cli']
 
 # %% ../nbs/03_features.ipynb #e77c63a2
 MIN_DURATION = 0.1  # seconds: shorter clips are refused
@@ -606,7 +606,6 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
                 pos = {u: i for i, u in enumerate(base["id"])}
                 todo = [t for t in todo if pos[t[0]] % int(shard[1]) == int(shard[0])]
 
-
             def write(complete: bool):
                 if shard is not None: return None  # a shard writes feature files only
                 m = base.merge(pd.DataFrame(list(res.values()), columns=["id", "frames", "duration", "error"]),
@@ -709,10 +708,6 @@ def load_store(path, with_errors: bool = False) -> FeatureStore:
     return FeatureStore(path, with_errors=with_errors)
 
 # %% ../nbs/03_features.ipynb #15c62607
-def build_store_job(kw: dict) -> Path:
-    "`build_store(**kw)`, as a job."
-    return build_store(**kw)
-
 def prepare_cli(argv=None) -> int:
     "Console script `eib-prepare`: build a feature store (exit status 0, 2 on a user error, 130 if interrupted)."
     code = _prepare(argv)
@@ -748,9 +743,9 @@ def _prepare(argv) -> int:
         kw = dict(dataset=a.dataset, root=a.root, encoder=a.encoder, out=out, name=a.name, model_dir=a.model_dir, workers=a.workers,
                   layer=a.layer, device=a.device, force=a.force, command=cmd)  # root None: the shared datasets folder
         jobs = jobs_from_args(a)
-        if jobs.executor != "none":  # the shards encode the files; the manifest and metadata are written here
+        if jobs.away:  # the shards encode the files; the manifest and metadata are written here
             if a.shards < 1: raise EibError(f"--shards must be 1 or more, got {a.shards}")
-            run_jobs(build_store_job, [dict(kw, workers=a.cpus, shard=(k, a.shards)) for k in range(a.shards)],
+            run_jobs(call, [partial(build_store, **dict(kw, workers=a.cpus, shard=(k, a.shards))) for k in range(a.shards)],
                      dataclasses.replace(jobs, parallel=a.shards), name="eib-prepare")
             kw["force"] = False  # the shards did the forced encoding; this pass finds their files
         store = build_store(**kw)

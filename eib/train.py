@@ -5,12 +5,13 @@
 # %% ../nbs/09_train.ipynb #cfa9ed8b
 from __future__ import annotations
 import argparse, json, math, platform, sys, time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from .core import EibError, add_job_args, check_output, jobs_from_args, run_cli, run_jobs
+from .core import EibError, add_job_args, call, check_output, jobs_from_args, run_cli, run_jobs
 from .rvq import RVQConfig, GroupedRVQ, fit_rvq, rvq_report, lloyd_update
 from .ecvq import ecvq_encode, lambda_grid, train_entropy_model
 from .codec import Codec, save_codec
@@ -18,7 +19,7 @@ from .features import load_store
 
 # %% auto #0
 __all__ = ['PRESETS', 'open_features', 'split_train_val', 'sample_frames', 'stack_frames', 'train_codec', 'evaluate_codec',
-           'mse_at_rate', 'train_codec_job', 'train_cli']
+           'mse_at_rate', 'train_cli']
 
 # %% ../nbs/09_train.ipynb #ee8cdcbd
 def open_features(features):
@@ -203,10 +204,6 @@ def _refine(rvq, model, rd, info, xtr, xva, lams, ekw, seed, progress):
     return rvq2, model2, hist2, info
 
 # %% ../nbs/09_train.ipynb #39a1f9bb
-def train_codec_job(kw: dict) -> Codec:
-    "`train_codec(**kw)`, as a job."
-    return train_codec(**kw)
-
 def train_cli(argv=None) -> int:
     "Console script `eib-train`."
     ap = argparse.ArgumentParser(prog="eib-train", description="Train a grouped-RVQ + entropy-model codec on a feature store.")
@@ -240,7 +237,7 @@ def _train(a, argv) -> int:
               device=a.device, refine=a.refine, progress=not a.quiet, entropy_kw=ekw,
               max_frames=None if a.max_frames == 0 else a.max_frames, budget=a.budget,
               command=" ".join(["eib-train", *(sys.argv[1:] if argv is None else argv)]))
-    c = run_jobs(train_codec_job, [kw], jobs_from_args(a), name="eib-train")[0]  # executor none: here
+    c = run_jobs(call, [partial(train_codec, **kw)], jobs_from_args(a), name="eib-train")[0]  # executor none: here
     m = c.meta["metrics"]
     print(f"saved {a.out} (fingerprint {c.fingerprint}); RVQ val cosine {m['rvq_val']['cosine']:.4f}; {m['train_s']} s")
     return 0

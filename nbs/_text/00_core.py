@@ -9,7 +9,7 @@
 # %%
 #| export
 from __future__ import annotations
-import hashlib, json, os, subprocess, sys, tempfile, time
+import hashlib, json, os, re, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -277,13 +277,24 @@ class Jobs:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0: raise EibError(f"{k} must be a whole number >= 0, got {v!r}")
         if self.poll_s is not None and not self.poll_s > 0: raise EibError(f"poll_s must be positive, got {self.poll_s!r}")
-        if self.executor == "slurm" and not _which("sbatch"):
+        if self.executor == "slurm" and not shutil.which("sbatch"):
             raise EibError("executor 'slurm' needs SLURM's sbatch and squeue on the PATH (none found); use executor 'local' on one machine")
 
-def _which(cmd: str) -> bool:
-    import shutil
-    return shutil.which(cmd) is not None
+    @property
+    def away(self) -> bool:
+        "Whether the work leaves this process (any executor but 'none')."
+        return self.executor != "none"
 
+
+
+# %%
+test_eq((Jobs().away, Jobs("local").away), (False, True))
+test_fail(lambda: Jobs("cloud"), contains="unknown executor 'cloud'")
+test_fail(lambda: Jobs("local", parallel=0), contains="parallel must be a whole number >= 1")
+
+
+# %%
+#| export
 def _executor(jobs: Jobs, name: str):
     import logging, submitit
     logging.getLogger("submitit").setLevel(logging.ERROR)  # without SLURM accounting its sacct calls fail; squeue tells (below)
@@ -308,7 +319,6 @@ def _outcome(job) -> tuple[str, object]:
         return "lost", f"ended without a result (cancelled, killed, timed out or pre-empted); log {job.paths.stderr}"
     try: return "ok", job.result()
     except Exception as e:  # submitit's message holds the job's traceback: keep its last line, the exception
-        import re
         last = re.findall(r"(?m)^(\w[\w.]*(?:Error|Exception|Interrupt|Exit)\b.*)$", str(e))
         return "failed", f"failed: {last[-1] if last else type(e).__name__}; log {job.paths.stderr}"
 
@@ -320,7 +330,7 @@ def run_jobs(fn, items, jobs: Jobs | None = None, done=None, name: str = "eib", 
     jobs, items = jobs or Jobs(), list(items)
     done = done or (lambda item: False)
     results, todo = [None] * len(items), [i for i, it in enumerate(items) if not done(it)]
-    if jobs.executor == "none":
+    if not jobs.away:
         for i in todo: results[i] = fn(items[i])
         return results
     reasons, finished, failed = {}, set(), set()
@@ -359,10 +369,17 @@ def run_jobs(fn, items, jobs: Jobs | None = None, done=None, name: str = "eib", 
                        "run the same command again to finish them (finished ones are kept)")
     return results
 
+def call(work):
+    "`work()`: `run_jobs`'s function for work given as a `functools.partial` of a function and its arguments."
+    return work()
+
+
 
 # %%
+from functools import partial
 def _square(x): return x * x
 with tempfile.TemporaryDirectory() as d:
+    test_eq(run_jobs(call, [partial(divmod, 7, 2)], Jobs("local", Path(d) / "j3", time_min=5), progress=False), [(3, 1)])  # work with arguments
     test_eq(run_jobs(_square, [1, 2, 3]), [1, 4, 9])  # executor 'none': here, in order
     test_eq(run_jobs(_square, [1, 2, 3], Jobs("local", Path(d) / "jobs", time_min=5), done=lambda x: x == 2, progress=False), [1, None, 9])
     test_eq(len(list((Path(d) / "jobs").glob("*/*_log.out"))), 2)  # each job left its log
@@ -370,8 +387,6 @@ with tempfile.TemporaryDirectory() as d:
         test_fail(lambda: run_jobs(_square, [1, "a"], Jobs("local", Path(d) / "j2", time_min=5), progress=False),
                   contains="1 of 2 eib job(s) did not finish (first: 'a' failed: TypeError")
     test_eq(len(list((Path(d) / "j2").glob("*/*_log.out"))), 2)  # the job that raised was not submitted again
-test_fail(lambda: Jobs("cloud"), contains="unknown executor 'cloud'")
-test_fail(lambda: Jobs("local", parallel=0), contains="parallel must be a whole number >= 1")
 
 
 # %% [markdown]

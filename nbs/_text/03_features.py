@@ -14,12 +14,13 @@ import argparse, contextlib, hashlib, io, json, math, multiprocessing, os, shlex
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 import dataclasses
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from eib.core import EibError, FRAME_RATE, SAMPLE_RATE, atomic_save_npy, atomic_write_json, atomic_write_text, \
-    add_job_args, check_output, datasets_root, jobs_from_args, repo_root, run_cli, run_jobs
+    add_job_args, call, check_output, datasets_root, jobs_from_args, repo_root, run_cli, run_jobs
 
 # %%
 import io, contextlib  # noqa (also exported)
@@ -864,7 +865,6 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
                 pos = {u: i for i, u in enumerate(base["id"])}
                 todo = [t for t in todo if pos[t[0]] % int(shard[1]) == int(shard[0])]
 
-
             def write(complete: bool):
                 if shard is not None: return None  # a shard writes feature files only
                 m = base.merge(pd.DataFrame(list(res.values()), columns=["id", "frames", "duration", "error"]),
@@ -916,6 +916,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
               f"({n_new} encoded in {el:.1f} s)\n{_summary(m)}")
         for r in m[m["error"] != ""].head(10).itertuples(): print(f"  error {r.id}: {r.error}")
     return store
+
 
 # %%
 with tempfile.TemporaryDirectory() as _d:  # one writer per store: a second one is refused at once, then the lock is free again
@@ -1068,10 +1069,6 @@ test_fail(lambda: build_store("manifest", _d / "corpus", "compare", out=_d / "sh
 
 # %%
 #| export
-def build_store_job(kw: dict) -> Path:
-    "`build_store(**kw)`, as a job."
-    return build_store(**kw)
-
 def prepare_cli(argv=None) -> int:
     "Console script `eib-prepare`: build a feature store (exit status 0, 2 on a user error, 130 if interrupted)."
     code = _prepare(argv)
@@ -1107,9 +1104,9 @@ def _prepare(argv) -> int:
         kw = dict(dataset=a.dataset, root=a.root, encoder=a.encoder, out=out, name=a.name, model_dir=a.model_dir, workers=a.workers,
                   layer=a.layer, device=a.device, force=a.force, command=cmd)  # root None: the shared datasets folder
         jobs = jobs_from_args(a)
-        if jobs.executor != "none":  # the shards encode the files; the manifest and metadata are written here
+        if jobs.away:  # the shards encode the files; the manifest and metadata are written here
             if a.shards < 1: raise EibError(f"--shards must be 1 or more, got {a.shards}")
-            run_jobs(build_store_job, [dict(kw, workers=a.cpus, shard=(k, a.shards)) for k in range(a.shards)],
+            run_jobs(call, [partial(build_store, **dict(kw, workers=a.cpus, shard=(k, a.shards))) for k in range(a.shards)],
                      dataclasses.replace(jobs, parallel=a.shards), name="eib-prepare")
             kw["force"] = False  # the shards did the forced encoding; this pass finds their files
         store = build_store(**kw)

@@ -10,12 +10,13 @@
 #| export
 from __future__ import annotations
 import argparse, json, math, platform, sys, time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from eib.core import EibError, add_job_args, check_output, jobs_from_args, run_cli, run_jobs
+from eib.core import EibError, add_job_args, call, check_output, jobs_from_args, run_cli, run_jobs
 from eib.rvq import RVQConfig, GroupedRVQ, fit_rvq, rvq_report, lloyd_update
 from eib.ecvq import ecvq_encode, lambda_grid, train_entropy_model
 from eib.codec import Codec, save_codec
@@ -301,10 +302,6 @@ test_fail(lambda: train_codec("/nonexistent/store"), contains="eib-prepare")
 
 # %%
 #| export
-def train_codec_job(kw: dict) -> Codec:
-    "`train_codec(**kw)`, as a job."
-    return train_codec(**kw)
-
 def train_cli(argv=None) -> int:
     "Console script `eib-train`."
     ap = argparse.ArgumentParser(prog="eib-train", description="Train a grouped-RVQ + entropy-model codec on a feature store.")
@@ -338,7 +335,7 @@ def _train(a, argv) -> int:
               device=a.device, refine=a.refine, progress=not a.quiet, entropy_kw=ekw,
               max_frames=None if a.max_frames == 0 else a.max_frames, budget=a.budget,
               command=" ".join(["eib-train", *(sys.argv[1:] if argv is None else argv)]))
-    c = run_jobs(train_codec_job, [kw], jobs_from_args(a), name="eib-train")[0]  # executor none: here
+    c = run_jobs(call, [partial(train_codec, **kw)], jobs_from_args(a), name="eib-train")[0]  # executor none: here
     m = c.meta["metrics"]
     print(f"saved {a.out} (fingerprint {c.fingerprint}); RVQ val cosine {m['rvq_val']['cosine']:.4f}; {m['train_s']} s")
     return 0

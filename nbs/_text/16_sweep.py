@@ -11,11 +11,12 @@
 from __future__ import annotations
 import json, math, platform, shlex, shutil, sys, time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from eib.core import EibError, Jobs, atomic_write_json, fingerprint, repo_root, run_jobs
+from eib.core import EibError, Jobs, atomic_write_json, call, fingerprint, repo_root, run_jobs
 from eib.bitstream import compress_tokens, decompress
 from eib.evaluate import (QUICK_RATES_BPF, THESIS_RATES_BPF, evaluate_predictions, fit_probe, PlusHead, gaussian_rd_bound,
                           majority_baseline, store_split)
@@ -134,11 +135,12 @@ test_eq(results_path("ravdess", "x", "emotion2vec_plus_base", "emotion2vec_plus_
 #| export
 def _store_name(dataset: str, encoder: str) -> str: return dataset if encoder == "compare" else f"{dataset}_{encoder}"
 
+def _corpus_name(dataset: str, root: Path | None, name: str | None) -> str:
+    return name or (root.name if dataset == "manifest" and root is not None else dataset)
+
 def store_path(dataset: str, data_root=None, encoder: str = "compare", features_dir="data_subset", name: str | None = None) -> Path:
     "The folder of `dataset`'s feature store: `<features_dir>/<name or dataset>[_<encoder>]` (a manifest corpus: its folder's name)."
-    root = resolve_data_root(dataset, data_root)
-    name = name or (root.name if dataset == "manifest" and root is not None else dataset)
-    return _in_repo(features_dir) / _store_name(name, encoder)
+    return _in_repo(features_dir) / _store_name(_corpus_name(dataset, resolve_data_root(dataset, data_root), name), encoder)
 
 def prepare_features(dataset: str, data_root=None, encoder: str = "compare", features_dir="data_subset",
                      device: str = "cpu", progress: bool = True, model_dir=None, name: str | None = None,
@@ -152,8 +154,8 @@ def prepare_features(dataset: str, data_root=None, encoder: str = "compare", fea
     if encoder not in ENCODERS: raise EibError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
     root = resolve_data_root(dataset, data_root)
     if dataset == "manifest" and root is None: raise EibError("dataset 'manifest' needs data_root=<folder with manifest.csv>")
+    name = _corpus_name(dataset, root, name)
     path = store_path(dataset, root, encoder, features_dir, name)
-    name = path.name[:-len(encoder) - 1] if encoder != "compare" else path.name
     if shard is not None or not (path / "meta.json").exists():
         build_store(dataset, root, encoder=encoder, out=path.parent, name=path.name, model_dir=model_dir, device=device, workers=workers,
                     progress=progress, command=f"eib.sweep.prepare_features({dataset!r}, encoder={encoder!r}, name={name!r})", shard=shard)
@@ -394,7 +396,7 @@ class Sweep:
     outs: list = field(default_factory=list)  # (classifier kind, results path, results object, scorer)
     classes: list = field(default_factory=list)  # the classifiers' classes
     model_dir: object = None  # the encoder's weights (emotion2vec_plus's own head is rebuilt from them in a job)
-    tag: str = ""  # the configuration of every results file (`job_tag`), set by `sweep_results`
+    tag: str = ""  # what a job's point must have been computed for: every results file's configuration (`sweep_results`)
 
     @property
     def T(self) -> np.ndarray: return np.array([len(f) for f in self.frames])
@@ -435,14 +437,11 @@ class Sweep:
         return replace(self, store=str(self.store.path), frames=[], train_frames=[],
                        outs=[(k, p, None, None if k == PlusHead.kind else s) for k, p, _, s in self.outs])
 
-    def job_tag(self) -> str:
-        "What a job's point must have been computed for to be merged: every results file's configuration and the classifiers."
-        return self.tag
-
-    def job_point_ready(self, path: Path) -> bool:
-        "Whether `path` holds a point a job computed for this sweep (`job_tag`)."
-        try: return json.loads(path.read_text()).get("tag") == self.job_tag()
-        except (OSError, ValueError): return False
+    def job_point(self, path: Path) -> dict | None:
+        "The point a job wrote to `path` for this sweep (its `tag`), or None (no such file, or one of another sweep)."
+        try: d = json.loads(path.read_text())
+        except (OSError, ValueError): return None
+        return d if d.get("tag") == self.tag else None
 
     def points_dir(self) -> Path:
         "Where jobs write their points before they are merged: beside the first results file, `<its name>.points/`."
@@ -452,9 +451,7 @@ class Sweep:
         """Merge the points jobs wrote (`point_job`) for this sweep into the results files, then remove them (merging again
         changes nothing); points left by a sweep of another codec, subset or classifier set are removed unmerged."""
         for f in sorted(self.points_dir().glob(f"{key}_*.json")):
-            if self.job_point_ready(f):
-                d = json.loads(f.read_text())
-                self.merge_point(key, ident, d["scored"], d["secs"])
+            if (d := self.job_point(f)) is not None: self.merge_point(key, ident, d["scored"], d["secs"])
             f.unlink()
         if self.points_dir().is_dir() and not any(self.points_dir().iterdir()): self.points_dir().rmdir()
 
@@ -476,10 +473,6 @@ def sweep_codec(store, label, encoder, checkpoint, preset, codec_seed, device, p
     "Step 2: the codec at `checkpoint` (default `checkpoints/<label>_<preset>[_<encoder>]`), trained there if missing."
     ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder)
     return get_codec(store, ck, preset, seed=codec_seed, device=device, progress=progress), ck
-
-def features_job(kw: dict) -> str:
-    "In a job: encode the share `kw['shard']` of the feature files of `prepare_features`'s arguments `kw`; returns the store's folder."
-    return str(prepare_features(**kw))
 
 def codec_job(kw: dict) -> str:
     "In a job: train (or find) the codec of `sweep_codec`'s arguments `kw`, the store given as its folder; returns the checkpoint."
@@ -567,7 +560,7 @@ def sweep_rate_points(sw: Sweep, targets, rate_mode: str, workers: int, progress
     from tqdm.auto import tqdm
     from eib.rate import RateController, solve_sharded
     todo = [t for t in targets if t not in sw.done("rate_points", "target_bpf")]
-    if jobs is not None and jobs.executor != "none":
+    if jobs is not None and jobs.away:
         _run_point_jobs(sw, "rate_points", "target_bpf", todo, jobs, progress, rate_mode=rate_mode)
         return
     if not todo: return
@@ -613,17 +606,18 @@ def sweep_layer_points(sw: Sweep, layer_points: int, layer_max_steps: int, codec
     from tqdm.auto import tqdm
     c = sw.codec.rvq.cfg
     ns = [k for k in layer_depths(c.groups, c.positions, layer_points) if k not in sw.done("layer_sweep", "layers")]
+    away = jobs is not None and jobs.away
     if not ns:
-        if jobs is not None and jobs.executor != "none": sw.merge_job_points("layer_sweep", "layers")  # what killed runs left
+        if away: sw.merge_job_points("layer_sweep", "layers")  # what killed runs left
         return
     t0, ck = time.time(), Path(str(sw.checkpoint) + "_layers")
     train = dict(checkpoint=str(ck), seed=codec_seed, device=device, progress=progress, max_steps=layer_max_steps)
-    if jobs is not None and jobs.executor != "none":
+    if away:
         run_jobs(layer_codec_job, [(sw.for_jobs(), train)], jobs, done=lambda _: layer_codec_ready(sw.codec, ck),
                  name=f"eib-{sw.label}-layer-model", progress=progress)
-    lc = get_layer_codec(sw.codec, sw.store, ck, **{k: v for k, v in train.items() if k != "checkpoint"})
+    lc = get_layer_codec(sw.codec, sw.store, **train)
     for _, _, obj, _ in sw.outs: obj["timing"]["layer_model_s"] = round(time.time() - t0, 2)
-    if jobs is not None and jobs.executor != "none":
+    if away:
         _run_point_jobs(sw, "layer_sweep", "layers", ns, jobs, progress, layer_codec=lc)
         return
     for k in tqdm(ns, desc=f"{sw.label} layer sweep", disable=not progress):
@@ -660,7 +654,7 @@ def point_job(job: PointJob) -> str:
         point, recon, recon_train = rate_point(sw, job.value, rc.solve(job.value, mode=job.rate_mode, clamp=True), maxb, 1)
     else: point, recon, recon_train = layer_point(sw, job.layer_codec, int(job.value))
     secs = time.time() - t0
-    atomic_write_json(job.out, dict(key=job.key, value=job.value, secs=secs, tag=sw.job_tag(),
+    atomic_write_json(job.out, dict(key=job.key, value=job.value, secs=secs, tag=sw.tag,
                                     scored=sw.score_point(point, recon, recon_train)), allow_nan=False)
     return str(job.out)
 
@@ -675,7 +669,7 @@ def _run_point_jobs(sw: Sweep, key: str, ident: str, values, jobs: Jobs, progres
     "One job per point value (points already written by an earlier job are merged, not redone); merged as far as they got."
     pdir, slim = sw.points_dir(), sw.for_jobs()
     pj = [PointJob(slim, key, v, pdir / f"{key}_{v:.10g}.json", **kw) for v in values]
-    try: run_jobs(point_job, pj, replace(jobs, gpus=0), done=lambda j: sw.job_point_ready(j.out), name=f"eib-{sw.label}-{key.replace('_', '-')}",
+    try: run_jobs(point_job, pj, replace(jobs, gpus=0), done=lambda j: sw.job_point(j.out) is not None, name=f"eib-{sw.label}-{key.replace('_', '-')}",
                   progress=progress)  # the exact coding model runs on CPUs
     finally: sw.merge_job_points(key, ident)
 
@@ -704,11 +698,10 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     jobs = jobs or Jobs()
     if device == "cuda" and jobs.executor != "slurm" and not torch.cuda.is_available():  # a SLURM job finds its GPU there
         raise EibError("device='cuda' but no CUDA device is available")
-    away = jobs.executor != "none"
     fkw = dict(dataset=dataset, data_root=data_root, encoder=encoder, features_dir=features_dir, device=device, progress=progress,
                model_dir=model_dir, name=name)
-    if away:  # `parallel` jobs encode a share of the files each; the store's manifest is then written here
-        run_jobs(features_job, [dict(fkw, workers=jobs.cpus, shard=(k, jobs.parallel)) for k in range(jobs.parallel)], jobs,
+    if jobs.away:  # `parallel` jobs encode a share of the files each; the store's manifest is then written here
+        run_jobs(call, [partial(prepare_features, **fkw, workers=jobs.cpus, shard=(k, jobs.parallel)) for k in range(jobs.parallel)], jobs,
                  done=lambda kw: (store_path(dataset, data_root, encoder, features_dir, name) / "meta.json").exists(),
                  name="eib-features", progress=progress)
     store, label = sweep_features(**fkw)  # 1 (the files the jobs encoded are found, not encoded again)
@@ -716,7 +709,7 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     ckw = dict(store=str(store.path), label=label, encoder=encoder, checkpoint=checkpoint, preset=preset, codec_seed=codec_seed,
                device=device, progress=progress)
     ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder)
-    if away: run_jobs(codec_job, [ckw], jobs, done=lambda kw: (ck / "config.json").exists(), name="eib-codec", progress=progress)
+    if jobs.away: run_jobs(codec_job, [ckw], jobs, done=lambda kw: (ck / "config.json").exists(), name="eib-codec", progress=progress)
     codec, ck = sweep_codec(**dict(ckw, store=store))  # 2 (a codec trained by the job is loaded here)
     t_codec = time.time()
     sw = Sweep(label, store, codec, ck, dataset if dataset in LABEL_PROTOCOLS else "identity", seed)
