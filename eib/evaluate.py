@@ -11,9 +11,10 @@ import pandas as pd
 from .core import EibError, atomic_write_json, fingerprint, repo_root
 
 # %% auto #0
-__all__ = ['POOLINGS', 'DEFAULT_CS', 'PLUS_HEAD_LABELS', 'CI_METRICS', 'THESIS_RATES_BPF', 'QUICK_RATES_BPF', 'pool', 'pool_many',
-           'Probe', 'load_probe', 'fit_probe', 'blobs', 'plus_head_available', 'PlusHead', 'evaluate_predictions',
-           'majority_baseline', 'unquantised_baseline', 'gaussian_rd_bound', 'store_split']
+__all__ = ['POOLINGS', 'DEFAULT_CS', 'SCALE_FLOOR', 'PLUS_HEAD_LABELS', 'CI_METRICS', 'THESIS_RATES_BPF', 'QUICK_RATES_BPF',
+           'pool', 'pool_many', 'Probe', 'load_probe', 'floored_scaler', 'fit_probe', 'blobs', 'plus_head_available',
+           'PlusHead', 'evaluate_predictions', 'majority_baseline', 'unquantised_baseline', 'gaussian_rd_bound',
+           'store_split']
 
 # %% ../nbs/13_evaluate.ipynb #3ca79ad8
 POOLINGS = ("mean", "meanstd")
@@ -101,6 +102,17 @@ def load_probe(path) -> Probe:
 
 # %% ../nbs/13_evaluate.ipynb #7393dc38
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 7))
+SCALE_FLOOR = 0.01  # a pooled feature is never scaled by less than 1% of its frame-level spread
+
+def floored_scaler(floor):
+    "sklearn's `StandardScaler` whose `scale_` is at least `floor` (per feature): unchanged where nothing falls below it."
+    from sklearn.preprocessing import StandardScaler
+    class FlooredScaler(StandardScaler):
+        def fit(self, X, y=None, sample_weight=None):
+            super().fit(X, y, sample_weight)
+            self.scale_ = np.maximum(self.scale_, floor)
+            return self
+    return FlooredScaler()
 
 def _as_labels(labels, n: int, what: str = "labels") -> np.ndarray:
     y = np.asarray([str(v) for v in labels], dtype=object)
@@ -108,15 +120,17 @@ def _as_labels(labels, n: int, what: str = "labels") -> np.ndarray:
     return y
 
 def fit_probe(utts, labels, groups=None, seed: int = 42, pooling: str = "auto", Cs=DEFAULT_CS,
-              n_splits: int = 5, max_iter: int = 3000, scoring: str = "f1_weighted", threads: int | None = 1) -> Probe:
+              n_splits: int = 5, max_iter: int = 3000, scoring: str = "f1_weighted", threads: int | None = 1,
+              scale_floor: float = SCALE_FLOOR) -> Probe:
     """Linear probe on pooled `utts` (list of `(T, D)` arrays, UNQUANTISED training split) with `labels`.
     `C` (and the pooling, if `auto`) chosen by cross-validation with folds grouped by `groups` (speakers).
-    `threads`: BLAS/OpenMP threads while fitting (1 is fastest for these small problems; None: library default)."""
+    `threads`: BLAS/OpenMP threads while fitting (1 is fastest for these small problems; None: library default).
+    `scale_floor`: each pooled feature is standardised by its spread over utterances, but never by less than
+    `scale_floor` times the spread of its frame-level dimension over the training frames."""
     from threadpoolctl import threadpool_limits
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     from sklearn.exceptions import ConvergenceWarning
     poolings = POOLINGS if pooling == "auto" else (pooling,)
     if pooling != "auto" and pooling not in POOLINGS:
@@ -135,21 +149,25 @@ def fit_probe(utts, labels, groups=None, seed: int = 42, pooling: str = "auto", 
         splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
         why = "no groups given" if g is None else f"only one training speaker, {g[0]!r}"
         cv_kind = f"StratifiedKFold({k}) over utterances, NOT speaker-grouped ({why})"
-    mk = lambda C: make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
+    if not (isinstance(scale_floor, (int, float)) and 0 <= scale_floor < 1): raise EibError(f"scale_floor must be in [0, 1), got {scale_floor!r}")
     X = {p: pool_many(utts, p) for p in poolings}
+    spread = np.concatenate([np.asarray(u, np.float64) for u in utts]).std(0)  # frame-level spread of each dimension
+    floor = {p: scale_floor * np.tile(spread, X[p].shape[1] // len(spread)) for p in poolings}
+    mk = lambda C, p: make_pipeline(floored_scaler(floor[p]), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
     scores = {}
     with warnings.catch_warnings(), threadpool_limits(limits=threads):
         warnings.simplefilter("ignore", ConvergenceWarning)
         for p in poolings:
             for C in sorted(Cs):
-                scores[(p, C)] = float(np.mean(cross_val_score(mk(C), X[p], y, cv=splits, scoring=scoring)))
+                scores[(p, C)] = float(np.mean(cross_val_score(mk(C, p), X[p], y, cv=splits, scoring=scoring)))
         best = max(scores.values())
         p, C = next(k for k, v in scores.items() if v == best)  # first max: pooling order, then smallest C
-        pipe = mk(C).fit(X[p], y)
+        pipe = mk(C, p).fit(X[p], y)
     sc, lr = pipe[0], pipe[1]
     coef, b = lr.coef_, lr.intercept_
     if len(lr.classes_) == 2: coef, b = np.vstack([-coef / 2, coef / 2]), np.array([-b[0] / 2, b[0] / 2])  # sigmoid as softmax
-    cv = dict(scheme=cv_kind, scoring=scoring, best=best, n_train=len(y), converged=bool(lr.n_iter_.max() < max_iter),
+    floored = int((sc.scale_ <= floor[p]).sum()) if scale_floor > 0 else 0
+    cv = dict(scheme=cv_kind, scoring=scoring, best=best, scale_floor=float(scale_floor), floored=floored, n_train=len(y), converged=bool(lr.n_iter_.max() < max_iter),
               scores=[dict(pooling=q, C=c, score=s) for (q, c), s in scores.items()])
     return Probe(list(lr.classes_), p, sc.mean_, sc.scale_, coef, b, C=float(C), cv=cv)
 
