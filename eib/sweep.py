@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from .core import EibError, Jobs, atomic_write_json, call, fingerprint, repo_root, run_jobs
 from .bitstream import compress_tokens, decompress
-from .evaluate import (QUICK_RATES_BPF, THESIS_RATES_BPF, evaluate_predictions, fit_probe, PlusHead, gaussian_rd_bound,
+from .evaluate import (QUICK_RATES_BPF, SCALE_FLOOR, THESIS_RATES_BPF, evaluate_predictions, fit_probe, PlusHead, gaussian_rd_bound,
                           majority_baseline, store_split)
 from .records import new_results, start_results, validate_results, write_results
 
@@ -592,7 +592,8 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     config = dict(codec_fingerprint=codec.fingerprint, preset=preset, rate_mode=rate_mode, seed=int(seed),
                   samples_per_emotion=samples_per_emotion, counts={c: int((sw.y == c).sum()) for c in clfs[0][1].classes_},
                   count="stream", checkpoint=ck.name, store=store.path.name, test_ids_fingerprint=fingerprint(sw.ids),
-                  layer_model="EntropyModel(codec config) on layer-sweep tokens", layer_max_steps=int(layer_max_steps))
+                  layer_model="EntropyModel(codec config) on layer-sweep tokens", layer_max_steps=int(layer_max_steps),
+                  probe_scale_floor=SCALE_FLOOR)
     cmd = command if command is not None else " ".join(shlex.quote(a) for a in sys.argv)
     sweep_results(sw, clfs, y_train, targets, out_dir, config, cmd, force, dict(features_s=round(t_feat - t_start, 2),
                   codec_s=round(t_codec - t_feat, 2), probe_s=round(time.time() - t_codec, 2)), matched_per_emotion, layer_sweep)  # 5

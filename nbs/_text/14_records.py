@@ -40,7 +40,8 @@ from eib.evaluate import blobs, evaluate_predictions, fit_probe, gaussian_rd_bou
 #   scheme, which says when it could not be grouped by speaker); a matched file's points also carry
 #   `classifier_fit` (that point's probe: pooling, C, cross-validated score);
 # - `config`: `codec_fingerprint`, `preset`, `rate_mode`, `seed`, `samples_per_emotion` (null: all), `counts`
-#   (e.g. train/test utterances and frames), more keys allowed;
+#   (e.g. train/test utterances and frames), more keys allowed; sweeps since 2026-12-04 add `probe_scale_floor`
+#   (`eib.evaluate.SCALE_FLOOR`; a file without it was fitted before the floor existed, that is with none);
 # - `baselines`: `unquantised` and `majority`, each a metrics block (`evaluate_predictions`);
 # - `rd_bound`: `[{bpf, mse}]` from `gaussian_rd_bound`;
 # - `rate_points`: `[{target_bpf, capped, achieved_bpf_mean, achieved_bpf_std, achieved_bpf_min, achieved_bpf_max,
