@@ -43,10 +43,22 @@ vega_script()
 # thesis's protocol), asks whether a deployed model still works on decoded features; its fall can be a domain shift,
 # not lost information. The **matched** probe, the same recipe fitted on the decoded training subset at each rate,
 # asks how much emotion information the code still carries.
+#
+# Both probes scale each pooled feature by at least 1% of its frame-level spread (`eib.evaluate.SCALE_FLOOR`; chapter
+# 13 shows why). Without that floor, the fixed probe on RAVDESS's ComParE features leaned on the clip means of delta
+# coefficients, which vary over 1e-5 of their frame-level spread. It then scored 0.15 at the codec's top rate and 0.30
+# even at a normalised MSE of 0.003: that was the probe's conditioning, not lost emotion.
 
 # %%
 #| code-fold: true
 verdict_table(named) if named else md("No results file is present yet: there is no verdict to give.")
+
+# %%
+#| code-fold: true
+_before = [lab for lab, r in named if "probe_scale_floor" not in r["config"]]
+if _before: md("Fitted before the scale floor existed (so with none): " + ", ".join(f"**{lab}**" for lab in _before) + ". The floor "
+               "leaves the fixed Whisper-base probes' unquantised F1 unchanged to the last digit; a matched probe fitted on "
+               "fewer utterances can change where a pooled feature falls below it.")
 
 # %% [markdown]
 # ## What was measured, and on what
