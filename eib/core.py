@@ -12,7 +12,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['FRAME_RATE', 'SAMPLE_RATE', 'EXECUTORS', 'bpf_to_bps', 'EibError', 'repo_root', 'shared_root', 'datasets_root',
            'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_save_npy', 'check_output', 'run_cli',
-           'fingerprint', 'Jobs', 'run_jobs', 'call', 'add_job_args', 'jobs_from_args']
+           'die_with_parent', 'fingerprint', 'Jobs', 'run_jobs', 'call', 'add_job_args', 'jobs_from_args']
 
 # %% ../nbs/00_core.ipynb #f8e4f5f8
 FRAME_RATE = 50  # frames per second, for every encoder
@@ -114,6 +114,13 @@ def run_cli(prog: str, work, debug: bool = False, interrupted: str = "interrupte
         else: msg, rc = f"internal error: {type(e).__name__}: {e} (run again with --debug for the traceback, and please report it)", 1
     print(f"{prog}: {msg}", file=sys.stderr)
     return rc
+
+# %% ../nbs/00_core.ipynb #77f28dba
+def die_with_parent():
+    "Worker initializer (Linux): the kernel sends SIGTERM to this process when its parent dies, even by kill -9."
+    import ctypes, signal
+    try: ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError): pass  # not Linux: workers end when their task queue closes
 
 # %% ../nbs/00_core.ipynb #35dcbbb8
 def fingerprint(obj, n: int = 16) -> str:

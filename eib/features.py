@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import EibError, FRAME_RATE, SAMPLE_RATE, atomic_save_npy, atomic_write_json, atomic_write_text, \
+from .core import EibError, FRAME_RATE, SAMPLE_RATE, atomic_save_npy, die_with_parent, atomic_write_json, atomic_write_text, \
     add_job_args, call, check_output, datasets_root, jobs_from_args, repo_root, run_cli, run_jobs
 
 # %% auto #0
@@ -452,13 +452,6 @@ def _graceful_stop():
     finally:
         for s, h in old.items(): signal.signal(s, h)
 
-def _die_with_parent():
-    "Worker initializer (Linux): the kernel sends SIGTERM to this worker when the process that started it dies, even by kill -9."
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError): pass  # not Linux: workers end when their task queue closes
-
 @contextlib.contextmanager
 def store_lock(store: Path):
     "Hold an exclusive lock on `store` (its `.lock` file) while writing it; another writer gets an EibError at once."
@@ -569,7 +562,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
     ctx = multiprocessing.get_context("fork" if encoder == "compare" else "spawn")
     if encoder == "compare" and workers > 1: import opensmile  # noqa: F401 (imported once, inherited by the forks)
     with store_lock(store) if shard is None else contextlib.nullcontext():  # one writer of the manifest at a time
-        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=F._die_with_parent) if workers > 1 else None
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent) if workers > 1 else None
         try:
             try: info = pool.submit(F._encoder_info, spec).result() if pool else F._encoder_info(spec)
             except BrokenProcessPool:

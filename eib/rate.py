@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from .core import EibError, FRAME_RATE, atomic_write_bytes, atomic_save_npy, check_output, run_cli
+from .core import EibError, FRAME_RATE, atomic_write_bytes, atomic_save_npy, check_output, die_with_parent, run_cli
 from .codec import as_codec, load_codec
 from .bitstream import check_features, compress, decompress, stream_bpf, stream_info
 from .engine import LAM_INF, CodedState, RateEngine, check_utterances
@@ -406,7 +406,10 @@ def solve_sharded(codec, utterances, targets, workers: int = 2, ids=None, count:
     T = np.array([len(u) for u in utts])
     order = _shards(T, max(1, min(int(workers), len(utts))))
     ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager, ctx.Pool(len(order)) as pool:  # the standard library's process pool
+    from multiprocessing.managers import SyncManager
+    manager = SyncManager(ctx=ctx)
+    manager.start(die_with_parent)  # the queue's server and the workers stop when this process dies, even by kill -9
+    with manager, ctx.Pool(len(order), initializer=die_with_parent) as pool:  # the standard library's process pool
         q = manager.Queue()
         for k, o in enumerate(order):
             pool.apply_async(_shard_run, (q, k, codec, [utts[i] for i in o], None if ids is None else [ids[i] for i in o],

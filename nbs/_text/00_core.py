@@ -218,6 +218,27 @@ test_fail(lambda: run_cli("x", _boom(EibError("bad")), debug=True), contains="ba
 
 
 # %% [markdown]
+# Worker processes (the feature encoders of `eib-prepare`, the rate-control shards of a sweep) start with
+# `die_with_parent`: on Linux the kernel then stops a worker when the process that started it dies, even by `kill -9`,
+# so an interrupted run leaves no worker computing for nobody.
+
+# %%
+#| export
+def die_with_parent():
+    "Worker initializer (Linux): the kernel sends SIGTERM to this process when its parent dies, even by kill -9."
+    import ctypes, signal
+    try: ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError): pass  # not Linux: workers end when their task queue closes
+
+
+# %%
+_r = subprocess.run([sys.executable, "-c", "import ctypes; from eib.core import die_with_parent; die_with_parent(); "
+                     "v = ctypes.c_int(); ctypes.CDLL('libc.so.6').prctl(2, ctypes.byref(v)); print(v.value)"],  # PR_GET_PDEATHSIG
+                    capture_output=True, text=True, check=True)
+test_eq(_r.stdout.strip(), "15")  # SIGTERM
+
+
+# %% [markdown]
 # ## Fingerprints
 #
 # A short, stable hash of bytes or of a JSON-able object identifies a model or a configuration
