@@ -40,11 +40,12 @@ from fastcore.test import test, test_eq, test_ne, test_fail, test_close
 # (512 dims: 80 tokens a frame), and the 13-dim groups of ComParE get 8 (130 dims: 80 tokens a frame).
 #
 # Why at least 8. On RAVDESS's ComParE frames (130 dims, 10 groups of 13), plain RVQ leaves a normalised MSE of
-# 0.074 after 3 layers per group (the depth this rule gave before), 0.022 after 6 and 0.012 after 8, and the fixed
-# probe's weighted F1 on the test split is 0.43, 0.50 and 0.54 (unquantised: 0.556, 95% interval 0.50 to 0.61). Only 8
-# lies inside. (Measured with the probe of chapter 13, whose scale floor these numbers need; `RVQConfig.for_dim(130,
-# layers=8)` fitted on 60 000 training frames, 12 Lloyd iterations, nearest-code encoding of the 360-utterance test
-# subset.)
+# 0.074 after 3 layers per group (the depth this rule gave before), 0.022 after 6 and 0.011 after 8. The fixed probe's
+# weighted F1 on the test split is 0.40 to 0.43 after 3 layers, 0.49 to 0.50 after 6 and 0.50 to 0.54 after 8, over
+# two codebook fits (unquantised: 0.556, 95% interval 0.50 to 0.61). Only 8 reaches the interval. These numbers use
+# the probe of chapter 13, whose scale floor they need. They come from codebooks fitted on 60 000 training frames with
+# 12 Lloyd iterations, and nearest-code encoding of the 360-utterance test subset
+# (`benchmarks/probe_floor.py --features data_subset/ravdess --layers 16`, and a fit of 8 layers).
 
 # %%
 #| export
