@@ -1,5 +1,6 @@
-"Shared fixtures: the rendered website served on 127.0.0.1, and a headless Chromium driven by Playwright."
-import functools, http.server, os, shutil, threading
+"""Shared fixtures: the rendered website served on 127.0.0.1, and a headless Chromium driven by Playwright; and the
+helpers of the tests that kill a process and look for the workers it leaves behind."""
+import functools, http.server, os, shutil, signal, subprocess, threading, time
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,35 @@ ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = os.environ.get("EIB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def children(pid: int) -> list[str]:
+    "The process ids of `pid`'s children."
+    return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+
+
+def wait_children(p, n: int, timeout: float = 60.0) -> list[str]:
+    "The children of the running process `p` once it has at least `n` (an assertion error if not within `timeout` s)."
+    deadline, kids = time.time() + timeout, []
+    while time.time() < deadline:
+        kids = children(p.pid)
+        if len(kids) >= n: return kids
+        time.sleep(0.1)
+    raise AssertionError(f"{len(kids)} children, expected {n}; exit status {p.poll()}")
+
+
+def _cmdline(pid: str) -> str | None:
+    try: return Path(f"/proc/{pid}/cmdline").read_text(errors="replace").replace("\0", " ")
+    except OSError: return None  # gone
+
+
+def survivors_of_kill_9(p, kids, match: str = "", timeout: float = 15.0) -> list[str]:
+    "SIGKILL `p`, then the `kids` whose command line holds `match` that are still alive after `timeout` s."
+    os.kill(p.pid, signal.SIGKILL); p.wait(timeout=30)
+    alive = lambda: [k for k, c in ((k, _cmdline(k)) for k in kids) if c is not None and match in c]
+    deadline = time.time() + timeout
+    while time.time() < deadline and alive(): time.sleep(0.1)
+    return alive()
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
