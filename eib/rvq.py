@@ -53,10 +53,10 @@ class RVQConfig:
         """Derive the grouping from `dim`: groups of 64 dims when 64 divides `dim` (768 -> 12 x 64,
         1024 -> 16 x 64); otherwise the smallest divisor of `dim` that is at least 12 (130 -> 10 x 13,
         88 -> 4 x 22); a prime `dim` (or one below 12) is a single group. `layers` (None): one per 6 dims
-        of a group, at least 8 (64-dim groups: 10 layers; 13-dim groups: 8)."""
+        of a group, at least 10 (64-dim and 13-dim groups: 10 layers)."""
         if not isinstance(dim, (int, np.integer)) or dim < 1: raise EibError(f"dim must be a positive integer, got {dim!r}")
         gd = _group_dim_for(int(dim))
-        return cls(int(dim), int(dim) // gd, max(8, gd // 6) if layers is None else layers, codes)
+        return cls(int(dim), int(dim) // gd, max(10, gd // 6) if layers is None else layers, codes)
 
     def to_dict(self) -> dict: return asdict(self)
     @classmethod
