@@ -22,7 +22,7 @@ __all__ = ['MIN_DURATION', 'ENCODERS', 'E2V_MODELS', 'HUB_HOSTS', 'WHISPER_BASE_
            'WHISPER_LAYERS', 'WHISPER_LAYER', 'PLUS_LABELS', 'prepare_wave', 'Encoder', 'CompareEncoder', 'models_root',
            'is_model_dir', 'hub_reachable', 'resolve_weights', 'Emotion2vecEncoder', 'whisper_model_dir',
            'read_ct2_encoder', 'whisper_log_mel', 'whisper_forward', 'WhisperBaseEncoder', 'get_encoder',
-           'tiny_emotion2vec', 'store_lock', 'build_store', 'FeatureStore', 'load_store', 'prepare_cli']
+           'tiny_emotion2vec', 'store_name', 'store_lock', 'build_store', 'FeatureStore', 'load_store', 'prepare_cli']
 
 # %% ../nbs/03_features.ipynb #e77c63a2
 MIN_DURATION = 0.1  # seconds: shorter clips are refused
@@ -431,6 +431,13 @@ def tiny_emotion2vec(folder, embed_dim: int = 32, labels: list | None = None, se
 PLUS_LABELS = ["生气/angry", "厌恶/disgusted", "恐惧/fearful", "开心/happy", "中立/neutral", "其他/other", "难过/sad",
                "吃惊/surprised", "<unk>"]  # tokens.txt of the emotion2vec_plus models
 
+# %% ../nbs/03_features.ipynb #0cb3e1cc
+def store_name(dataset: str, encoder: str = "compare", root=None, corpus: str | None = None) -> str:
+    """The default name of `dataset`'s feature store for `encoder`: `corpus` (default: the dataset's name, or a
+    manifest corpus's folder name) with `_<encoder>` appended for every encoder but ComParE."""
+    corpus = corpus or (Path(root).name if dataset == "manifest" and root is not None else dataset)
+    return corpus if encoder == "compare" else f"{corpus}_{encoder}"
+
 # %% ../nbs/03_features.ipynb #ffe3d1e0
 _MANIFEST_COLS = ["id", "speaker", "emotion", "emotion_orig", "split", "frames", "duration", "source", "error"]
 _W: dict = {}  # per-process encoder cache of the workers
@@ -527,7 +534,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
                 model_dir=None, workers: int = 2, device: str = "cpu", force: bool = False, table: pd.DataFrame | None = None,
                 command: str | None = None, progress: bool = True, verbose: bool = True, check_dim: bool = True,
                 layer: int | None = None, shard: tuple[int, int] | None = None) -> Path:
-    """Encode corpus `dataset` (at `root`) with `encoder` (`layer`: whisper_base's hidden layer) into `out/<name>/`; returns
+    """Encode corpus `dataset` (at `root`) with `encoder` (`layer`: whisper_base's hidden layer) into `out/<name>/` (default name: `store_name`); returns
     the store folder. `shard=(k, n)`: encode only the k-th of n shares of the utterances still to encode, writing their
     feature files and nothing else (no lock: n shard jobs run at once); a later run without `shard` finds them
     encoded and writes the manifest and metadata."""
@@ -548,7 +555,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
             root = ensure_corpus()
         table = read_dataset(dataset, root)
     if not len(table): raise EibError(f"{dataset}: the utterance table is empty")
-    name = name or (dataset if dataset != "manifest" or root is None else Path(root).name)
+    name = name or store_name(dataset, encoder, root)
     store = check_output(Path(out) / name, root, folder=True)  # never inside (or around) the corpus it reads
     spec = (encoder, None if model_dir is None else str(model_dir), device, check_dim, None if layer is None else int(layer))
     t_start, started = time.time(), datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -718,7 +725,8 @@ def _prepare(argv) -> int:
                    "or faster-whisper Whisper base (model.bin, checked against its SHA-256)")
     p.add_argument("--layer", type=int, default=None, help="whisper_base: hidden layer 0..6 (default: the one chosen by "
                    "cross-validation on RAVDESS's training split, eib.features.WHISPER_LAYER)")
-    p.add_argument("--name", default=None, help="store name (default: the dataset's)")
+    p.add_argument("--name", default=None, help="store name (default: the dataset's, or the manifest "
+                   "folder's, with _<encoder> for encoders other than compare: the store the sweep looks for)")
     p.add_argument("--out", default=None, help="folder of stores (default: <repo>/data_subset)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")

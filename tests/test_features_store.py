@@ -75,7 +75,7 @@ def test_emotion2vec_store_two_spawned_workers(tmp_path):
     assert {st.frames(u).shape for u in st.ids()} == {(74, 32)}           # floor((24000 - 400) / 320) + 1
     assert st.meta["encoder_version"].startswith("funasr-1.4.16/emotion2vec_plus_base/weights-")
     with pytest.raises(Exception, match="holds emotion2vec_plus_base features, not compare"):
-        build_store("manifest", tmp_path / "c", "compare", out=tmp_path / "s", name="c", progress=False)
+        build_store("manifest", tmp_path / "c", "compare", out=tmp_path / "s", name=p.name, progress=False)
 
 
 def test_whisper_store_offline_and_bad_weights_refused(tmp_path):
@@ -86,7 +86,7 @@ def test_whisper_store_offline_and_bad_weights_refused(tmp_path):
     r = subprocess.run(PREPARE + ["--dataset", "manifest", "--root", str(tmp_path / "c"), "--out", str(tmp_path / "s"),
                                   "--encoder", "whisper_base", "--workers", "1"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
-    st = load_store(tmp_path / "s" / "c")
+    st = load_store(tmp_path / "s" / "c_whisper_base")                       # the name the sweep looks for (store_name)
     assert (st.dim, st.frame_rate, st.meta["encoder_layer"]) == (512, 50, WHISPER_LAYER)
     assert {st.frames(u).shape for u in st.ids()} == {(75, 512)}            # 1.5 s at 50 frames per second
     bad = tmp_path / "bad"; bad.mkdir()

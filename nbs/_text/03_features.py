@@ -667,10 +667,13 @@ with tempfile.TemporaryDirectory() as d:
     test_fail(lambda: get_encoder("emotion2vec_plus_base", check_dim=False,
                                   model_dir=tiny_emotion2vec(Path(d) / "p5", labels=PLUS_LABELS[:4] + ["<unk>"])), contains="expected 9")
 
+
 # %% [markdown]
 # ## The feature store
 #
-# `build_store` encodes every utterance of a corpus once and keeps the frames in `data_subset/<name>/`:
+# `build_store` encodes every utterance of a corpus once and keeps the frames in `data_subset/<name>/`, where `<name>` is by default
+# `store_name`'s: the corpus (a manifest corpus: its folder's name), with `_<encoder>` for every encoder but ComParE,
+# the name the sweep looks for (`data_subset/ravdess`, `data_subset/ravdess_whisper_base`):
 #
 # | file | content |
 # |---|---|
@@ -686,6 +689,21 @@ with tempfile.TemporaryDirectory() as d:
 # interrupted run leaves no partial file and the next run picks up where it stopped: frames already on disk
 # with the right shape are reused, files that failed before are tried again. A store is tied to its
 # encoder: building into a store made by another encoder or encoder version is refused unless `force=True`.
+
+# %%
+#| export
+def store_name(dataset: str, encoder: str = "compare", root=None, corpus: str | None = None) -> str:
+    """The default name of `dataset`'s feature store for `encoder`: `corpus` (default: the dataset's name, or a
+    manifest corpus's folder name) with `_<encoder>` appended for every encoder but ComParE."""
+    corpus = corpus or (Path(root).name if dataset == "manifest" and root is not None else dataset)
+    return corpus if encoder == "compare" else f"{corpus}_{encoder}"
+
+
+# %%
+test_eq(store_name("ravdess"), "ravdess")
+test_eq(store_name("ravdess", "whisper_base"), "ravdess_whisper_base")
+test_eq(store_name("manifest", "whisper_base", root="/corpora/my_corpus"), "my_corpus_whisper_base")
+test_eq(store_name("manifest", "compare", root="/corpora/my_corpus", corpus="mine"), "mine")
 
 # %%
 #| export
@@ -786,7 +804,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
                 model_dir=None, workers: int = 2, device: str = "cpu", force: bool = False, table: pd.DataFrame | None = None,
                 command: str | None = None, progress: bool = True, verbose: bool = True, check_dim: bool = True,
                 layer: int | None = None, shard: tuple[int, int] | None = None) -> Path:
-    """Encode corpus `dataset` (at `root`) with `encoder` (`layer`: whisper_base's hidden layer) into `out/<name>/`; returns
+    """Encode corpus `dataset` (at `root`) with `encoder` (`layer`: whisper_base's hidden layer) into `out/<name>/` (default name: `store_name`); returns
     the store folder. `shard=(k, n)`: encode only the k-th of n shares of the utterances still to encode, writing their
     feature files and nothing else (no lock: n shard jobs run at once); a later run without `shard` finds them
     encoded and writes the manifest and metadata."""
@@ -807,7 +825,7 @@ def build_store(dataset: str, root=None, encoder: str = "compare", out="data_sub
             root = ensure_corpus()
         table = read_dataset(dataset, root)
     if not len(table): raise EibError(f"{dataset}: the utterance table is empty")
-    name = name or (dataset if dataset != "manifest" or root is None else Path(root).name)
+    name = name or store_name(dataset, encoder, root)
     store = check_output(Path(out) / name, root, folder=True)  # never inside (or around) the corpus it reads
     spec = (encoder, None if model_dir is None else str(model_dir), device, check_dim, None if layer is None else int(layer))
     t_start, started = time.time(), datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -1079,7 +1097,8 @@ def _prepare(argv) -> int:
                    "or faster-whisper Whisper base (model.bin, checked against its SHA-256)")
     p.add_argument("--layer", type=int, default=None, help="whisper_base: hidden layer 0..6 (default: the one chosen by "
                    "cross-validation on RAVDESS's training split, eib.features.WHISPER_LAYER)")
-    p.add_argument("--name", default=None, help="store name (default: the dataset's)")
+    p.add_argument("--name", default=None, help="store name (default: the dataset's, or the manifest "
+                   "folder's, with _<encoder> for encoders other than compare: the store the sweep looks for)")
     p.add_argument("--out", default=None, help="folder of stores (default: <repo>/data_subset)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")

@@ -133,14 +133,10 @@ test_eq(results_path("ravdess", "x", "emotion2vec_plus_base", "emotion2vec_plus_
 
 # %%
 #| export
-def _store_name(dataset: str, encoder: str) -> str: return dataset if encoder == "compare" else f"{dataset}_{encoder}"
-
-def _corpus_name(dataset: str, root: Path | None, name: str | None) -> str:
-    return name or (root.name if dataset == "manifest" and root is not None else dataset)
-
 def store_path(dataset: str, data_root=None, encoder: str = "compare", features_dir="data_subset", name: str | None = None) -> Path:
-    "The folder of `dataset`'s feature store: `<features_dir>/<name or dataset>[_<encoder>]` (a manifest corpus: its folder's name)."
-    return _in_repo(features_dir) / _store_name(_corpus_name(dataset, resolve_data_root(dataset, data_root), name), encoder)
+    "The folder of `dataset`'s feature store: `<features_dir>/<name or dataset>[_<encoder>]` (`eib.features.store_name`)."
+    from eib.features import store_name
+    return _in_repo(features_dir) / store_name(dataset, encoder, resolve_data_root(dataset, data_root), name)
 
 def prepare_features(dataset: str, data_root=None, encoder: str = "compare", features_dir="data_subset",
                      device: str = "cpu", progress: bool = True, model_dir=None, name: str | None = None,
@@ -154,7 +150,6 @@ def prepare_features(dataset: str, data_root=None, encoder: str = "compare", fea
     if encoder not in ENCODERS: raise EibError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
     root = resolve_data_root(dataset, data_root)
     if dataset == "manifest" and root is None: raise EibError("dataset 'manifest' needs data_root=<folder with manifest.csv>")
-    name = _corpus_name(dataset, root, name)
     path = store_path(dataset, root, encoder, features_dir, name)
     if shard is not None or not (path / "meta.json").exists():
         build_store(dataset, root, encoder=encoder, out=path.parent, name=path.name, model_dir=model_dir, device=device, workers=workers,
