@@ -129,7 +129,7 @@ class RateController:
     def calibration(self):
         "(ln λ grid, mean BPF) measured once on a frame sample (ideal bits plus the average container cost)."
         if self._cal is None:
-            xs = math.log(self.engine.scale()) + np.linspace(-7.0, 11.0, 14)
+            xs = math.log(self.engine.scale()) + np.linspace(-7.0, 15.0, 17)
             n = int(min(self.T.sum(), max(32, self.T.sum() // 4), 768))
             r = np.asarray(self.engine.calibrate(np.exp(xs), n), dtype=np.float64)
             mid = float(np.median(r))
@@ -254,11 +254,11 @@ class RateController:
                 if units[k].best is not before:
                     for u, s in zip(m, ss): E.commit(u, s)
             if mix and mode == "utterance":
-                for k in act:
-                    un = units[k]
-                    if (un.status in ("step", "max_iter") or (not un.status and un.evals >= MIX_AFTER)) \
-                            and (k, True) in sides and (k, False) in sides and self._mix(members[k][0], un, sides[k, True][0], sides[k, False][0]):
-                        un.status = "mixed"
+                ready = [k for k in act if units[k].status in ("step", "max_iter") or (not units[k].status and units[k].evals >= MIX_AFTER)]
+                self._fill_sides(ready, units, members, sides)
+                for k in ready:
+                    if (k, True) in sides and (k, False) in sides and self._mix(members[k][0], units[k], sides[k, True][0], sides[k, False][0]):
+                        units[k].status = "mixed"
             bad = [k for k in act if units[k].status in ("above_max", "below_min")]
             if bad and not clamp: raise self._out_of_range(bad, list(range(len(units))), members, keys, mode, tg)
         status = np.empty(U, dtype=object); evals = np.zeros(U, int)
@@ -272,6 +272,15 @@ class RateController:
                           passes=E.passes - p0, mode=mode, count=self.count, tol=tol, seconds=time.time() - t0,
                           frames_encoded=E.frames_encoded - f0, tokens=[s.tokens for s in sts], ids=self.ids,
                           lam2=np.array([s.lam2 for s in sts]), split=np.array([s.split for s in sts]))
+
+    def _fill_sides(self, ready, units, members, sides):
+        """States for the bracket ends of units `ready` that this search has not coded (an end known from history, such
+        as `achievable_range`'s λ = ∞ when the jump lies beyond the search's span): one batched pass, no search step."""
+        need = [(k, up, p[0]) for k in ready for up, p in ((True, units[k].above), (False, units[k].below))
+                if p is not None and (k, up) not in sides]
+        if not need: return
+        sts = self.engine.evaluate([members[k][0] for k, _, _ in need], [self.lam(x) for _, _, x in need])
+        for (k, up, _), st in zip(need, sts): sides[k, up] = [st]
 
     def _mix(self, u: int, un: LambdaSearch, A: CodedState, B: CodedState) -> bool:
         """Where rate(λ) jumps over the target (`step`), code the first k frames at the λ above the target (state `A`)

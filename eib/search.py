@@ -11,7 +11,7 @@ import numpy as np
 __all__ = ['LN_LAMBDA_SPAN', 'STEP_WIDTH', 'MIX_AFTER', 'MAX_STEP', 'LambdaSearch']
 
 # %% ../nbs/11_search.ipynb #db6985c9
-LN_LAMBDA_SPAN = 12.0  # the search runs in x = ln λ over [ln(scale) - 12, ln(scale) + 12]; the ends stand for λ = 0 and ∞
+LN_LAMBDA_SPAN = 16.0  # the search runs in x = ln λ over [ln(scale) - 16, ln(scale) + 16]; the ends stand for λ = 0 and ∞
 STEP_WIDTH = 1e-2  # a bracket narrower than this (in ln λ, 1% of λ) is a jump of rate(λ)
 MIX_AFTER = 6  # evaluations after which a bracketed unit may be finished by splitting its frames
 MAX_STEP = 4.0  # largest one-sided step in ln λ

@@ -28,8 +28,10 @@ from fastcore.test import test_eq
 #   rate against ln λ, measured once on a frame sample), scaled to pass through the unit's closest point: on RAVDESS
 #   this predicts the next target's ln λ better (median error 0.055) than a secant through the unit's own points (0.066).
 # * **Bracket.** One-sided steps grow ×1.5 each time they fail to cross the target; ln λ is clipped to
-#   [X0, X1] = ln(scale) ∓ 12 (`LN_LAMBDA_SPAN`), and the ends stand for λ = 0 (the largest rate) and λ = ∞
-#   (`eib.engine.LAM_INF`, the smallest).
+#   [X0, X1] = ln(scale) ∓ 16 (`LN_LAMBDA_SPAN`), and the ends stand for λ = 0 (the largest rate) and λ = ∞
+#   (`eib.engine.LAM_INF`, the smallest). The span was ∓ 12 until RAVDESS's ComParE frames with a 10 × 10 codec put
+#   the last stretch of their rate curve, from 16 BPF down to the fewest-bits path's 7.4, at ln(λ/scale) 12.1 to 12.9:
+#   beyond it, where the search saw only a jump.
 # * **Refine.** With a bracket, Illinois regula falsi (the retained end's value is halved when one end is kept twice),
 #   kept 5% inside the bracket, and bisection when three steps did not halve it.
 # * **Stop.** `|rate − target| ≤ tol` on the real stream (`ok`); or the bracket is narrower than 0.01 in ln λ —
@@ -42,10 +44,11 @@ from fastcore.test import test_eq
 #
 # * **Jumps.** Some steps are tall: identical frames (silence gives many in ComParE features) flip together at
 #   one λ. On RAVDESS test utterances we measured jumps of 5 BPF at a single λ, where no λ lands within 1 BPF.
-#   There (`step`, `max_iter`, or still open after 6 evaluations; utterance mode) the frames are split, with no further encoding: the first k frames
+#   There (`step`, `max_iter`, or still open after 6 evaluations; utterance mode) the frames are split, with no further search step: the first k frames
 #   take their tokens from the evaluation just above the target and the rest from the one just below — ECVQ with a
 #   per-frame λ, which `ecvq_encode` allows and the decoder never sees — with k found by bisection on the real stream
-#   size. Status `mixed`; `lam2`, `split` say which λ the first `split` frames used (the stream header records `lam`).
+#   size (a side known only from earlier work, such as the λ = ∞ end that `achievable_range` measured, is coded once
+#   more for it). Status `mixed`; `lam2`, `split` say which λ the first `split` frames used (the stream header records `lam`).
 #   `mix=False` keeps the single-λ answer.
 #
 # `LambdaSearch` is that state machine for one unit, with no engine: `propose` the next ln λ, `update` with the
@@ -53,7 +56,7 @@ from fastcore.test import test_eq
 
 # %%
 #| export
-LN_LAMBDA_SPAN = 12.0  # the search runs in x = ln λ over [ln(scale) - 12, ln(scale) + 12]; the ends stand for λ = 0 and ∞
+LN_LAMBDA_SPAN = 16.0  # the search runs in x = ln λ over [ln(scale) - 16, ln(scale) + 16]; the ends stand for λ = 0 and ∞
 STEP_WIDTH = 1e-2  # a bracket narrower than this (in ln λ, 1% of λ) is a jump of rate(λ)
 MIX_AFTER = 6  # evaluations after which a bracketed unit may be finished by splitting its frames
 MAX_STEP = 4.0  # largest one-sided step in ln λ

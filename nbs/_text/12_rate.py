@@ -155,7 +155,7 @@ class RateController:
     def calibration(self):
         "(ln λ grid, mean BPF) measured once on a frame sample (ideal bits plus the average container cost)."
         if self._cal is None:
-            xs = math.log(self.engine.scale()) + np.linspace(-7.0, 11.0, 14)
+            xs = math.log(self.engine.scale()) + np.linspace(-7.0, 15.0, 17)
             n = int(min(self.T.sum(), max(32, self.T.sum() // 4), 768))
             r = np.asarray(self.engine.calibrate(np.exp(xs), n), dtype=np.float64)
             mid = float(np.median(r))
@@ -280,11 +280,11 @@ class RateController:
                 if units[k].best is not before:
                     for u, s in zip(m, ss): E.commit(u, s)
             if mix and mode == "utterance":
-                for k in act:
-                    un = units[k]
-                    if (un.status in ("step", "max_iter") or (not un.status and un.evals >= MIX_AFTER)) \
-                            and (k, True) in sides and (k, False) in sides and self._mix(members[k][0], un, sides[k, True][0], sides[k, False][0]):
-                        un.status = "mixed"
+                ready = [k for k in act if units[k].status in ("step", "max_iter") or (not units[k].status and units[k].evals >= MIX_AFTER)]
+                self._fill_sides(ready, units, members, sides)
+                for k in ready:
+                    if (k, True) in sides and (k, False) in sides and self._mix(members[k][0], units[k], sides[k, True][0], sides[k, False][0]):
+                        units[k].status = "mixed"
             bad = [k for k in act if units[k].status in ("above_max", "below_min")]
             if bad and not clamp: raise self._out_of_range(bad, list(range(len(units))), members, keys, mode, tg)
         status = np.empty(U, dtype=object); evals = np.zeros(U, int)
@@ -298,6 +298,15 @@ class RateController:
                           passes=E.passes - p0, mode=mode, count=self.count, tol=tol, seconds=time.time() - t0,
                           frames_encoded=E.frames_encoded - f0, tokens=[s.tokens for s in sts], ids=self.ids,
                           lam2=np.array([s.lam2 for s in sts]), split=np.array([s.split for s in sts]))
+
+    def _fill_sides(self, ready, units, members, sides):
+        """States for the bracket ends of units `ready` that this search has not coded (an end known from history, such
+        as `achievable_range`'s λ = ∞ when the jump lies beyond the search's span): one batched pass, no search step."""
+        need = [(k, up, p[0]) for k in ready for up, p in ((True, units[k].above), (False, units[k].below))
+                if p is not None and (k, up) not in sides]
+        if not need: return
+        sts = self.engine.evaluate([members[k][0] for k, _, _ in need], [self.lam(x) for _, _, x in need])
+        for (k, up, _), st in zip(need, sts): sides[k, up] = [st]
 
     def _mix(self, u: int, un: LambdaSearch, A: CodedState, B: CodedState) -> bool:
         """Where rate(λ) jumps over the target (`step`), code the first k frames at the λ above the target (state `A`)
@@ -421,6 +430,10 @@ r = RateController(None, None, engine=FakeEngine([100], jump)).solve(50, max_ite
 test_eq(r.status[0], "step"); test_eq(abs(r.error[0]), 10)
 r = RateController(None, None, engine=FakeEngine([100], jump)).solve(50, max_iter=40)  # frames split between the two λ
 test_eq((r.status[0], r.error[0], r.split[0]), ("mixed", 0.0, 50))
+far = lambda u, l: (60 if l < 1e9 else 40) * 100  # a jump beyond the search's span: only its λ = ∞ end is below 50
+_rc = RateController(None, None, engine=FakeEngine([100], far)); _rc.achievable_range()  # that end is now known from history
+r = _rc.solve(50, max_iter=40)  # the ∞ end's state is coded once more for the split
+test_eq((r.status[0], r.error[0], r.split[0], r.lam[0]), ("mixed", 0.0, 50, LAM_INF))
 
 # %% [markdown]
 # Targets outside the range: an error that states the range, or the nearest end, flagged:
