@@ -129,7 +129,7 @@ class RateController:
     def calibration(self):
         "(ln λ grid, mean BPF) measured once on a frame sample (ideal bits plus the average container cost)."
         if self._cal is None:
-            xs = math.log(self.engine.scale()) + np.linspace(-7.0, 15.0, 17)
+            xs = math.log(self.engine.scale()) + np.linspace(-7.0, 11.0, 14)
             n = int(min(self.T.sum(), max(32, self.T.sum() // 4), 768))
             r = np.asarray(self.engine.calibrate(np.exp(xs), n), dtype=np.float64)
             mid = float(np.median(r))

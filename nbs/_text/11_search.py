@@ -31,7 +31,8 @@ from fastcore.test import test_eq
 #   [X0, X1] = ln(scale) ∓ 16 (`LN_LAMBDA_SPAN`), and the ends stand for λ = 0 (the largest rate) and λ = ∞
 #   (`eib.engine.LAM_INF`, the smallest). The span was ∓ 12 until RAVDESS's ComParE frames with a 10 × 10 codec put
 #   the last stretch of their rate curve, from 16 BPF down to the fewest-bits path's 7.4, at ln(λ/scale) 12.1 to 12.9:
-#   beyond it, where the search saw only a jump.
+#   beyond it, where the search saw only a jump. (The calibration curve still ends at ln(scale) + 11;
+#   beyond it the search follows the curve's last slope.)
 # * **Refine.** With a bracket, Illinois regula falsi (the retained end's value is halved when one end is kept twice),
 #   kept 5% inside the bracket, and bisection when three steps did not halve it.
 # * **Stop.** `|rate − target| ≤ tol` on the real stream (`ok`); or the bracket is narrower than 0.01 in ln λ —
