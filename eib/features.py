@@ -22,7 +22,8 @@ __all__ = ['MIN_DURATION', 'ENCODERS', 'E2V_MODELS', 'HUB_HOSTS', 'WHISPER_BASE_
            'WHISPER_LAYERS', 'WHISPER_LAYER', 'PLUS_LABELS', 'prepare_wave', 'Encoder', 'CompareEncoder', 'models_root',
            'is_model_dir', 'hub_reachable', 'resolve_weights', 'Emotion2vecEncoder', 'whisper_model_dir',
            'read_ct2_encoder', 'whisper_log_mel', 'whisper_forward', 'WhisperBaseEncoder', 'get_encoder',
-           'tiny_emotion2vec', 'store_name', 'store_lock', 'build_store', 'FeatureStore', 'load_store', 'prepare_cli']
+           'tiny_emotion2vec', 'corpus_name', 'store_name', 'store_lock', 'build_store', 'FeatureStore', 'load_store',
+           'prepare_cli']
 
 # %% ../nbs/03_features.ipynb #e77c63a2
 MIN_DURATION = 0.1  # seconds: shorter clips are refused
@@ -432,10 +433,14 @@ PLUS_LABELS = ["生气/angry", "厌恶/disgusted", "恐惧/fearful", "开心/hap
                "吃惊/surprised", "<unk>"]  # tokens.txt of the emotion2vec_plus models
 
 # %% ../nbs/03_features.ipynb #0cb3e1cc
+def corpus_name(dataset: str, root=None, corpus: str | None = None) -> str:
+    "The corpus's name in store, checkpoint and results names: `corpus` if given, else a manifest corpus's folder name, else `dataset`."
+    return corpus or (Path(root).name if dataset == "manifest" and root is not None else dataset)
+
 def store_name(dataset: str, encoder: str = "compare", root=None, corpus: str | None = None) -> str:
-    """The default name of `dataset`'s feature store for `encoder`: `corpus` (default: the dataset's name, or a
-    manifest corpus's folder name) with `_<encoder>` appended for every encoder but ComParE."""
-    corpus = corpus or (Path(root).name if dataset == "manifest" and root is not None else dataset)
+    """The default name of `dataset`'s feature store for `encoder`: `corpus_name` with `_<encoder>` appended for
+    every encoder but ComParE."""
+    corpus = corpus_name(dataset, root, corpus)
     return corpus if encoder == "compare" else f"{corpus}_{encoder}"
 
 # %% ../nbs/03_features.ipynb #ffe3d1e0

@@ -333,10 +333,9 @@ class Sweep:
 
 def sweep_features(dataset, data_root, encoder, features_dir, device, progress, model_dir, name):
     "Step 1: the feature store and the sweep's label (the dataset, or the manifest corpus's name)."
+    from eib.features import corpus_name
     store = prepare_features(dataset, data_root, encoder, features_dir, device, progress, model_dir=model_dir, name=name)
-    suffix = f"_{encoder}"
-    label = store.path.name[:-len(suffix)] if encoder != "compare" and store.path.name.endswith(suffix) else store.path.name
-    return store, label
+    return store, corpus_name(dataset, resolve_data_root(dataset, data_root), name)
 
 def sweep_codec(store, label, encoder, checkpoint, preset, codec_seed, device, progress):
     "Step 2: the codec at `checkpoint` (default `checkpoints/<label>_<preset>[_<encoder>]`), trained there if missing."

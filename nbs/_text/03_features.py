@@ -692,14 +692,20 @@ with tempfile.TemporaryDirectory() as d:
 
 # %%
 #| export
+def corpus_name(dataset: str, root=None, corpus: str | None = None) -> str:
+    "The corpus's name in store, checkpoint and results names: `corpus` if given, else a manifest corpus's folder name, else `dataset`."
+    return corpus or (Path(root).name if dataset == "manifest" and root is not None else dataset)
+
 def store_name(dataset: str, encoder: str = "compare", root=None, corpus: str | None = None) -> str:
-    """The default name of `dataset`'s feature store for `encoder`: `corpus` (default: the dataset's name, or a
-    manifest corpus's folder name) with `_<encoder>` appended for every encoder but ComParE."""
-    corpus = corpus or (Path(root).name if dataset == "manifest" and root is not None else dataset)
+    """The default name of `dataset`'s feature store for `encoder`: `corpus_name` with `_<encoder>` appended for
+    every encoder but ComParE."""
+    corpus = corpus_name(dataset, root, corpus)
     return corpus if encoder == "compare" else f"{corpus}_{encoder}"
 
 
 # %%
+test_eq(corpus_name("ravdess"), "ravdess")
+test_eq(corpus_name("manifest", "/corpora/my_corpus"), "my_corpus")
 test_eq(store_name("ravdess"), "ravdess")
 test_eq(store_name("ravdess", "whisper_base"), "ravdess_whisper_base")
 test_eq(store_name("manifest", "whisper_base", root="/corpora/my_corpus"), "my_corpus_whisper_base")

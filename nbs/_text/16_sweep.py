@@ -459,10 +459,9 @@ class Sweep:
 
 def sweep_features(dataset, data_root, encoder, features_dir, device, progress, model_dir, name):
     "Step 1: the feature store and the sweep's label (the dataset, or the manifest corpus's name)."
+    from eib.features import corpus_name
     store = prepare_features(dataset, data_root, encoder, features_dir, device, progress, model_dir=model_dir, name=name)
-    suffix = f"_{encoder}"
-    label = store.path.name[:-len(suffix)] if encoder != "compare" and store.path.name.endswith(suffix) else store.path.name
-    return store, label
+    return store, corpus_name(dataset, resolve_data_root(dataset, data_root), name)
 
 def sweep_codec(store, label, encoder, checkpoint, preset, codec_seed, device, progress):
     "Step 2: the codec at `checkpoint` (default `checkpoints/<label>_<preset>[_<encoder>]`), trained there if missing."
@@ -770,6 +769,8 @@ pd.DataFrame(_rows).to_csv(_tmp2 / "manifest.csv", index=False)
 build_store("manifest", _tmp2, encoder="emotion2vec_plus_base", model_dir=_mdir, out=_tmp2 / "feats",
             name="synth_emotion2vec_plus_base", workers=1, progress=False, verbose=False, check_dim=False)
 _st2 = prepare_features("synth", encoder="emotion2vec_plus_base", features_dir=_tmp2 / "feats")
+_st3, _lab3 = sweep_features("manifest", _tmp2, "emotion2vec_plus_base", _tmp2 / "feats", "cpu", False, _mdir, "synth")
+test_eq((_st3.path, _lab3), (_st2.path, "synth"))  # a manifest corpus named `synth`: the same store, labelled by its corpus name
 _rvq2 = fit_rvq(np.concatenate([_st2.frames(u) for u in _st2.manifest.id]), RVQConfig.for_dim(32, layers=2, codes=8),
                 iters=1, progress=False)
 torch.manual_seed(0)
