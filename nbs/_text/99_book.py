@@ -9,7 +9,7 @@
 # %%
 #| export
 from __future__ import annotations
-import argparse, filecmp, os, shutil, subprocess, sys, tempfile, time
+import argparse, filecmp, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 import nbformat, yaml
 from eib.core import EibError, repo_root, run_cli
@@ -212,6 +212,12 @@ def result_page(label: str) -> str:
     "The page (relative to the repository root) of the results file labelled `label`."
     return f"nbs/results/{R.safe_name(label)}.ipynb"
 
+_LINK = re.compile(r"\]\((?![a-zA-Z][a-zA-Z0-9+.-]*:|/|#)([^)\s]+)\)")
+
+def relink(md: str, prefix: str = "../") -> str:
+    "Markdown `md` with every relative link target prefixed by `prefix`: the template's links, from a page one folder down."
+    return _LINK.sub(lambda m: f"]({prefix}{m.group(1)})", md)
+
 def write_result_pages(stage: str | Path, flags=("slow",), quiet: bool = False) -> list[str]:
     "Make, run and list one page per results file of `stage/evaluation_results` from `RESULT_TEMPLATE`; return the pages."
     stage = Path(stage)
@@ -219,6 +225,8 @@ def write_result_pages(stage: str | Path, flags=("slow",), quiet: bool = False) 
     tmpl, made = nbformat.read(stage / RESULT_TEMPLATE, as_version=4), []
     for lab, r in named:
         nb = nbformat.from_dict(tmpl)
+        for c in nb.cells[1:]:  # the pages live in nbs/results/, one folder below the chapters they link to
+            if c.cell_type == "markdown": c.source = relink(c.source)
         nb.cells[0].source = f"# {lab}\n\n> {R.ENCODERS.get(r['encoder'], r['encoder'])}; classifier `{r['classifier']}`: the whole results file."
         par = [c for c in nb.cells if c.source.startswith("label = None")]
         if len(par) != 1: raise EibError(f"{RESULT_TEMPLATE} needs one cell starting with 'label = None'")
@@ -242,6 +250,8 @@ def write_result_pages(stage: str | Path, flags=("slow",), quiet: bool = False) 
 
 # %%
 test_eq(result_page("RAVDESS (compare, linear_probe)"), "nbs/results/RAVDESS_compare_linear_probe.ipynb")
+test_eq(relink("on [Results](21_results.ipynb), [the code](https://x.org/a), [below](#top), [up](/x) and ![a](fig.svg)"),
+        "on [Results](../21_results.ipynb), [the code](https://x.org/a), [below](#top), [up](/x) and ![a](../fig.svg)")
 
 # %%
 #| export
