@@ -68,16 +68,18 @@ def main():
     prior = UnigramModel.fit(ecvq_encode(rvq, prior, sub, torch.as_tensor(lams)[torch.arange(len(sub)) % len(lams)]).tokens, c.vocab)
 
     def code(ids, offset):
-        "Tokens (N, L), previous-frame tokens (N, L), previous decoded vectors (N, D), λ index (N,) of utterances `ids`."
+        """Tokens (N, L), previous-frame tokens (N, L), previous decoded vectors (N, D), λ index (N,) and squared
+        error (N,) in normalised space, of utterances `ids`."""
         utts = [np.asarray(frames_of(u), np.float32) for u in ids]
         li = np.repeat((np.arange(len(utts)) + offset) % len(lams), [len(u) for u in utts])
         x = np.concatenate(utts)
-        tok = ecvq_encode(rvq, prior, x, torch.as_tensor(lams[li])).tokens
+        coded = ecvq_encode(rvq, prior, x, torch.as_tensor(lams[li]))
+        tok = coded.tokens
         zr = rvq.decode_normalised(tok)
         first = np.concatenate([[0], np.cumsum([len(u) for u in utts])[:-1]])
         prev = torch.cat([tok[:1], tok[:-1]]); prev[first] = c.bos
         pvec = torch.cat([zr[:1], zr[:-1]]); pvec[first] = 0.0
-        return tok, prev, pvec.float(), torch.as_tensor(li)
+        return tok, prev, pvec.float(), torch.as_tensor(li), coded.distortion
 
     data = {"train": code(tr_ids, 0), "val": code(va_ids, 1)}
     print(f"{a.features}: {meta.get('encoder')} {c.dim} dims, codec {c.groups} x {c.layers} x {c.codes}; "
@@ -109,7 +111,7 @@ def main():
         torch.manual_seed(a.seed)
         m = Context(cfg, pt, pv, c.dim)
         opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01)
-        tok, prev, pvec, _ = data["train"]
+        tok, prev, pvec, _, _ = data["train"]
         gen = torch.Generator().manual_seed(a.seed)
         t1, step = time.time(), 0
         while step < a.steps:
@@ -120,7 +122,7 @@ def main():
                 opt.zero_grad(set_to_none=True); loss.backward()
                 nn.utils.clip_grad_norm_(m.parameters(), 1.0); opt.step(); step += 1
         m.eval()
-        vt, vp, vv, vl = data["val"]
+        vt, vp, vv, vl, _ = data["val"]
         with torch.no_grad():
             bits = torch.cat([-(m(vt[i:i + 2048], vp[i:i + 2048], vv[i:i + 2048]).log_softmax(-1)
                                .gather(-1, vt[i:i + 2048, :, None]).squeeze(-1)).sum(1) / math.log(2)
@@ -129,9 +131,8 @@ def main():
         print(f"  {name}: {a.steps} steps in {time.time() - t1:.0f} s", flush=True)
 
     print(f"\nvalidation bits per frame (same tokens, so the same MSE), by λ; saving against intra")
-    vt, _, _, vl = data["val"]
-    zv = rvq.normalise(np.concatenate([np.asarray(frames_of(u), np.float32) for u in va_ids]))
-    mse = [float(((zv[vl == j] - rvq.decode_normalised(vt[vl == j])) ** 2).mean()) for j in range(len(lams))]
+    _, _, _, vl, dist = data["val"]
+    mse = [float(dist[vl == j].mean()) / c.dim for j in range(len(lams))]
     print(f"{'λ':>8} {'nMSE':>7} " + " ".join(f"{n:>18}" for n in arms))
     for j in range(len(lams)):
         row = [f"{res['intra'][j]:7.1f}"] + [f"{res[n][j]:7.1f} ({100 * (1 - res[n][j] / res['intra'][j]):+5.1f}%)" for n in list(arms)[1:]]

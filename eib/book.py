@@ -124,10 +124,10 @@ def write_result_pages(stage: str | Path, flags=("slow",), quiet: bool = False) 
     stage = Path(stage)
     named, _ = R.load_all(stage / "evaluation_results")
     tmpl, made = nbformat.read(stage / RESULT_TEMPLATE, as_version=4), []
+    for c in tmpl.cells:  # the pages live in nbs/results/, one folder below the chapters they link to
+        if c.cell_type == "markdown": c.source = relink(c.source)
     for lab, r in named:
         nb = nbformat.from_dict(tmpl)
-        for c in nb.cells[1:]:  # the pages live in nbs/results/, one folder below the chapters they link to
-            if c.cell_type == "markdown": c.source = relink(c.source)
         nb.cells[0].source = f"# {lab}\n\n> {R.ENCODERS.get(r['encoder'], r['encoder'])}; classifier `{r['classifier']}`: the whole results file."
         par = [c for c in nb.cells if c.source.startswith("label = None")]
         if len(par) != 1: raise EibError(f"{RESULT_TEMPLATE} needs one cell starting with 'label = None'")

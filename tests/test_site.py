@@ -58,15 +58,14 @@ def test_every_page_in_browser(site, browser):
             text = page.inner_text("body").strip()
             assert len(text) > 50, f"{rel}: page looks empty"
             assert page.title(), f"{rel}: no title"
-            nav = page.eval_on_selector_all("nav a[href], #quarto-sidebar a[href], .sidebar a[href]",
-                                            "els => els.map(e => e.getAttribute('href'))")
+            hrefs = "els => els.map(e => e.getAttribute('href'))"
+            nav = page.eval_on_selector_all("nav a[href], #quarto-sidebar a[href], .sidebar a[href]", hrefs)
             assert nav, f"{rel}: no navigation links"
-            for h in nav:
-                if h and not h.startswith(("#", "mailto:", "javascript:")): links.add(urljoin(url, h).split("#")[0])
             # Links inside a page's text that stay on the site (no scheme) must resolve too: a template page copied
             # into a subfolder once linked to a chapter beside it.
-            for h in page.eval_on_selector_all("main a[href]", "els => els.map(e => e.getAttribute('href'))"):
-                if h and not urlparse(h).scheme and not h.startswith("#"): links.add(urljoin(url, h).split("#")[0])
+            text_links = [h for h in page.eval_on_selector_all("main a[href]", hrefs) if not urlparse(h or "").scheme]
+            for h in nav + text_links:
+                if h and not h.startswith(("#", "mailto:", "javascript:")): links.add(urljoin(url, h).split("#")[0])
             # Interactive charts (eib.results.interactive) are drawn by vega-embed from the inline bundle: wait for
             # them, then each must hold an SVG with marks in it (an empty chart, or an error message, fails).
             charts = page.query_selector_all("main .eib-chart")
