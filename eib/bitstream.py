@@ -150,12 +150,10 @@ class IntervalRecorder:
     "`ecvq_encode` hook keeping the coder interval of every chosen token: `ck`, `fk` (N, L) int32, in frame order."
     def __init__(self, N: int, L: int):
         self.ck, self.fk = torch.zeros(N, L, dtype=torch.int32), torch.zeros(N, L, dtype=torch.int32)
-        self.s = self.n = 0  # the current batch: frames [s, s + n)
 
-    def __call__(self, p, f, k, *costs):
-        if p == 0: self.s += self.n; self.n = len(k)
+    def __call__(self, rows, p, f, k, *costs):
         ck, fk = coder_intervals(f, k)
-        self.ck[self.s:self.s + self.n, p], self.fk[self.s:self.s + self.n, p] = ck.int(), fk.int()
+        self.ck[rows, p], self.fk[rows, p] = ck.int(), fk.int()
 
 def token_intervals(coding_model, tokens, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     "Coder intervals (`ck`, `fk`, each (N, L)) of given tokens (N, L) under `coding_model`, teacher-forced."
@@ -201,7 +199,7 @@ def compress_with_result(codec, features, lam: float, batch_size: int | None = N
     lam = _check_lam(lam)
     chunk = chunk_size(len(x), codec.model, batch_size)
     rec = IntervalRecorder(len(x), c.positions)
-    res = ecvq_encode(codec.rvq, codec.coding_model, x, lam, batch_size=chunk, on_step=rec, progress=progress)
+    res = ecvq_encode(codec.rvq, codec.coding_model, x, lam, on_step=rec, progress=progress)  # any batch: the payload's order is the chunk's
     payload = encode_payload(rec.ck.numpy(), rec.fk.numpy(), chunk)
     return pack_stream(codec.fingerprint, len(x), c.dim, chunk, lam, payload, res.tokens), res
 

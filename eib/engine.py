@@ -35,14 +35,14 @@ def check_utterances(utterances, dim: int) -> list[np.ndarray]:
 # %% ../nbs/10_engine.ipynb #a6de6cc5
 @dataclass
 class CodedState:
-    "One utterance encoded at one λ: per frame tokens, coder intervals, λ-validity interval, ideal bits, distortion."
+    "One utterance encoded at one λ: per token its coder interval, λ-validity interval and ideal bits; per frame the distortion."
     lam: float
     tokens: np.ndarray  # (T, L) uint8
     ck: np.ndarray  # (T, L) int32 left cumulative frequency of each token
     fk: np.ndarray  # (T, L) int32 frequency of each token
-    lo: np.ndarray  # (T,) float64: the frame's tokens are the same for λ in (lo, hi)
+    lo: np.ndarray  # (T, L) float64: each token stays the choice for λ in (lo, hi) while the tokens before it stay
     hi: np.ndarray
-    ideal: np.ndarray  # (T,) float64 -log2 q
+    ideal: np.ndarray  # (T, L) float64 -log2 q of each token
     dist: np.ndarray  # (T,) float32 squared error (normalised space)
     payload_len: int = 0
     stream_len: int = 0
@@ -52,19 +52,20 @@ class CodedState:
 
 
 class _Hook(IntervalRecorder):
-    "`on_step` hook: records each chosen token's coder interval and the λ interval over which it stays the argmin."
+    "`on_step` hook: records each chosen token's coder interval, its bits and the λ interval over which it stays the argmin."
     wants_costs = True  # ecvq_encode hands over its own (dist, bits) tables: the costs are exactly the ones it compared
 
     def __init__(self, N: int, L: int):
         super().__init__(N, L)
-        self.lo, self.hi = torch.full((N,), -math.inf, dtype=torch.float64), torch.full((N,), math.inf, dtype=torch.float64)
+        self.lo, self.hi = torch.full((N, L), -math.inf, dtype=torch.float64), torch.full((N, L), math.inf, dtype=torch.float64)
+        self.bits = torch.zeros(N, L, dtype=torch.float64)
         self.mismatch = 0
 
-    def __call__(self, p, f, k, dist, b):
-        super().__call__(p, f, k)
-        s, n = self.s, self.n
+    def __call__(self, rows, p, f, k, dist, b):
+        super().__call__(rows, p, f, k)
         k1 = k[:, None]
-        db, dd = b - b.gather(1, k1), dist.gather(1, k1) - dist  # k stays best while λ·db >= dd for every candidate
+        bk = b.gather(1, k1)
+        db, dd = b - bk, dist.gather(1, k1) - dist  # k stays best while λ·db >= dd for every candidate
         ratio = dd / db  # where db == 0 this is inf or nan, masked out below
         lo = torch.where(db > 0, ratio, -math.inf).max(1).values
         hi = torch.where(db < 0, ratio, math.inf).min(1).values
@@ -72,17 +73,18 @@ class _Hook(IntervalRecorder):
         if bad.any():
             lo[bad], hi[bad] = math.inf, -math.inf
             self.mismatch += int(bad.sum())
-        self.lo[s:s + n] = torch.maximum(self.lo[s:s + n], lo)
-        self.hi[s:s + n] = torch.minimum(self.hi[s:s + n], hi)
+        self.lo[rows, p], self.hi[rows, p], self.bits[rows, p] = lo, hi, bk[:, 0]
 
 # %% ../nbs/10_engine.ipynb #58ab14c4
 def _inside(lam: float, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    "Frames whose cached tokens are certainly still the ECVQ choice at `lam`."
+    "Tokens (any shape of intervals) certainly still the ECVQ choice at `lam`, if the tokens before them are."
     with np.errstate(invalid="ignore"):
         ok_lo = np.isneginf(lo) | (lam > lo + 1e-6 * np.abs(lo) + 1e-12)
         ok_hi = np.isposinf(hi) | (lam < hi - 1e-6 * np.abs(hi) - 1e-12)
     return ok_lo & ok_hi
 
+
+_PER_TOKEN = ("tokens", "ck", "fk", "lo", "hi", "ideal")  # the (T, L) fields of a CodedState, in its order
 
 class RateEngine:
     "Batched ECVQ + exact stream sizes for a fixed list of utterances, with a per-utterance cache at the best λ."
@@ -95,10 +97,10 @@ class RateEngine:
         self.X = torch.from_numpy(np.concatenate(utterances, 0))
         self.D, self.L = self.rvq.cfg.dim, self.rvq.cfg.positions
         self.chunk = np.array([chunk_size(t, self.model) for t in self.T])  # eib.bitstream.compress's chunk
-        self.batch = int(batch_size or auto_batch(self.model))
+        self.batch = batch_size  # None: ecvq_encode's default
         self.use_cache = cache
         self.cache: list[CodedState | None] = [None] * len(utterances)
-        self.passes = self.frames_encoded = self.mismatch = 0
+        self.passes = self.frames_encoded = self.positions_coded = self.mismatch = 0
         self._scale = None
         self.progress = False  # True: a bar over each pass's batches on stderr (long inputs)
 
@@ -108,11 +110,15 @@ class RateEngine:
             self._scale = float(distortion_scale(self.rvq, self.X.numpy(), max_frames=2048)) or 1.0
         return self._scale
 
-    def _encode(self, rows: torch.Tensor, lam: torch.Tensor):
-        "ECVQ of frames `rows` (n, D) at per-row λ; returns (tokens, ideal bits, distortion, hook)."
-        hook = _Hook(len(rows), self.L)
-        res = ecvq_encode(self.rvq, self.cm, rows, lam, batch_size=self.batch, on_step=hook, progress=self.progress)
-        self.frames_encoded += len(rows); self.mismatch += hook.mismatch
+    def _encode(self, idx: np.ndarray, lam: np.ndarray, known: np.ndarray, first: np.ndarray):
+        """ECVQ of frames `idx` at per-frame λ, each resumed at position `first` from its `known` tokens, in that
+        order (sorted by `first`, frames that resume alike share batches); returns (ECVQResult, hook)."""
+        hook = _Hook(len(idx), self.L)
+        res = ecvq_encode(self.rvq, self.cm, self.X[torch.as_tensor(idx)], torch.as_tensor(lam, dtype=torch.float64),
+                          batch_size=self.batch, on_step=hook, progress=self.progress,
+                          resume=(torch.as_tensor(known.astype(np.int64)), torch.as_tensor(first)))
+        self.frames_encoded += len(idx); self.mismatch += hook.mismatch
+        self.positions_coded += int((self.L - res.start).sum())
         return res, hook
 
     def calibrate(self, lams: np.ndarray, max_frames: int) -> np.ndarray:
@@ -133,30 +139,37 @@ class RateEngine:
     def evaluate(self, us, lams) -> list[CodedState]:
         "One batched pass: utterance `us[i]` at λ `lams[i]`; returns a state per request (cache untouched)."
         us, lams = np.asarray(us, int), np.asarray(lams, np.float64)
-        need = []
-        for u, lam in zip(us, lams):
-            c = self.cache[u]
-            need.append(np.arange(self.T[u]) if c is None or not self.use_cache else np.flatnonzero(~_inside(lam, c.lo, c.hi)))
-        n_rows = sum(len(x) for x in need)
-        if n_rows:
-            gidx = np.concatenate([self.off[u] + x for u, x in zip(us, need)])
-            lam_rows = torch.as_tensor(np.repeat(lams, [len(x) for x in need]), dtype=torch.float64)
-            res, hook = self._encode(self.X[torch.as_tensor(gidx)], lam_rows)
+        cached = [self.cache[u] if self.use_cache else None for u in us]
+        need, first = [], []  # per request: the frames to code, and the position each resumes at
+        for u, lam, c in zip(us, lams, cached):
+            if c is None: need.append(np.arange(self.T[u])); first.append(np.zeros(self.T[u], np.int64)); continue
+            moved = ~_inside(lam, c.lo, c.hi)  # (T, L): tokens that may change at lam
+            rows = np.flatnonzero(moved.any(1))
+            need.append(rows); first.append(moved[rows].argmax(1))
+        n = [len(x) for x in need]
+        if sum(n):
+            fst = np.concatenate(first)
+            known = np.concatenate([np.zeros((k, self.L), np.uint8) if c is None else c.tokens[x] for c, x, k in zip(cached, need, n)])
+            order = np.argsort(fst, kind="stable")
+            res, hook = self._encode(np.concatenate([self.off[u] + x for u, x in zip(us, need)])[order],
+                                     np.repeat(lams, n)[order], known[order], fst[order])
+            inv = np.argsort(order)
+            new = dict(tokens=res.tokens.numpy()[inv].astype(np.uint8), ck=hook.ck.numpy()[inv], fk=hook.fk.numpy()[inv],
+                       lo=hook.lo.numpy()[inv], hi=hook.hi.numpy()[inv], ideal=hook.bits.numpy()[inv])
+            start, dist = res.start.numpy()[inv], res.distortion.numpy()[inv]
         self.passes += 1
         out, a = [], 0
-        for u, lam, rows in zip(us, lams, need):
-            c, n, b = self.cache[u], len(rows), a + len(rows)
-            if c is None or n == self.T[u]:
-                st = CodedState(float(lam), res.tokens[a:b].numpy().astype(np.uint8), hook.ck[a:b].numpy(), hook.fk[a:b].numpy(),
-                            hook.lo[a:b].numpy(), hook.hi[a:b].numpy(), res.bits[a:b].numpy(), res.distortion[a:b].numpy())
+        for u, lam, rows, c in zip(us, lams, need, cached):
+            b = a + len(rows)
+            if c is None: st = CodedState(float(lam), *(new[f][a:b] for f in _PER_TOKEN), dist[a:b])
             else:
-                st = CodedState(float(lam), c.tokens.copy(), c.ck.copy(), c.fk.copy(), c.lo.copy(), c.hi.copy(), c.ideal.copy(), c.dist.copy())
-                if n:
-                    st.tokens[rows] = res.tokens[a:b].numpy(); st.ck[rows] = hook.ck[a:b].numpy(); st.fk[rows] = hook.fk[a:b].numpy()
-                    st.lo[rows] = hook.lo[a:b].numpy(); st.hi[rows] = hook.hi[a:b].numpy()
-                    st.ideal[rows] = res.bits[a:b].numpy(); st.dist[rows] = res.distortion[a:b].numpy()
+                st = CodedState(float(lam), *(getattr(c, f).copy() for f in _PER_TOKEN), c.dist.copy())
+                if len(rows):
+                    coded = np.arange(self.L) >= start[a:b, None]  # positions before a frame's start keep the cache's values
+                    for f in _PER_TOKEN: getattr(st, f)[rows] = np.where(coded, new[f][a:b], getattr(c, f)[rows])
+                    st.dist[rows] = dist[a:b]
             a = b
-            st.reencoded = n
+            st.reencoded = len(rows)
             out.append(self._size(u, st))
         return out
 
@@ -170,7 +183,7 @@ class RateEngine:
     def mix(self, u: int, A: CodedState, B: CodedState, k: int) -> CodedState:
         "Frames [0, k) from state `A`, the rest from `B` (ECVQ with a per-frame λ: frames are coded independently)."
         cat = lambda f: np.concatenate([getattr(A, f)[:k], getattr(B, f)[k:]])
-        st = CodedState(B.lam, *(cat(f) for f in ("tokens", "ck", "fk", "lo", "hi", "ideal", "dist")), lam2=A.lam, split=k)
+        st = CodedState(B.lam, *(cat(f) for f in _PER_TOKEN + ("dist",)), lam2=A.lam, split=k)
         return self._size(u, st)
 
     def commit(self, u: int, st: CodedState):

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import numba
 from .core import EibError
 
 # %% auto #0
@@ -206,15 +207,67 @@ def _exp_neg_(d: torch.Tensor) -> torch.Tensor:
     "exp(-d) from the table, for d >= 0 on the activation grid (inf -> the table's last entry); overwrites `d`."
     return exp_table()[d.mul_(_A).round_().clamp_(max=_EXP_N - 1).long()]
 
+_FM = {"reassoc", "contract"}  # for sums of exact products only: any order, or a fused multiply-add, gives the same value
+
+@numba.njit(fastmath=_FM, inline="always")
+def _axpy(a, x, y):
+    for d in range(x.shape[0]): y[d] += a * x[d]
+
+@numba.njit(cache=True, nogil=True)
+def _attend(q, kt, v, p, tab, out):
+    """One query row per frame and head against cached keys `kt` (n, H, dh, L), transposed, and values `v` (n, H, L, dh)
+    at positions 0..p: grid scores, table softmax rounded to 2^-20, output rounded to the grid into `out` (n, H*dh).
+    The same operations as `_q`, `_softmax_exact` and `_q` around two einsums, fused per frame and head."""
+    n, H, dh, L = kt.shape
+    last = tab.shape[0] - 1
+    s, acc = np.empty(p + 1), np.empty(dh)
+    for i in range(n):
+        for h in range(H):
+            s[:] = 0.0
+            for d in range(dh):
+                qd, kr = q[i, h, d], kt[i, h, d]
+                for j in range(p + 1): s[j] += qd * kr[j]
+            m = -np.inf
+            for j in range(p + 1):
+                s[j] = np.rint(s[j] * 4096.0) * (1.0 / 4096.0)
+                m = max(m, s[j])
+            tot = 0.0
+            for j in range(p + 1):
+                k = np.rint((m - s[j]) * 4096.0)
+                s[j] = tab[last if k > last else int(k)]; tot += s[j]
+            acc[:] = 0.0
+            for j in range(p + 1): _axpy(np.rint(s[j] / tot * 1048576.0) * (1.0 / 1048576.0), v[i, h, j], acc)
+            for d in range(dh): out[i, h * dh + d] = np.rint(acc[d] * 4096.0) * (1.0 / 4096.0)
+
+@numba.njit(cache=True, nogil=True)
+def _freqs_rows(l, tab, free, out):
+    "`logits_to_freqs` on rows `l` (n, V) into `out` (n, V) int64: table exp, floor of the scaled share, remainder to the first maximum."
+    n, V = l.shape
+    last = tab.shape[0] - 1
+    e = np.empty(V)
+    for i in range(n):
+        m = l[i, 0]
+        for j in range(1, V): m = max(m, l[i, j])
+        tot, best = 0.0, 0
+        for j in range(V):
+            k = np.rint((m - l[i, j]) * 4096.0)
+            e[j] = tab[last if k > last else int(k)]; tot += e[j]
+            if e[j] > e[best]: best = j
+        gs = 0.0
+        for j in range(V):
+            g = np.floor(e[j] * free / tot)
+            out[i, j] = int(g) + 1; gs += g
+        out[i, best] += int(free - gs)
+
 def logits_to_freqs(logits: torch.Tensor) -> torch.Tensor:
-    "Grid logits (..., V) -> int64 frequencies >= 1 summing to 2^24; a deterministic function of each row."
-    l = logits.double()
+    """Grid logits (..., V) -> int64 frequencies >= 1 summing to 2^24; a deterministic function of each row:
+    f = 1 + floor(e·free / Σe) with e = exp(l - max l) from the table and free = 2^24 - V, the remainder added at the
+    first maximum."""
+    l = logits.detach().double().cpu().contiguous()
     V = l.shape[-1]
-    e = _exp_neg_(l.max(-1, keepdim=True).values - l)
-    free = float((1 << _PREC) - V)
-    g = (e * free).div_(e.sum(-1, keepdim=True)).floor_()
-    g.scatter_add_(-1, e.argmax(-1, keepdim=True), free - g.sum(-1, keepdim=True))
-    return g.long().add_(1)
+    out = torch.empty(l.shape, dtype=torch.int64)
+    _freqs_rows(l.view(-1, V).numpy(), exp_table().numpy(), float((1 << _PREC) - V), out.view(-1, V).numpy())
+    return out
 
 def freqs_to_bits(f: torch.Tensor) -> torch.Tensor:
     "Code length in bits of each symbol under integer frequencies summing to 2^24."
@@ -280,10 +333,11 @@ class CodingModel:
         return x.add_(_lin(_lin(_ln(x, *B["ln2"]), *B["fc1"]).relu_(), *B["fc2"])).clamp_(-_LIM, _LIM)
 
     def start(self, n: int) -> dict:
-        "Empty float64 key/value caches for `n` frames."
+        """Empty caches for `n` frames: keys transposed (n, H, dh, L), values (n, H, L, dh). float32 holds them exactly
+        (grid values below 2^8 with 12 fractional bits) in half the memory that the attention reads at every step."""
         c = self.cfg
-        z = lambda: torch.zeros(n, c.n_heads, c.positions, c.head_dim, dtype=torch.float64)
-        return dict(p=0, k=[z() for _ in self.blocks], v=[z() for _ in self.blocks])
+        z = lambda *s: torch.zeros(n, c.n_heads, *s, dtype=torch.float32)
+        return dict(p=0, k=[z(c.head_dim, c.positions) for _ in self.blocks], v=[z(c.positions, c.head_dim) for _ in self.blocks])
 
     def step(self, state: dict, tok_in) -> torch.Tensor:
         "Feed the previous token of `n` frames (BOS first); returns int64 frequencies (n, vocab) for the next position."
@@ -292,28 +346,51 @@ class CodingModel:
         tok_in = torch.as_tensor(tok_in).long().cpu()
         n = len(tok_in)
         x = (self.tok[tok_in] + self.pos[p]).clamp_(-_LIM, _LIM)
+        o = torch.empty(n, c.d_model, dtype=torch.float64)
         for B, kc, vc in zip(self.blocks, state["k"], state["v"]):
             q, k, v = _lin(_ln(x, *B["ln1"]), *B["qkv"]).view(n, 3, c.n_heads, c.head_dim).unbind(1)
-            kc[:, :, p], vc[:, :, p] = k, v
-            # einsum, not a batch of 1-row matmuls: 2x faster at large n; the sums are exact, so the same values
-            a = _softmax_exact(_q_(torch.einsum("nhpd,nhd->nhp", kc[:, :, :p + 1], q)))
-            o = _q_(torch.einsum("nhp,nhpd->nhd", a, vc[:, :, :p + 1])).reshape(n, c.d_model)
+            kc[..., p], vc[:, :, p] = k, v
+            _attend(q.contiguous().numpy(), kc.numpy(), vc.numpy(), p, exp_table().numpy(), o.numpy())  # fused, the same values
             x = self._ffn(x.add_(_lin(o, *B["proj"])).clamp_(-_LIM, _LIM), B)
         state["p"] = p + 1
         return logits_to_freqs(_lin(_ln(x, *self.ln_f), *self.head))
 
+    def _embed(self, tok_in):
+        "Input tokens (N, P) of positions 0..P-1 -> the first block's input (N, P, d)."
+        return (self.tok[tok_in] + self.pos[:tok_in.shape[1]]).clamp_(-_LIM, _LIM)
+
+    def _qkv(self, x, B):
+        "Queries, keys and values (N, H, P, dh) of a block's input x (N, P, d)."
+        c = self.cfg
+        return _lin(_ln(x, *B["ln1"]), *B["qkv"]).view(*x.shape[:2], 3, c.n_heads, c.head_dim).permute(2, 0, 3, 1, 4)
+
+    def _block(self, x, q, k, v, B):
+        "The rest of a block on all positions at once: causal attention, projection, feed-forward layer."
+        N, P = x.shape[:2]
+        a = _softmax_exact(_q(q @ k.transpose(-1, -2)), torch.ones(P, P, dtype=torch.bool).triu(1))
+        o = _q(a @ v).transpose(1, 2).reshape(N, P, self.cfg.d_model)
+        return self._ffn(x.add_(_lin(o, *B["proj"])).clamp_(-_LIM, _LIM), B)
+
+    def prefill(self, state: dict, tok_in) -> dict:
+        """Teacher forcing in one pass: the state that `step` reaches after the input tokens (n, P) (BOS first) of a fresh
+        `start(n)`: keys and values of positions 0..P-1 (the last block's attention and feed-forward layer are not needed)."""
+        t = torch.as_tensor(tok_in).long().cpu()
+        if state["p"] != 0 or t.ndim != 2 or t.shape[1] > self.positions:
+            raise EibError(f"prefill needs a fresh state and input tokens (n, P <= {self.positions}), got {tuple(t.shape)}")
+        P = t.shape[1]
+        x = self._embed(t)
+        for i, (B, kc, vc) in enumerate(zip(self.blocks, state["k"], state["v"])):
+            q, k, v = self._qkv(x, B)
+            kc[..., :P], vc[:, :, :P] = k.transpose(-1, -2), v
+            if i + 1 < len(self.blocks): x = self._block(x, q, k, v, B)
+        state["p"] = P
+        return state
+
     def freqs(self, tokens) -> torch.Tensor:
         "Teacher-forced full pass: tokens (N, L) -> frequencies (N, L, vocab), equal to the stepwise ones."
-        c = self.cfg
         t = torch.as_tensor(tokens).long().cpu()
-        N, L = t.shape
-        x = (self.tok[torch.cat([torch.full_like(t[:, :1], c.bos), t[:, :-1]], 1)] + self.pos).clamp_(-_LIM, _LIM)
-        mask = torch.ones(L, L, dtype=torch.bool).triu(1)
-        for B in self.blocks:
-            q, k, v = _lin(_ln(x, *B["ln1"]), *B["qkv"]).view(N, L, 3, c.n_heads, c.head_dim).permute(2, 0, 3, 1, 4)
-            a = _softmax_exact(_q(q @ k.transpose(-1, -2)), mask)
-            o = _q(a @ v).transpose(1, 2).reshape(N, L, c.d_model)
-            x = self._ffn(x.add_(_lin(o, *B["proj"])).clamp_(-_LIM, _LIM), B)
+        x = self._embed(torch.cat([torch.full_like(t[:, :1], self.cfg.bos), t[:, :-1]], 1))
+        for B in self.blocks: x = self._block(x, *self._qkv(x, B), B)
         return logits_to_freqs(_lin(_ln(x, *self.ln_f), *self.head))
 
     def bits(self, tokens) -> torch.Tensor:
@@ -345,6 +422,7 @@ class UnigramModel:
         return cls(cnt + alpha)
 
     def start(self, n: int) -> dict: return dict(p=0, n=n)
+    def prefill(self, state: dict, tok_in) -> dict: state["p"] = int(torch.as_tensor(tok_in).shape[1]); return state
 
     def step(self, state: dict, tok_in) -> torch.Tensor:
         p = state["p"]

@@ -46,7 +46,7 @@ from eib.entropy import EntropyConfig, MODEL_SIZES
 class ECVQResult:
     "ECVQ output for N frames."
     tokens: torch.Tensor  # (N, L) int64, SKIP = K
-    bits: torch.Tensor  # (N,) ideal -log2 q of the chosen tokens
+    bits: torch.Tensor  # (N,) ideal -log2 q of the chosen tokens (of positions `start` on, when resumed)
     recon: torch.Tensor  # (N, D) reconstruction in the original feature space
     distortion: torch.Tensor  # (N,) squared error in normalised space, summed over the D dims
 
@@ -56,6 +56,7 @@ class ECVQResult:
         return float((self.tokens == self.skip_id).double().mean()) if self.tokens.numel() else 0.0
 
     skip_id: int = -1  # the SKIP token (set by ecvq_encode)
+    start: torch.Tensor | None = None  # (N,) with `resume`: the first position each frame was coded at (earlier ones were given)
 
 
 class _FloatBits:
@@ -64,6 +65,8 @@ class _FloatBits:
     def start(self, n): return self.model.start(n)
     def step(self, st, tok):
         return (-self.model.step(st, tok.to(self.device)).double().log_softmax(-1) / math.log(2)).cpu(), None
+    def prefill(self, st, tok_in):  # teacher forcing, position by position
+        for p in range(tok_in.shape[1]): self.model.step(st, tok_in[:, p].to(self.device))
 
 
 class _ExactBits:
@@ -73,6 +76,10 @@ class _ExactBits:
     def step(self, st, tok):
         f = self.model.step(st, tok)
         return freqs_to_bits(f), f
+    def prefill(self, st, tok_in):
+        if hasattr(self.model, "prefill"): self.model.prefill(st, tok_in)  # one teacher-forced pass
+        else:
+            for p in range(tok_in.shape[1]): self.model.step(st, tok_in[:, p])
 
 
 def _provider(rvq, model, exact: bool):
@@ -109,21 +116,38 @@ def auto_batch(model, budget_mib: float = 384.0) -> int:
     per = 2 * c.n_layers * c.positions * c.d_model * 8 + 16 * max(c.d_ff, 3 * c.d_model)
     return max(1, int(budget_mib * 2 ** 20 // per))
 
+WORK_MIB = 12.0  # ecvq_encode's default batch: key/value caches that stay in a CPU's cache (attention re-reads them at every position)
+
+def work_batch(model) -> int:
+    "`ecvq_encode`'s default frames per batch: caches of about `WORK_MIB`, at least 64 frames (within `auto_batch`'s budget)."
+    return max(min(64, auto_batch(model)), auto_batch(model, WORK_MIB))
+
+def _resume(resume, N: int, L: int):
+    "`resume` checked: (tokens (N, L) int64, first (N,) int64 in 0..L)."
+    try: t, f = (torch.as_tensor(np.asarray(a)).long() for a in resume)
+    except (TypeError, ValueError): raise EibError("resume must be a pair (tokens (N, L), first (N,))") from None
+    if t.shape != (N, L) or f.shape != (N,) or (f < 0).any() or (f > L).any():
+        raise EibError(f"resume needs tokens of shape ({N}, {L}) and first positions (N,) in 0..{L}; got {tuple(t.shape)}, {tuple(f.shape)}")
+    return t, f
+
 
 @torch.no_grad()
 def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool = True, on_step=None,
-                progress: bool = False) -> ECVQResult:
+                progress: bool = False, resume=None) -> ECVQResult:
     """Entropy-constrained VQ of frames `x` (N, D, original space) at `lam` (a number or one per frame).
-    `model`: an `EntropyModel`, a `CodingModel`, a `UnigramModel` or None (uniform). `on_step(p, freqs, chosen)`
-    is called at every position of every batch, in coding order (used by the range coder); a hook with a true
-    `wants_costs` attribute also gets the position's `(dist, bits)` candidate tables: `on_step(p, freqs, chosen, dist, bits)`."""
+    `model`: an `EntropyModel`, a `CodingModel`, a `UnigramModel` or None (uniform). `on_step(rows, p, freqs, chosen)`
+    is called at every coded position of every batch (frames `rows`, a slice), in coding order (used by the range
+    coder); a hook with a true `wants_costs` attribute also gets the position's `(dist, bits)` candidate tables.
+    `resume=(tokens, first)`: the caller knows that frame i's first `first[i]` tokens are `tokens[i, :first[i]]` at
+    this λ; a batch then starts at its smallest `first`, the model's state before it filled in one teacher-forced
+    pass (`prefill`), and `bits` count the positions from `start` on."""
     from tqdm.auto import tqdm
     c = rvq.cfg
     z = rvq.normalise(x)
     N, G, M, K, d = len(z), c.groups, c.layers, c.codes, c.group_dim
     lam = _lams(lam, N)
     prov = _provider(rvq, model, exact)
-    bs = int(batch_size or auto_batch(model))
+    bs = int(batch_size or work_batch(model))
     if bs < 1: raise EibError(f"batch_size must be positive, got {batch_size}")
     cb = rvq.codebooks.detach().float().cpu()  # (G, M, K, d)
     cbz = torch.cat([cb, cb.new_zeros(G, M, 1, d)], 2)  # SKIP adds zero
@@ -131,14 +155,23 @@ def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool =
     cbm2 = (-2.0 * cb).transpose(-1, -2).contiguous()  # (G, M, d, K): rg @ cbm2 = -2·(rg·c) exactly (a power of two)
     tokens = torch.empty(N, c.positions, dtype=torch.long)
     bits = torch.zeros(N, dtype=torch.float64)
+    start = None if resume is None else torch.zeros(N, dtype=torch.long)
+    if resume is not None: known, first = _resume(resume, N, c.positions)
     costs = bool(getattr(on_step, "wants_costs", False))
     for s in tqdm(range(0, N, bs), desc="ecvq", disable=not progress):
         r = z[s:s + bs].reshape(-1, G, d).clone()
-        n, lb = len(r), lam[s:s + bs, None]
+        n, lb, rows = len(r), lam[s:s + bs, None], slice(s, s + bs)
         st, inp = prov.start(n), torch.full((n,), c.bos, dtype=torch.long)
+        p0 = 0 if resume is None else int(first[rows].min())
+        if p0:  # the known first positions: tokens, residuals and the model's state, without a search
+            tokens[rows, :p0] = kn = known[rows, :p0]
+            for p in range(p0): r[:, p // M] -= cbz[p // M, p % M][kn[:, p]]
+            prov.prefill(st, torch.cat([inp[:, None], kn[:, :-1]], 1))
+            inp = kn[:, -1]
+        if start is not None: start[rows] = p0
         ar = torch.arange(n)
         dist = torch.empty(n, K + 1, dtype=torch.float64)  # reused at every position: hooks must not keep it
-        for p in range(c.positions):
+        for p in range(p0, c.positions):
             g, m = divmod(p, M)
             b, f = prov.step(st, inp)
             rg = r[:, g]
@@ -149,12 +182,12 @@ def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool =
             r[:, g] -= cbz[g, m][k]
             tokens[s:s + n, p] = k
             bits[s:s + n] += b[ar, k]
-            if costs: on_step(p, f, k, dist, b)
-            elif on_step is not None: on_step(p, f, k)
+            if costs: on_step(rows, p, f, k, dist, b)
+            elif on_step is not None: on_step(rows, p, f, k)
             inp = k
     zr = rvq.decode_normalised(tokens)
     res = ECVQResult(tokens, bits, rvq.denormalise(zr), ((z - zr) ** 2).sum(1))
-    res.skip_id = c.skip
+    res.skip_id, res.start = c.skip, start
     return res
 
 
@@ -396,3 +429,14 @@ xn = x.copy(); xn[3, 2] = np.nan
 test_fail(lambda: ecvq_encode(rvq, model, xn, 1.0), contains="NaN")
 wrong = EntropyModel(EntropyConfig(vocab=9, positions=6, groups=3, layers=2, d_model=16, n_layers=1, n_heads=2, d_ff=16))
 test_fail(lambda: ecvq_encode(rvq, wrong, x, 1.0), contains="does not fit")
+
+# %%
+# resuming from known first tokens (here: those of the same λ) gives the same tokens; bits count the coded positions
+first = torch.arange(300) * 5 // 300  # 0..4 of the 4 positions (4: nothing left to code)
+rs = ecvq_encode(rvq, model, x, lam, batch_size=16, resume=(mixed.tokens, first))
+test_eq(rs.tokens, mixed.tokens)
+test_eq(bool((rs.start <= first).all()), True); test_eq(int(rs.start.max()), 4)
+pb = CodingModel(model).bits(mixed.tokens)  # exact bits of every position
+test_close(rs.bits, (pb * (torch.arange(4) >= rs.start[:, None])).sum(1), eps=1e-9)
+test_eq(ecvq_encode(rvq, model, x, lam, exact=False, batch_size=16, resume=(fl.tokens, first)).tokens, fl.tokens)
+test_fail(lambda: ecvq_encode(rvq, model, x, lam, resume=(mixed.tokens, first + 1)), contains="first positions")
