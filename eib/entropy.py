@@ -14,8 +14,8 @@ import numba
 from .core import EibError
 
 # %% auto #0
-__all__ = ['MODEL_SIZES', 'EntropyConfig', 'EntropyModel', 'exp_table', 'logits_to_freqs', 'freqs_to_bits', 'CodingModel',
-           'UnigramModel']
+__all__ = ['MODEL_SIZES', 'QKV_TABLE_MIB', 'EntropyConfig', 'EntropyModel', 'exp_table', 'logits_to_freqs', 'freqs_to_bits',
+           'CodingModel', 'UnigramModel']
 
 # %% ../nbs/05_entropy.ipynb #385d0113
 MODEL_SIZES = {
@@ -291,13 +291,27 @@ def _lin(x, WA, bA):
     y = torch.addmm(bA, x.reshape(-1, x.shape[-1]), WA).round_().mul_(1.0 / _A).clamp_(-_LIM, _LIM)
     return y.view(*x.shape[:-1], WA.shape[1])
 
+@numba.njit(cache=True, nogil=True)
+def _ln_rows(x, w, b, eps, out):
+    "`_ln` on rows `x` (n, d) into `out`."
+    n, d = x.shape
+    e2 = eps * 4096.0 * 4096.0
+    for i in range(n):
+        s = 0.0
+        for j in range(d): s += x[i, j] * 4096.0  # integers: exact
+        mu = np.rint(s / d)
+        ss = 0.0
+        for j in range(d): ss += (x[i, j] * 4096.0 - mu) * (x[i, j] * 4096.0 - mu)  # exact below 2^53
+        sd = np.sqrt(ss / d + e2)
+        for j in range(d): out[i, j] = min(max(np.rint(((x[i, j] * 4096.0 - mu) / sd * w[j] + b[j]) * 4096.0) * (1.0 / 4096.0), -256.0), 256.0)
+
 def _ln(x, w, b, eps):
-    "Fixed-point LayerNorm: exact sums, mean rounded to the grid, correctly rounded sqrt and division."
-    n = x.shape[-1]
-    d = x * _A
-    d.sub_(torch.round(d.sum(-1, keepdim=True) / n))
-    d.div_(torch.sqrt((d * d).sum(-1, keepdim=True) / n + eps * _A * _A))
-    return _q_(d.mul_(w).add_(b)).clamp_(-_LIM, _LIM)
+    """Fixed-point LayerNorm, row by row: with a = 2^12 x (integers), a - round(mean a) divided by sqrt(mean of its
+    squares + eps·2^24) (exact sums, correctly rounded sqrt and division), times w plus b, rounded to the grid, clamped."""
+    d = x.shape[-1]
+    out = torch.empty(x.shape, dtype=torch.float64)
+    _ln_rows(x.reshape(-1, d).double().contiguous().numpy(), w.numpy(), b.numpy(), float(eps), out.view(-1, d).numpy())
+    return out
 
 def _softmax_exact(s, mask=None):
     "Softmax of grid scores (..., n) with table exp; weights rounded to a 2^-20 grid."
@@ -306,6 +320,8 @@ def _softmax_exact(s, mask=None):
     if mask is not None: e = e.masked_fill(mask, 0.0)
     return e.div_(e.sum(-1, keepdim=True)).mul_(2.0 ** 20).round_().mul_(2.0 ** -20)
 
+
+QKV_TABLE_MIB = 128  # the largest table of the first block's queries, keys and values that CodingModel keeps
 
 class CodingModel:
     "Fixed-point float64 twin of an `EntropyModel` whose frequencies are identical on every batch size, thread count and machine."
@@ -328,6 +344,10 @@ class CodingModel:
                 fc1=_lw(P("fc1.weight"), P("fc1.bias")), fc2=_lw(P("fc2.weight"), P("fc2.bias"))))
         self.ln_f = (sd["ln_f.weight"], sd["ln_f.bias"], model.ln_f.eps)
         self.head = _lw(sd["head.weight"], sd["head.bias"])
+        # the first block's queries, keys and values depend only on (input token, position): a table, where it is small
+        self.qkv0 = None
+        if c.n_inputs * c.positions * 3 * c.d_model * 8 <= QKV_TABLE_MIB * 2 ** 20:
+            self.qkv0 = self._qkv_rows(self._embed(torch.arange(c.n_inputs)[:, None].expand(-1, c.positions)), self.blocks[0])
 
     def _ffn(self, x, B):
         return x.add_(_lin(_lin(_ln(x, *B["ln2"]), *B["fc1"]).relu_(), *B["fc2"])).clamp_(-_LIM, _LIM)
@@ -347,8 +367,8 @@ class CodingModel:
         n = len(tok_in)
         x = (self.tok[tok_in] + self.pos[p]).clamp_(-_LIM, _LIM)
         o = torch.empty(n, c.d_model, dtype=torch.float64)
-        for B, kc, vc in zip(self.blocks, state["k"], state["v"]):
-            q, k, v = _lin(_ln(x, *B["ln1"]), *B["qkv"]).view(n, 3, c.n_heads, c.head_dim).unbind(1)
+        for i, (B, kc, vc) in enumerate(zip(self.blocks, state["k"], state["v"])):
+            q, k, v = self._qkv_rows(x, B, tok_in if i == 0 else None, p).view(n, 3, c.n_heads, c.head_dim).unbind(1)
             kc[..., p], vc[:, :, p] = k, v
             _attend(q.contiguous().numpy(), kc.numpy(), vc.numpy(), p, exp_table().numpy(), o.numpy())  # fused, the same values
             x = self._ffn(x.add_(_lin(o, *B["proj"])).clamp_(-_LIM, _LIM), B)
@@ -359,10 +379,17 @@ class CodingModel:
         "Input tokens (N, P) of positions 0..P-1 -> the first block's input (N, P, d)."
         return (self.tok[tok_in] + self.pos[:tok_in.shape[1]]).clamp_(-_LIM, _LIM)
 
-    def _qkv(self, x, B):
-        "Queries, keys and values (N, H, P, dh) of a block's input x (N, P, d)."
-        c = self.cfg
-        return _lin(_ln(x, *B["ln1"]), *B["qkv"]).view(*x.shape[:2], 3, c.n_heads, c.head_dim).permute(2, 0, 3, 1, 4)
+    def _qkv_rows(self, x, B, tok=None, pos=None):
+        """Queries, keys and values (..., 3d) of block `B`'s input x (..., d); for the first block (`tok`, the input
+        tokens, given) looked up by (token, position) where the table exists: the same values."""
+        if tok is not None and self.qkv0 is not None: return self.qkv0[tok, pos]
+        return _lin(_ln(x, *B["ln1"]), *B["qkv"])
+
+    def _qkv(self, x, B, tok=None):
+        "Queries, keys and values (N, H, P, dh) of a block's input x (N, P, d) (`tok`: input tokens (N, P) of the first block)."
+        c, P = self.cfg, x.shape[1]
+        qkv = self._qkv_rows(x, B, tok, None if tok is None else torch.arange(P))
+        return qkv.view(*x.shape[:2], 3, c.n_heads, c.head_dim).permute(2, 0, 3, 1, 4)
 
     def _block(self, x, q, k, v, B):
         "The rest of a block on all positions at once: causal attention, projection, feed-forward layer."
@@ -380,7 +407,7 @@ class CodingModel:
         P = t.shape[1]
         x = self._embed(t)
         for i, (B, kc, vc) in enumerate(zip(self.blocks, state["k"], state["v"])):
-            q, k, v = self._qkv(x, B)
+            q, k, v = self._qkv(x, B, t if i == 0 else None)
             kc[..., :P], vc[:, :, :P] = k.transpose(-1, -2), v
             if i + 1 < len(self.blocks): x = self._block(x, q, k, v, B)
         state["p"] = P
@@ -389,8 +416,9 @@ class CodingModel:
     def freqs(self, tokens) -> torch.Tensor:
         "Teacher-forced full pass: tokens (N, L) -> frequencies (N, L, vocab), equal to the stepwise ones."
         t = torch.as_tensor(tokens).long().cpu()
-        x = self._embed(torch.cat([torch.full_like(t[:, :1], self.cfg.bos), t[:, :-1]], 1))
-        for B in self.blocks: x = self._block(x, *self._qkv(x, B), B)
+        t = torch.cat([torch.full_like(t[:, :1], self.cfg.bos), t[:, :-1]], 1)
+        x = self._embed(t)
+        for i, B in enumerate(self.blocks): x = self._block(x, *self._qkv(x, B, t if i == 0 else None), B)
         return logits_to_freqs(_lin(_ln(x, *self.ln_f), *self.head))
 
     def bits(self, tokens) -> torch.Tensor:

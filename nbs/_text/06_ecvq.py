@@ -116,7 +116,7 @@ def auto_batch(model, budget_mib: float = 384.0) -> int:
     per = 2 * c.n_layers * c.positions * c.d_model * 8 + 16 * max(c.d_ff, 3 * c.d_model)
     return max(1, int(budget_mib * 2 ** 20 // per))
 
-WORK_MIB = 12.0  # ecvq_encode's default batch: key/value caches that stay in a CPU's cache (attention re-reads them at every position)
+WORK_MIB = 24.0  # ecvq_encode's default batch: key/value caches that stay in a CPU's cache (attention re-reads them at every position)
 
 def work_batch(model) -> int:
     "`ecvq_encode`'s default frames per batch: caches of about `WORK_MIB`, at least 64 frames (within `auto_batch`'s budget)."

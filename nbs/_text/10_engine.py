@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass
 import numpy as np
 import torch
+import numba
 from eib.core import EibError
-from eib.ecvq import ecvq_encode, auto_batch, distortion_scale
+from eib.ecvq import ecvq_encode, distortion_scale
 from eib.codec import as_codec
 from eib.bitstream import IntervalRecorder, check_features, chunk_size, encode_payload, pack_stream, stream_len
 
@@ -93,6 +94,30 @@ class CodedState:
     split: int = 0
 
 
+@numba.njit(cache=True, nogil=True)
+def _choice_intervals(f, k, dist, b, ck, fk, lo, hi, bk) -> int:
+    """Per frame i of one position: the chosen token k[i]'s coder interval (`ck`: frequencies below it, `fk`: its own),
+    its bits `bk`, and the λ interval (lo, hi) over which k[i] stays the argmin of dist + λ·b: k stays best while
+    λ·(b_j - b_k) >= dist_k - dist_j for every candidate j. A cheaper candidate with the same bits means inconsistent
+    tables: the interval is emptied (never reused), and the count of such frames returned."""
+    n, V = f.shape
+    bad = 0
+    for i in range(n):
+        kk = k[i]
+        c = 0
+        for j in range(kk): c += f[i, j]
+        ck[i], fk[i], bk[i] = c, f[i, kk], b[i, kk]
+        l, h, odd = -np.inf, np.inf, False
+        for j in range(V):
+            db, dd = b[i, j] - b[i, kk], dist[i, kk] - dist[i, j]
+            if db > 0: l = max(l, dd / db)
+            elif db < 0: h = min(h, dd / db)
+            elif dd > 0: odd = True
+        if odd: l, h = np.inf, -np.inf; bad += 1
+        lo[i], hi[i] = l, h
+    return bad
+
+
 class _Hook(IntervalRecorder):
     "`on_step` hook: records each chosen token's coder interval, its bits and the λ interval over which it stays the argmin."
     wants_costs = True  # ecvq_encode hands over its own (dist, bits) tables: the costs are exactly the ones it compared
@@ -104,18 +129,10 @@ class _Hook(IntervalRecorder):
         self.mismatch = 0
 
     def __call__(self, rows, p, f, k, dist, b):
-        super().__call__(rows, p, f, k)
-        k1 = k[:, None]
-        bk = b.gather(1, k1)
-        db, dd = b - bk, dist.gather(1, k1) - dist  # k stays best while λ·db >= dd for every candidate
-        ratio = dd / db  # where db == 0 this is inf or nan, masked out below
-        lo = torch.where(db > 0, ratio, -math.inf).max(1).values
-        hi = torch.where(db < 0, ratio, math.inf).min(1).values
-        bad = ((db == 0) & (dd > 0)).any(1)  # a cheaper candidate with the same bits: tables inconsistent, never reuse
-        if bad.any():
-            lo[bad], hi[bad] = math.inf, -math.inf
-            self.mismatch += int(bad.sum())
-        self.lo[rows, p], self.hi[rows, p], self.bits[rows, p] = lo, hi, bk[:, 0]
+        col = lambda a: a.numpy()[rows, p]  # a view: the kernel writes in place
+        self.mismatch += _choice_intervals(f.numpy(), k.numpy(), dist.numpy(), b.numpy(), col(self.ck), col(self.fk),
+                                           col(self.lo), col(self.hi), col(self.bits))
+
 
 
 # %%
