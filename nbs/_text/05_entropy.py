@@ -288,6 +288,12 @@ def _exp_neg_(d: torch.Tensor) -> torch.Tensor:
 _FM = {"reassoc", "contract"}  # for sums of exact products only: any order, or a fused multiply-add, gives the same value
 
 @numba.njit(fastmath=_FM, inline="always")
+def _dot(x, y):
+    acc = 0.0
+    for d in range(x.shape[0]): acc += x[d] * y[d]
+    return acc
+
+@numba.njit(fastmath=_FM, inline="always")
 def _axpy(a, x, y):
     for d in range(x.shape[0]): y[d] += a * x[d]
 
@@ -316,6 +322,33 @@ def _attend(q, kt, v, p, tab, out):
             acc[:] = 0.0
             for j in range(p + 1): _axpy(np.rint(s[j] / tot * 1048576.0) * (1.0 / 1048576.0), v[i, h, j], acc)
             for d in range(dh): out[i, h * dh + d] = np.rint(acc[d] * 4096.0) * (1.0 / 4096.0)
+
+@numba.njit(cache=True, nogil=True)
+def _attend_table(q, kt, vt, tin, p, tab, out):
+    """`_attend` for the first block, whose keys and values are functions of (input token, position): read from the
+    tables `kt`, `vt` (V+1, L, H, dh) at each frame's input tokens `tin` (n, L) instead of from per-frame caches (frames
+    share the tables' rows, SKIP's above all, so they stay in the CPU's cache)."""
+    n, H, dh = q.shape
+    last = tab.shape[0] - 1
+    s, acc = np.empty((H, p + 1)), np.empty((H, dh))
+    for i in range(n):
+        for j in range(p + 1):
+            kr = kt[tin[i, j], j]
+            for h in range(H): s[h, j] = np.rint(_dot(q[i, h], kr[h]) * 4096.0) * (1.0 / 4096.0)
+        for h in range(H):
+            m = -np.inf
+            for j in range(p + 1): m = max(m, s[h, j])
+            tot = 0.0
+            for j in range(p + 1):
+                k = np.rint((m - s[h, j]) * 4096.0)
+                s[h, j] = tab[last if k > last else int(k)]; tot += s[h, j]
+            for j in range(p + 1): s[h, j] = np.rint(s[h, j] / tot * 1048576.0) * (1.0 / 1048576.0)
+        acc[:] = 0.0
+        for j in range(p + 1):
+            vr = vt[tin[i, j], j]
+            for h in range(H): _axpy(s[h, j], vr[h], acc[h])
+        for h in range(H):
+            for d in range(dh): out[i, h * dh + d] = np.rint(acc[h, d] * 4096.0) * (1.0 / 4096.0)
 
 @numba.njit(cache=True, nogil=True)
 def _freqs_rows(l, tab, free, out):
@@ -443,19 +476,24 @@ class CodingModel:
         self.ln_f = (sd["ln_f.weight"], sd["ln_f.bias"], model.ln_f.eps)
         self.head = _lw(sd["head.weight"], sd["head.bias"])
         # the first block's queries, keys and values depend only on (input token, position): a table, where it is small
-        self.qkv0 = None
+        self.qkv0 = self.kv0 = None
         if c.n_inputs * c.positions * 3 * c.d_model * 8 <= QKV_TABLE_MIB * 2 ** 20:
             self.qkv0 = self._qkv_rows(self._embed(torch.arange(c.n_inputs)[:, None].expand(-1, c.positions)), self.blocks[0])
+            kv = self.qkv0.view(c.n_inputs, c.positions, 3, c.n_heads, c.head_dim)[:, :, 1:].float()  # exact in float32
+            self.kv0 = (kv[:, :, 0].contiguous(), kv[:, :, 1].contiguous())  # (V+1, L, H, dh) each
 
     def _ffn(self, x, B):
         return x.add_(_lin(_lin(_ln(x, *B["ln2"]), *B["fc1"]).relu_(), *B["fc2"])).clamp_(-_LIM, _LIM)
 
     def start(self, n: int) -> dict:
-        """Empty caches for `n` frames: keys transposed (n, H, dh, L), values (n, H, L, dh). float32 holds them exactly
-        (grid values below 2^8 with 12 fractional bits) in half the memory that the attention reads at every step."""
+        """Empty caches for `n` frames: the input tokens `tin` (n, L), and per block keys transposed (n, H, dh, L) and values
+        (n, H, L, dh); float32 holds them exactly (grid values below 2^8 with 12 fractional bits) in half the memory that
+        the attention reads at every step. The first block needs none where its table exists (None)."""
         c = self.cfg
         z = lambda *s: torch.zeros(n, c.n_heads, *s, dtype=torch.float32)
-        return dict(p=0, k=[z(c.head_dim, c.positions) for _ in self.blocks], v=[z(c.positions, c.head_dim) for _ in self.blocks])
+        own = [i > 0 or self.kv0 is None for i in range(len(self.blocks))]
+        return dict(p=0, tin=torch.zeros(n, c.positions, dtype=torch.long),
+                    k=[z(c.head_dim, c.positions) if o else None for o in own], v=[z(c.positions, c.head_dim) if o else None for o in own])
 
     def step(self, state: dict, tok_in) -> torch.Tensor:
         "Feed the previous token of `n` frames (BOS first); returns int64 frequencies (n, vocab) for the next position."
@@ -464,11 +502,15 @@ class CodingModel:
         tok_in = torch.as_tensor(tok_in).long().cpu()
         n = len(tok_in)
         x = (self.tok[tok_in] + self.pos[p]).clamp_(-_LIM, _LIM)
-        o = torch.empty(n, c.d_model, dtype=torch.float64)
+        state["tin"][:, p] = tok_in
+        o, tab = torch.empty(n, c.d_model, dtype=torch.float64), exp_table().numpy()
         for i, (B, kc, vc) in enumerate(zip(self.blocks, state["k"], state["v"])):
             q, k, v = self._qkv_rows(x, B, tok_in if i == 0 else None, p).view(n, 3, c.n_heads, c.head_dim).unbind(1)
-            kc[..., p], vc[:, :, p] = k, v
-            _attend(q.contiguous().numpy(), kc.numpy(), vc.numpy(), p, exp_table().numpy(), o.numpy())  # fused, the same values
+            if kc is None:  # the first block: keys and values from its tables (fused, the same values)
+                _attend_table(q.contiguous().numpy(), self.kv0[0].numpy(), self.kv0[1].numpy(), state["tin"].numpy(), p, tab, o.numpy())
+            else:
+                kc[..., p], vc[:, :, p] = k, v
+                _attend(q.contiguous().numpy(), kc.numpy(), vc.numpy(), p, tab, o.numpy())  # fused, the same values
             x = self._ffn(x.add_(_lin(o, *B["proj"])).clamp_(-_LIM, _LIM), B)
         state["p"] = p + 1
         return logits_to_freqs(_lin(_ln(x, *self.ln_f), *self.head))
@@ -503,10 +545,12 @@ class CodingModel:
         if state["p"] != 0 or t.ndim != 2 or t.shape[1] > self.positions:
             raise EibError(f"prefill needs a fresh state and input tokens (n, P <= {self.positions}), got {tuple(t.shape)}")
         P = t.shape[1]
-        x = self._embed(t)
+        state["tin"][:, :P] = t
+        x = self._embed(t) if len(self.blocks) > 1 or self.kv0 is None else None
         for i, (B, kc, vc) in enumerate(zip(self.blocks, state["k"], state["v"])):
+            if kc is None and len(self.blocks) == 1: break  # the first block's table is all it needs
             q, k, v = self._qkv(x, B, t if i == 0 else None)
-            kc[..., :P], vc[:, :, :P] = k.transpose(-1, -2), v
+            if kc is not None: kc[..., :P], vc[:, :, :P] = k.transpose(-1, -2), v
             if i + 1 < len(self.blocks): x = self._block(x, q, k, v, B)
         state["p"] = P
         return state
@@ -576,7 +620,8 @@ for cmx in (cm, CodingModel(m2)):
     a, b = cmx.start(64), cmx.start(64)
     for p in range(3): cmx.step(a, inp[:, p])
     cmx.prefill(b, inp)
-    test_eq([torch.equal(x, y) for x, y in zip(a["k"] + a["v"], b["k"] + b["v"])], [True] * (2 * len(cmx.blocks)))
+    test_eq([x is None and y is None or torch.equal(x, y) for x, y in zip(a["k"] + a["v"] + [a["tin"]], b["k"] + b["v"] + [b["tin"]])],
+            [True] * (2 * len(cmx.blocks) + 1))
     test_eq(cmx.step(b, tok[:, 2]), cmx.freqs(tok)[:, 3])
 test_fail(lambda: cm.prefill(a, inp), contains="fresh state")
 
