@@ -7,13 +7,17 @@
    10, 15, ..., 200, 220, 240 BPF, counting the whole stream. Prints, per target, the set error, the per-utterance
    error spread, the passes and the re-encoded frames, then the summary against the issue's bars:
    per set |achieved - target| <= 0.25 BPF, per utterance |error| <= 1 BPF for >= 98%, median passes <= 6.
-3. The thesis scheme on a sample of utterances x targets: bisection on a linear λ in [1e-4, 32], tolerance 1 BPF,
+3. With `--against REV`: the same search (step 2) run again by the library of git revision REV (a temporary
+   worktree on PYTHONPATH), then both side by side: wall and CPU time, their ratio, and whether every target's
+   answer is the same.
+4. The thesis scheme on a sample of utterances x targets: bisection on a linear λ in [1e-4, 32], tolerance 1 BPF,
    up to 50 iterations, one utterance at a time, each iteration a real `eib.bitstream.compress`. Time per
    utterance-target, side by side with ours.
 
     .venv/bin/python benchmarks/bench_rate.py                          # ravdess test split, all utterances
     .venv/bin/python benchmarks/bench_rate.py --limit 60               # a seeded sample of 60 test utterances
     .venv/bin/python benchmarks/bench_rate.py --features data_subset/synth --checkpoint checkpoints/synth_cpu
+    .venv/bin/python benchmarks/bench_rate.py --limit 60 --thesis-utts 0 --against 69634bc   # against an earlier library
 """
 import argparse, json, os, resource, subprocess, sys, time
 from pathlib import Path
@@ -55,6 +59,7 @@ def main():
     ap.add_argument("--thesis-utts", type=int, default=4, help="utterances in the thesis-scheme arm (0: skip)")
     ap.add_argument("--thesis-targets", type=float, nargs="+", default=[20, 100, 180])
     ap.add_argument("--out", default="artifacts/bench_rate.json")
+    ap.add_argument("--against", default=None, help="a git revision whose library runs the same search afterwards, side by side")
     a = ap.parse_args()
 
     import torch
@@ -146,7 +151,7 @@ def main():
               f"max {allerr.max():.3f}; <= 0.25: {(allerr <= 0.25).mean():.2%}, <= 1: {(allerr <= 1).mean():.2%}")
     if engine is not None: print(f"  engine: {engine.passes} passes in all, cache check mismatches {engine.mismatch}")
     print(f"  projected to the whole {a.split} split ({full} frames) at this rate: {wall / frames * full / 60:.1f} min wall "
-          f"(bar 15 min on 2 cores)")
+          f"(issue 14's bar: 5 min on 2 cores)")
 
     # -- the thesis scheme
     res = dict(rows=rows, wall_s=wall, cpu_s=cpu, utterances=len(ids), frames=frames, workers=a.workers, threads=a.threads)
@@ -174,8 +179,35 @@ def main():
               f"range and calibration included), tolerance 0.25 BPF")
         print(f"  speed-up (time per frame-target, thesis / ours): {per_frame_thesis / per_frame_ours:.1f}x")
         res["thesis"] = th
+    if a.against: res["against"] = against(a, res)
     Path(a.out).write_text(json.dumps(res, indent=1, default=str))
     print(f"\nwrote {a.out}")
+
+
+def against(a, ours: dict) -> dict:
+    "Step 3: the same search by the library of revision `a.against`, in a temporary worktree; both printed side by side."
+    import shutil, tempfile
+    root = Path(__file__).resolve().parent.parent
+    tmp = Path(tempfile.mkdtemp(prefix="bench_rate_"))
+    wt, out = tmp / "wt", tmp / "theirs.json"
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q", str(wt), a.against], check=True)
+    try:
+        rev = subprocess.run(["git", "-C", str(wt), "log", "-1", "--format=%h %s"], capture_output=True, text=True).stdout.strip()
+        print(f"\nthe same search by the library of {rev[:90]}:", flush=True)
+        argv = [sys.executable, str(Path(__file__).resolve()), "--features", a.features, "--checkpoint", a.checkpoint,
+                "--split", a.split, "--threads", str(a.threads), "--workers", str(a.workers), "--thesis-utts", "0", "--out", str(out),
+                "--targets", *map(str, a.targets)] + (["--limit", str(a.limit)] if a.limit else [])
+        subprocess.run(argv, check=True, env={**os.environ, "PYTHONPATH": str(wt)}, stdout=subprocess.DEVNULL)
+        theirs = json.loads(out.read_text())
+    finally:
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(wt)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    same = all(abs(x["set_bpf"] - y["set_bpf"]) < 1e-9 and x["passes"] == y["passes"] for x, y in zip(ours["rows"], theirs["rows"]))
+    print(f"  {'':14} {'wall_s':>8} {'cpu_s':>8}\n  {'this tree':14} {ours['wall_s']:8.0f} {ours['cpu_s']:8.0f}\n"
+          f"  {a.against[:14]:14} {theirs['wall_s']:8.0f} {theirs['cpu_s']:8.0f}")
+    print(f"  speed-up (their wall / ours): {theirs['wall_s'] / ours['wall_s']:.2f}x, CPU {theirs['cpu_s'] / ours['cpu_s']:.2f}x; "
+          f"the same answer (set rate and passes) at every target: {same}")
+    return dict(rev=a.against, wall_s=theirs["wall_s"], cpu_s=theirs["cpu_s"], same_answers=same)
 
 
 if __name__ == "__main__":

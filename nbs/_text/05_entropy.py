@@ -301,7 +301,7 @@ def _axpy(a, x, y):
 def _attend(q, kt, v, p, tab, out):
     """One query row per frame and head against cached keys `kt` (n, H, dh, L), transposed, and values `v` (n, H, L, dh)
     at positions 0..p: grid scores, table softmax rounded to 2^-20, output rounded to the grid into `out` (n, H*dh).
-    The same operations as `_q`, `_softmax_exact` and `_q` around two einsums, fused per frame and head."""
+    The same operations as `_q`, `_softmax_exact` and `_q` around the full pass's two matrix products, fused per frame and head."""
     n, H, dh, L = kt.shape
     last = tab.shape[0] - 1
     s, acc = np.empty(p + 1), np.empty(dh)

@@ -48,10 +48,13 @@ torch.set_num_threads(1)  # the tests' tiny models run faster on one thread on a
 # Most frames need no re-encoding between nearby λ: at every position, the chosen token stays the argmin of
 # `distortion + λ·bits` over an interval of λ that follows from the candidates' distortions and bits, and as long
 # as all earlier tokens of the frame are unchanged the frame's tokens stay the same for every λ inside the
-# intersection of its positions' intervals. The engine keeps, for each utterance, the tokens, the coder intervals
-# and this λ interval of every frame at the best λ found so far, and re-encodes only the frames whose interval does
-# not contain the new λ (with a safety margin of 10⁻⁶ relative). The intervals come from `ecvq_encode`'s own candidate
-# tables (distortions and bits, handed to its `on_step` hook), so they are computed from exactly the costs it compared.
+# intersection of its positions' intervals. The engine keeps, for each utterance, the tokens, the coder intervals, the
+# bits and the λ interval of every token at the best λ found so far (with a safety margin of 10⁻⁶ relative), and
+# re-encodes only the frames with a token whose interval does not contain the new λ, each from its first such token
+# on: the tokens before it are still the choice, so `ecvq_encode` resumes there (`resume=`), the model's state for
+# those positions filled in one teacher-forced pass. The intervals come from `ecvq_encode`'s own candidate tables
+# (distortions and bits, handed to its `on_step` hook, a compiled loop), so they are computed from exactly the costs it
+# compared. Frames that resume alike share batches (sorted by their first position).
 
 # %%
 #| export
