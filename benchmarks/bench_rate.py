@@ -18,6 +18,7 @@
     .venv/bin/python benchmarks/bench_rate.py --limit 60               # a seeded sample of 60 test utterances
     .venv/bin/python benchmarks/bench_rate.py --features data_subset/synth --checkpoint checkpoints/synth_cpu
     .venv/bin/python benchmarks/bench_rate.py --limit 60 --thesis-utts 0 --against 69634bc   # against an earlier library
+    .venv/bin/python benchmarks/bench_rate.py --limit 20 --thesis-utts 0 --profile 25        # where the time goes
 """
 import argparse, json, os, resource, subprocess, sys, time
 from pathlib import Path
@@ -59,6 +60,7 @@ def main():
     ap.add_argument("--thesis-utts", type=int, default=4, help="utterances in the thesis-scheme arm (0: skip)")
     ap.add_argument("--thesis-targets", type=float, nargs="+", default=[20, 100, 180])
     ap.add_argument("--out", default="artifacts/bench_rate.json")
+    ap.add_argument("--profile", type=int, default=0, help="run the search in this process under cProfile and print its top N functions")
     ap.add_argument("--against", default=None, help="a git revision whose library runs the same search afterwards, side by side")
     a = ap.parse_args()
 
@@ -92,6 +94,11 @@ def main():
     # -- ours
     t0, c0 = time.time(), cpu_now()
     ranges = []
+    prof = None
+    if a.profile:  # one process, so that the profile sees the search itself
+        import cProfile
+        a.workers, prof = 1, cProfile.Profile()
+        prof.enable()
     if a.workers > 1:
         from eib.rate import solve_sharded
         solved = solve_sharded(codec, utts, a.targets, workers=a.workers, ids=ids, on_range=ranges.append)
@@ -129,6 +136,11 @@ def main():
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(dict(rows=rows), indent=1, default=str))
     wall, cpu = time.time() - t0, cpu_now() - c0
+    if prof is not None:
+        import pstats
+        prof.disable()
+        print(f"\nprofile of the search (one process, cProfile's own overhead included), top {a.profile} by own time:")
+        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(a.profile)
     n_ut = len(ids) * len(a.targets)
 
     inr_rows = [r for r in rows if r["in_range"]]
@@ -149,7 +161,10 @@ def main():
         print(f"  per-utterance |error| over all unclamped (utterance, target) pairs ({len(allerr)}): "
               f"median {pct(allerr, 50):.3f}, p90 {pct(allerr, 90):.3f}, p98 {pct(allerr, 98):.3f}, p99.9 {pct(allerr, 99.9):.3f}, "
               f"max {allerr.max():.3f}; <= 0.25: {(allerr <= 0.25).mean():.2%}, <= 1: {(allerr <= 1).mean():.2%}")
-    if engine is not None: print(f"  engine: {engine.passes} passes in all, cache check mismatches {engine.mismatch}")
+    if engine is not None:
+        pc = getattr(engine, "positions_coded", None)  # earlier libraries (--against) did not count them
+        print(f"  engine: {engine.passes} passes in all, cache check mismatches {engine.mismatch}"
+              + (f", token positions coded {pc} = {pc / max(1, engine.frames_encoded * engine.L):.0%} of the re-encoded frames'" if pc is not None else ""))
     print(f"  projected to the whole {a.split} split ({full} frames) at this rate: {wall / frames * full / 60:.1f} min wall "
           f"(issue 14's bar: 5 min on 2 cores)")
 
