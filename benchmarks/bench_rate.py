@@ -164,7 +164,7 @@ def main():
     if engine is not None:
         pc = getattr(engine, "positions_coded", None)  # earlier libraries (--against) did not count them
         print(f"  engine: {engine.passes} passes in all, cache check mismatches {engine.mismatch}"
-              + (f", token positions coded {pc} = {pc / max(1, engine.frames_encoded * engine.L):.0%} of the re-encoded frames'" if pc is not None else ""))
+              + (f", token positions coded {pc} = {pc / max(1, engine.frames_encoded * engine.L):.0%} of all positions of the re-encoded frames" if pc is not None else ""))
     print(f"  projected to the whole {a.split} split ({full} frames) at this rate: {wall / frames * full / 60:.1f} min wall "
           f"(issue 14's bar: 5 min on 2 cores)")
 
