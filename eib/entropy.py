@@ -459,16 +459,24 @@ class CodingModel:
         state["p"] = P
         return state
 
-    def freqs(self, tokens, batch: int = 512) -> torch.Tensor:
-        """Teacher forcing: tokens (N, L) -> frequencies (N, L, vocab), `step` by `step`, `batch` frames at a time (the
-        compiled steps are 4x faster than whole-tensor operations over all positions at once)."""
+    def teacher(self, tokens, batch: int = 512):
+        """Teacher forcing, `step` by `step` (compiled steps are 4x faster than whole-tensor operations over all positions
+        at once): yields `(a, p, f)`, the frequencies `f` (n, vocab) of position p of frames a..a+n-1 of `tokens` (N, L)
+        given their tokens before p, `batch` frames at a time."""
         t = torch.as_tensor(tokens).long().cpu()
         if t.ndim != 2 or t.shape[1] != self.positions: raise EibError(f"expected tokens (N, {self.positions}), got {tuple(t.shape)}")
-        out = torch.empty(*t.shape, self.vocab, dtype=torch.long)
-        for a in range(0, len(t), batch):
-            tb = t[a:a + batch]
-            st, inp = self.start(len(tb)), torch.full((len(tb),), self.cfg.bos)
-            for p in range(self.positions): out[a:a + batch, p] = self.step(st, inp); inp = tb[:, p]
+        def steps():
+            for a in range(0, len(t), batch):
+                tb = t[a:a + batch]
+                st, inp = self.start(len(tb)), torch.full((len(tb),), self.cfg.bos)
+                for p in range(self.positions): yield a, p, self.step(st, inp); inp = tb[:, p]
+        return steps()
+
+    def freqs(self, tokens, batch: int = 512) -> torch.Tensor:
+        "Teacher forcing: tokens (N, L) -> frequencies (N, L, vocab) (`teacher`'s, gathered)."
+        steps = self.teacher(tokens, batch)
+        out = torch.empty(len(tokens), self.positions, self.vocab, dtype=torch.long)
+        for a, p, f in steps: out[a:a + len(f), p] = f
         return out
 
     def bits(self, tokens) -> torch.Tensor:
