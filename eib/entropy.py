@@ -241,42 +241,55 @@ def _softmax_(s, tab):
     for j in range(s.shape[0]): s[j] = np.rint(s[j] / tot * 1048576.0) * (1.0 / 1048576.0)
 
 @numba.njit(cache=True, nogil=True)
+def _weights_(s, tab):
+    "Exact dot products `s` (1-d) -> grid scores -> `_softmax_` weights, in place; compiled without `_FM` (roundings)."
+    for j in range(s.shape[0]): s[j] = _grid(s[j])
+    _softmax_(s, tab)
+
+@numba.njit(cache=True, nogil=True)
+def _grid_into_(acc, out):
+    "`out` (H*dh) <- `acc` (H, dh) rounded to the grid; compiled without `_FM`."
+    H, dh = acc.shape
+    for h in range(H):
+        for d in range(dh): out[h * dh + d] = _grid(acc[h, d])
+
+@numba.njit(cache=True, nogil=True, fastmath=_FM)
 def _attend(q, kt, v, p, tab, out):
     """One query row per frame and head against cached keys `kt` (n, H, dh, L), transposed, and values `v` (n, H, L, dh)
     at positions 0..p: grid scores, table softmax rounded to 2^-20, output rounded to the grid into `out` (n, H*dh).
-    The same operations as `_q`, `_softmax_exact` and `_q` around the full pass's two matrix products, fused per frame and head."""
+    The same operations as `_q`, `_softmax_exact` and `_q` around the full pass's two matrix products, fused per frame and
+    head. Only sums of exact products are compiled here, with `_FM` (vectorised: any order gives the same sums); every
+    rounding is in `_weights_` and `_grid_into_`, compiled without it."""
     n, H, dh, L = kt.shape
-    s, acc = np.empty(p + 1), np.empty(dh)
+    s, acc = np.empty(p + 1), np.empty((H, dh))
     for i in range(n):
         for h in range(H):
             s[:] = 0.0
             for d in range(dh):
                 qd, kr = q[i, h, d], kt[i, h, d]
                 for j in range(p + 1): s[j] += qd * kr[j]
-            for j in range(p + 1): s[j] = _grid(s[j])
-            _softmax_(s, tab)
-            acc[:] = 0.0
-            for j in range(p + 1): _axpy(s[j], v[i, h, j], acc)
-            for d in range(dh): out[i, h * dh + d] = _grid(acc[d])
+            _weights_(s, tab)
+            acc[h] = 0.0
+            for j in range(p + 1): _axpy(s[j], v[i, h, j], acc[h])
+        _grid_into_(acc, out[i])
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=_FM)
 def _attend_table(q, kt, vt, tin, p, tab, out):
     """`_attend` for the first block, whose keys and values are functions of (input token, position): read from the
     tables `kt`, `vt` (V+1, L, H, dh) at each frame's input tokens `tin` (n, L) instead of from per-frame caches (frames
-    share the tables' rows, SKIP's above all, so they stay in the CPU's cache)."""
+    share the tables' rows, SKIP's above all, so they stay in the CPU's cache). Like `_attend`, only exact sums here."""
     n, H, dh = q.shape
     s, acc = np.empty((H, p + 1)), np.empty((H, dh))
     for i in range(n):
         for j in range(p + 1):
             kr = kt[tin[i, j], j]
-            for h in range(H): s[h, j] = _grid(_dot(q[i, h], kr[h]))
-        for h in range(H): _softmax_(s[h], tab)
+            for h in range(H): s[h, j] = _dot(q[i, h], kr[h])
+        for h in range(H): _weights_(s[h], tab)
         acc[:] = 0.0
         for j in range(p + 1):
             vr = vt[tin[i, j], j]
             for h in range(H): _axpy(s[h, j], vr[h], acc[h])
-        for h in range(H):
-            for d in range(dh): out[i, h * dh + d] = _grid(acc[h, d])
+        _grid_into_(acc, out[i])
 
 @numba.njit(cache=True, nogil=True)
 def _freqs_rows(l, tab, free, out):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import constriction
+import numba
 from eib.core import EibError
 from eib.entropy import freqs_to_bits
 from eib.ecvq import ecvq_encode, auto_batch, ECVQResult
@@ -212,10 +213,23 @@ def chunk_size(frames: int, model, batch_size: int | None = None) -> int:
         raise EibError(f"batch_size must be a positive whole number or None (automatic), got {batch_size!r}")
     return int(min(int(frames), int(batch_size or most), most))
 
+@numba.njit(cache=True, nogil=True)
+def _interval_rows(f, k, ck, fk):
+    "Per row i: the frequencies below token k[i] into `ck`, its own into `fk` (only the sum up to k, not a cumsum over all)."
+    for i in range(k.shape[0]):
+        c = 0
+        for j in range(k[i]): c += f[i, j]
+        ck[i], fk[i] = c, f[i, k[i]]
+
 def coder_intervals(freqs: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "(cumulative frequency below, frequency) of each token under integer frequencies `freqs` (..., vocab)."
-    k = torch.as_tensor(tokens).long().unsqueeze(-1)
-    return (freqs.cumsum(-1) - freqs).gather(-1, k).squeeze(-1), freqs.gather(-1, k).squeeze(-1)
+    f = torch.as_tensor(freqs).long().contiguous()
+    V = f.shape[-1]
+    k = torch.as_tensor(tokens).long().expand(f.shape[:-1]).contiguous()
+    if k.numel() and (int(k.min()) < 0 or int(k.max()) >= V): raise EibError(f"tokens must lie in 0..{V - 1}")
+    ck, fk = torch.empty(k.shape, dtype=torch.long), torch.empty(k.shape, dtype=torch.long)
+    _interval_rows(f.view(-1, V).numpy(), k.view(-1).numpy(), ck.view(-1).numpy(), fk.view(-1).numpy())
+    return ck, fk
 
 class IntervalRecorder:
     "`ecvq_encode` hook keeping the coder interval of every chosen token: `ck`, `fk` (N, L) int32, in frame order."
@@ -226,11 +240,26 @@ class IntervalRecorder:
         ck, fk = coder_intervals(f, k)
         self.ck[rows, p], self.fk[rows, p] = ck.int(), fk.int()
 
-def token_intervals(coding_model, tokens, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    "Coder intervals (`ck`, `fk`, each (N, L)) of given tokens (N, L) under `coding_model`, teacher-forced."
+def token_intervals(coding_model, tokens, batch: int = 512, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Coder intervals (`ck`, `fk`, each (N, L)) of given tokens (N, L) under `coding_model`, teacher-forced
+    (`CodingModel.teacher`, `batch` frames at a time; no (N, L, vocab) table of frequencies is kept). `workers` > 1:
+    that many threads, each on its share of the frames, with one torch thread each (the compiled kernels and torch's
+    matrix products release the GIL); the same intervals."""
+    from concurrent.futures import ThreadPoolExecutor
     t = torch.as_tensor(tokens).long()
-    parts = [coder_intervals(coding_model.freqs(t[a:a + batch]), t[a:a + batch]) for a in range(0, len(t), batch)]
-    return torch.cat([c for c, _ in parts]).numpy(), torch.cat([f for _, f in parts]).numpy()
+    coding_model.teacher(t[:0])  # the shape is checked here, before any thread starts
+    ck, fk = np.empty(t.shape, np.int64), np.empty(t.shape, np.int64)
+    def run(a0, a1):
+        for a, p, f in coding_model.teacher(t[a0:a1], batch):
+            r = slice(a0 + a, a0 + a + len(f))
+            ck[r, p], fk[r, p] = (v.numpy() for v in coder_intervals(f, t[r, p]))
+    cuts = np.linspace(0, len(t), max(1, min(int(workers), -(-len(t) // batch))) + 1).astype(int)
+    if len(cuts) == 2: run(0, len(t)); return ck, fk
+    nt = torch.get_num_threads(); torch.set_num_threads(1)  # tiny products: a second torch thread per worker only competes
+    try:
+        with ThreadPoolExecutor(len(cuts) - 1) as ex: list(ex.map(run, cuts[:-1], cuts[1:]))
+    finally: torch.set_num_threads(nt)
+    return ck, fk
 
 def trim_payload(words: np.ndarray) -> bytes:
     "The range coder's 32-bit words as little-endian bytes, without the trailing zero bytes of the last word."
@@ -278,13 +307,14 @@ def compress(codec, features, lam: float, batch_size: int | None = None, progres
     "Compress frames (T, D) in the original feature space at λ into a self-checking byte stream."
     return compress_with_result(codec, features, lam, batch_size, progress)[0]
 
-def compress_tokens(codec, tokens_list, lam: float = 0.0) -> list[bytes]:
+def compress_tokens(codec, tokens_list, lam: float = 0.0, workers: int = 1) -> list[bytes]:
     """The stream of each (T, L) token array of `tokens_list` (λ field `lam`, for the record): byte for byte what
-    `decompress` reads back to those tokens (the layer-sweep baseline codes plain-RVQ tokens this way)."""
+    `decompress` reads back to those tokens (the layer-sweep baseline codes plain-RVQ tokens this way); `workers`: threads
+    of `token_intervals`."""
     codec = as_codec(codec)
     toks = [codec.rvq.check_tokens(t) for t in tokens_list]
     if not toks: return []
-    ck, fk = token_intervals(codec.coding_model, torch.cat(toks))
+    ck, fk = token_intervals(codec.coding_model, torch.cat(toks), workers=workers)
     out, a = [], 0
     for t in toks:
         T, b = len(t), a + len(t)
@@ -379,6 +409,16 @@ model = train_entropy_model(rvq, trn[:1000], trn[1500:], rounds=1, epochs=3, con
 x = toy_frames(400, seed=9)
 lam = float(lambda_grid(rvq, trn)[4])
 codec = Codec(rvq, model)
+
+# %%
+# coder intervals: the frequencies below each token and its own, as the cumulative table gives them; teacher-forced for given tokens
+_t = rvq.encode_nearest(x[:50])
+_f = codec.coding_model.freqs(_t)
+_ck, _fk = coder_intervals(_f, _t)
+test_eq((torch.equal(_ck, (_f.cumsum(-1) - _f).gather(-1, _t[..., None])[..., 0]), torch.equal(_fk, _f.gather(-1, _t[..., None])[..., 0])), (True, True))
+test_eq([np.array_equal(a, b.numpy()) for a, b in zip(token_intervals(codec.coding_model, _t, batch=7), (_ck, _fk))], [True, True])
+test_eq([np.array_equal(a, b.numpy()) for a, b in zip(token_intervals(codec.coding_model, _t, batch=7, workers=3), (_ck, _fk))], [True, True])
+test_fail(lambda: coder_intervals(_f[0], torch.full((4,), 200)), contains="tokens must lie in")
 
 # %% [markdown]
 # Round trips are exact (identical tokens and reconstruction), whether the encoder codes one frame per
