@@ -104,7 +104,7 @@ def bench_sweep(tmp: Path) -> None:
     subprocess.run(cmd, cwd=repo, check=True)
     wall = time.time() - t
     print(f"literal quick sweep: {' '.join(cmd[1:])}\n  {wall:.0f} s wall ({wall / 60:.1f} min; bar 15 min)")
-    for f in sorted((repo / "evaluation_results").glob("RAVDESS_*.json")):
+    for f in sorted((repo / "evaluation_results").glob("rate_sweep_RAVDESS*.json")):
         if f.stat().st_mtime < t: continue
         tm = json.loads(f.read_text())["timing"]
         rp, lp = tm.get("rate_points_s", {}), tm.get("layer_points_s", {})
