@@ -286,23 +286,20 @@ def train_layer_model(codec, store, seed: int = 0, max_steps: int = LAYER_STEPS,
     return model.cpu().eval(), dict(history=hist, validation=how, train_frames=len(tr), val_frames=len(va),
                                     max_steps=max_steps, epochs=epochs, seed=seed, warm=warm)
 
-def layer_codec_ready(codec, checkpoint, max_steps: int = LAYER_STEPS, warm: bool = True) -> bool:
-    """Whether `checkpoint` holds the layer-sweep codec of `codec` (made from its RVQ: the same base fingerprint), trained
-    by the recipe `max_steps`, `warm` (a model of another recipe is trained again)."""
+def layer_codec_ready(codec, checkpoint) -> bool:
+    """Whether `checkpoint` holds the layer-sweep codec of `codec` (made from its RVQ: the same base fingerprint). A model
+    of an earlier recipe is kept (its own recipe is in its config's `layer_model`): the committed ones code the pinned
+    reference streams."""
     from eib.codec import load_codec
     ck = Path(checkpoint)
-    if not (ck / "config.json").exists(): return False
-    meta = load_codec(ck).meta
-    info = meta.get("layer_model", {})
-    return (meta.get("base_fingerprint") == codec.fingerprint and info.get("max_steps") == max_steps
-            and info.get("warm", False) == warm)
+    return (ck / "config.json").exists() and load_codec(ck).meta.get("base_fingerprint") == codec.fingerprint
 
 def get_layer_codec(codec, store, checkpoint, seed: int = 0, device: str = "cpu", progress: bool = True,
                     max_steps: int = LAYER_STEPS, warm: bool = True):
-    "The layer-sweep codec (codec's RVQ + its own entropy model) at `checkpoint`, trained and saved if missing (or of another recipe)."
+    "The layer-sweep codec (codec's RVQ + its own entropy model) at `checkpoint`, trained and saved if missing."
     from eib.codec import Codec, load_codec, save_codec
     ck = Path(checkpoint)
-    if layer_codec_ready(codec, ck, max_steps, warm): return load_codec(ck)
+    if layer_codec_ready(codec, ck): return load_codec(ck)
     model, info = train_layer_model(codec, store, seed=seed, device=device, progress=progress, max_steps=max_steps, warm=warm)
     lc = Codec(codec.rvq, model, dict(kind="layer_sweep", base_fingerprint=codec.fingerprint, layer_model=info))
     save_codec(lc, ck)
@@ -618,7 +615,7 @@ def sweep_layer_points(sw: Sweep, layer_points: int, layer_max_steps: int, codec
     t0, ck = time.time(), Path(str(sw.checkpoint) + "_layers")
     train = dict(checkpoint=str(ck), seed=codec_seed, device=device, progress=progress, max_steps=layer_max_steps)
     if away:
-        run_jobs(layer_codec_job, [(sw.for_jobs(), train)], jobs, done=lambda _: layer_codec_ready(sw.codec, ck, layer_max_steps),
+        run_jobs(layer_codec_job, [(sw.for_jobs(), train)], jobs, done=lambda _: layer_codec_ready(sw.codec, ck),
                  name=f"eib-{sw.label}-layer-model", progress=progress)
     lc = get_layer_codec(sw.codec, sw.store, **train)
     for _, _, obj, _ in sw.outs: obj["timing"]["layer_model_s"] = round(time.time() - t0, 2)
