@@ -624,6 +624,7 @@ def stepped(cm, tok):
     return torch.stack(out, 1)
 tok = torch.randint(0, 9, (64, 4))
 ref = cm.freqs(tok)
+test_eq(torch.stack([f for _, _, f in cm.teacher(tok[:5])], 1), ref[:5])  # `freqs` gathers `teacher`'s steps
 test_eq(stepped(cm, tok), ref); test_eq(cm.freqs(tok, batch=5), ref)
 test_eq(torch.cat([stepped(cm, tok[i:i + 1]) for i in range(0, 64, 7)]), ref[::7])
 nt = torch.get_num_threads(); torch.set_num_threads(1)

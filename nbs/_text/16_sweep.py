@@ -259,7 +259,7 @@ def train_layer_model(codec, store, seed: int = 0, max_steps: int = LAYER_STEPS,
                       progress: bool = True, warm: bool = True):
     """An `EntropyModel` (the codec's config) trained on layer-sweep tokens of `store`'s training split for at most
     `max_steps` steps, validation-stopped; `warm`: starting from the codec's own entropy model (it knows the codebooks:
-    on RAVDESS 300 such steps end 1.7% below 1500 steps from scratch, in a fifth of the time), else from a fresh one."""
+    on RAVDESS 300 such steps end 1.7% below 1500 steps from scratch, in a third of the time), else from a fresh one."""
     from tqdm.auto import tqdm
     from eib.entropy import EntropyModel
     from eib.ecvq import fit_entropy_model
