@@ -19,7 +19,7 @@ from .codec import as_codec
 __all__ = ['MAGIC', 'VERSION', 'VERSIONS', 'MAX_FRAMES', 'TAIL_BITS', 'header_len', 'stream_len', 'StreamInfo', 'stream_info',
            'stream_checksum', 'stream_bpf', 'payload_bpf', 'check_features', 'chunk_size', 'coder_intervals',
            'IntervalRecorder', 'token_intervals', 'trim_payload', 'encode_payload', 'pack_stream',
-           'compress_with_result', 'compress', 'compress_tokens', 'decompress', 'mutate', 'fuzz']
+           'compress_with_result', 'compress', 'token_streams', 'compress_tokens', 'decompress', 'mutate', 'fuzz']
 
 # %% ../nbs/08_bitstream.ipynb #12f01b64
 MAGIC = b"EIB"
@@ -169,17 +169,25 @@ class IntervalRecorder:
         ck, fk = coder_intervals(f, k)
         self.ck[rows, p], self.fk[rows, p] = ck.int(), fk.int()
 
-def token_intervals(coding_model, tokens, batch: int = 512, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def token_intervals(coding_model, tokens, batch: int = 512, workers: int = 1, prefix=None) -> tuple[np.ndarray, np.ndarray]:
     """Coder intervals (`ck`, `fk`, each (N, L)) of given tokens (N, L) under `coding_model`, teacher-forced
     (`CodingModel.teacher`, `batch` frames at a time; no (N, L, vocab) table of frequencies is kept). `workers` > 1:
     that many threads, each on its share of the frames, with one torch thread each (the compiled kernels and torch's
-    matrix products release the GIL); the same intervals."""
+    matrix products release the GIL); the same intervals. `prefix`: the intervals (`ck`, `fk`, each (N, s)) of the first
+    s positions, known from tokens equal to these there (an interval depends only on the tokens up to its own):
+    positions s.. alone are coded."""
     from concurrent.futures import ThreadPoolExecutor
     t = torch.as_tensor(tokens).long()
     coding_model.teacher(t[:0])  # the shape is checked here, before any thread starts
     ck, fk = np.empty(t.shape, np.int64), np.empty(t.shape, np.int64)
+    s = 0 if prefix is None else np.shape(prefix[0])[1]
+    if prefix is not None:
+        if any(np.shape(a) != (len(t), s) for a in prefix) or s > t.shape[1]:
+            raise EibError(f"prefix must be two ({len(t)}, s) interval arrays with s <= {t.shape[1]}, got {[np.shape(a) for a in prefix]}")
+        ck[:, :s], fk[:, :s] = prefix
+        if s == t.shape[1]: return ck, fk
     def run(a0, a1):
-        for a, p, f in coding_model.teacher(t[a0:a1], batch):
+        for a, p, f in coding_model.teacher(t[a0:a1], batch, start=s):
             r = slice(a0 + a, a0 + a + len(f))
             ck[r, p], fk[r, p] = (v.numpy() for v in coder_intervals(f, t[r, p]))
     cuts = np.linspace(0, len(t), max(1, min(int(workers), -(-len(t) // batch))) + 1).astype(int)
@@ -236,14 +244,10 @@ def compress(codec, features, lam: float, batch_size: int | None = None, progres
     "Compress frames (T, D) in the original feature space at λ into a self-checking byte stream."
     return compress_with_result(codec, features, lam, batch_size, progress)[0]
 
-def compress_tokens(codec, tokens_list, lam: float = 0.0, workers: int = 1) -> list[bytes]:
-    """The stream of each (T, L) token array of `tokens_list` (λ field `lam`, for the record): byte for byte what
-    `decompress` reads back to those tokens (the layer-sweep baseline codes plain-RVQ tokens this way); `workers`: threads
-    of `token_intervals`."""
+def token_streams(codec, toks, ck, fk, lam: float = 0.0) -> list[bytes]:
+    """The streams of checked token arrays `toks` (each (T, L)) from their coder intervals `ck`, `fk` (`token_intervals`'s
+    of the arrays in order, concatenated): `compress_tokens`'s, for a caller that keeps the intervals."""
     codec = as_codec(codec)
-    toks = [codec.rvq.check_tokens(t) for t in tokens_list]
-    if not toks: return []
-    ck, fk = token_intervals(codec.coding_model, torch.cat(toks), workers=workers)
     out, a = [], 0
     for t in toks:
         T, b = len(t), a + len(t)
@@ -251,6 +255,15 @@ def compress_tokens(codec, tokens_list, lam: float = 0.0, workers: int = 1) -> l
         out.append(pack_stream(codec.fingerprint, T, codec.rvq.cfg.dim, chunk, lam, encode_payload(ck[a:b], fk[a:b], chunk), t))
         a = b
     return out
+
+def compress_tokens(codec, tokens_list, lam: float = 0.0, workers: int = 1) -> list[bytes]:
+    """The stream of each (T, L) token array of `tokens_list` (λ field `lam`, for the record): byte for byte what
+    `decompress` reads back to those tokens (the layer-sweep baseline codes plain-RVQ tokens this way); `workers`: threads
+    of `token_intervals`."""
+    codec = as_codec(codec)
+    toks = [codec.rvq.check_tokens(t) for t in tokens_list]
+    if not toks: return []
+    return token_streams(codec, toks, *token_intervals(codec.coding_model, torch.cat(toks), workers=workers), lam)
 
 def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor, np.ndarray]:
     """Decode a stream made by `compress` with the same codec: returns tokens (T, L) and frames (T, D) float32.

@@ -205,17 +205,31 @@ class GroupedRVQ(torch.nn.Module):
         "Tokens (N, G*M) -> frames (N, D) in the original feature space."
         return self.denormalise(self.decode_normalised(tokens))
 
+    def _layers_per_group(self, lpg) -> torch.Tensor:
+        "`layers_per_group` (an int or G ints in 0..M) as a LongTensor (G,), or an EibError."
+        c = self.cfg
+        if isinstance(lpg, (int, np.integer)): lpg = [int(lpg)] * c.groups
+        t = torch.as_tensor(list(lpg))
+        if t.numel() != c.groups or t.min() < 0 or t.max() > c.layers:
+            raise EibError(f"layers_per_group must be an int or {c.groups} ints in 0..{c.layers}, got {lpg!r}")
+        return t
+
+    def keep_layers(self, tokens, layers_per_group) -> torch.Tensor:
+        """Tokens (N, G*M) with each group's layers from its `layers_per_group` on set to SKIP. A layer of plain RVQ
+        never looks ahead, so `keep_layers(encode_nearest(x), n)` is `encode_nearest(x, n)`: a layer sweep encodes once."""
+        c = self.cfg
+        lpg = self._layers_per_group(layers_per_group)
+        t = self.check_tokens(tokens).clone().view(-1, c.groups, c.layers)
+        t.masked_fill_(torch.arange(c.layers).view(1, -1) >= lpg.view(-1, 1), c.skip)
+        return t.view(-1, c.positions)
+
     @torch.no_grad()
     def encode_nearest(self, x, layers_per_group=None, skip_mask=None) -> torch.Tensor:
         """Plain RVQ: at each layer the nearest code, no SKIP; with `layers_per_group` (an int or a list of G
-        ints) layers from that index on are SKIP; `skip_mask` (bool, (N, G*M)) forces SKIP where True.
+        ints) layers from that index on are SKIP (`keep_layers`); `skip_mask` (bool, (N, G*M)) forces SKIP where True.
         Frames (N, D) in original space -> tokens (N, G*M)."""
         c = self.cfg
-        lpg = [c.layers] * c.groups if layers_per_group is None else layers_per_group
-        if isinstance(lpg, (int, np.integer)): lpg = [int(lpg)] * c.groups
-        lpg = torch.as_tensor(list(lpg))
-        if lpg.numel() != c.groups or lpg.min() < 0 or lpg.max() > c.layers:
-            raise EibError(f"layers_per_group must be an int or {c.groups} ints in 0..{c.layers}, got {layers_per_group!r}")
+        if layers_per_group is not None: self._layers_per_group(layers_per_group)  # checked before the work
         z = self.normalise(x)
         if skip_mask is not None:
             skip_mask = torch.as_tensor(skip_mask, dtype=torch.bool)
@@ -227,12 +241,15 @@ class GroupedRVQ(torch.nn.Module):
             r = z[s:s + _CHUNK].view(-1, c.groups, c.group_dim).transpose(0, 1).contiguous()  # (G, n, d)
             for m in range(c.layers):
                 idx, _ = _nearest(r, self.codebooks[:, m])
-                use = (lpg > m).view(-1, 1)
-                if skip_mask is not None: use = use & ~skip_mask[s:s + _CHUNK, :, m].T
-                idx = torch.where(use, idx, torch.full_like(idx, c.skip))
-                r = r - torch.where(use.unsqueeze(-1), torch.gather(self.codebooks[:, m], 1, idx.clamp_max(c.codes - 1).unsqueeze(-1).expand(-1, -1, c.group_dim)), 0.)
+                if skip_mask is not None:
+                    use = ~skip_mask[s:s + _CHUNK, :, m].T
+                    idx = torch.where(use, idx, torch.full_like(idx, c.skip))
+                    r = r - torch.where(use.unsqueeze(-1), torch.gather(self.codebooks[:, m], 1, idx.clamp_max(c.codes - 1).unsqueeze(-1).expand(-1, -1, c.group_dim)), 0.)
+                else: r = r - torch.gather(self.codebooks[:, m], 1, idx.unsqueeze(-1).expand(-1, -1, c.group_dim))
                 out[s:s + _CHUNK, :, m] = idx.T
-        return out.view(len(z), c.positions)
+        out = out.view(len(z), c.positions)
+        return out if layers_per_group is None else self.keep_layers(out, layers_per_group)
+
 
 
 # %%
@@ -252,12 +269,15 @@ test_close(z[:, 3:], q.codebooks[1, 0][tok[:, 2]] + q.codebooks[1, 1][tok[:, 3]]
 t1 = q.encode_nearest(x, layers_per_group=[1, 2])
 test_eq(t1[:, 1].tolist(), [4] * 5)  # group 0, layer 1 is SKIP
 test_eq(t1[:, [0, 2, 3]], tok[:, [0, 2, 3]])
+test_eq(q.keep_layers(tok, [1, 2]).tolist(), t1.tolist())  # one encoding serves every depth: greedy layers do not look ahead
+test_eq(q.keep_layers(tok, 0).tolist(), [[4] * 4] * 5)
 test_close(q.decode_normalised(torch.full((1, 4), 4)), torch.zeros(1, 6))  # all SKIP -> the mean in original space
 test_close(q.decode(torch.full((1, 4), 4)), torch.ones(1, 6))
 test_fail(lambda: q.decode(torch.full((1, 4), 5)), contains="0..4")  # BOS is never a coded symbol
 test_fail(lambda: q.decode(torch.zeros(1, 3, dtype=torch.long)), contains="(N, 4)")
 test_fail(lambda: q.encode_nearest(torch.zeros(2, 5)), contains="(N, 6)")
 test_fail(lambda: q.encode_nearest(x, layers_per_group=[3, 1]), contains="0..2")
+test_fail(lambda: q.keep_layers(tok, [1]), contains="2 ints")
 
 
 # %% [markdown]

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 from eib.core import EibError, Jobs, atomic_write_json, call, fingerprint, repo_root, run_jobs
-from eib.bitstream import compress_tokens, decompress
+from eib.bitstream import compress_tokens, decompress, token_intervals, token_streams
 from eib.evaluate import (QUICK_RATES_BPF, SCALE_FLOOR, THESIS_RATES_BPF, evaluate_predictions, fit_probe, PlusHead, gaussian_rd_bound,
                           majority_baseline, store_split)
 from eib.records import new_results, start_results, validate_results, write_results
@@ -581,12 +581,29 @@ def sweep_rate_points(sw: Sweep, targets, rate_mode: str, workers: int, progress
         sw.save_point("rate_points", "target_bpf", point, recon, recon_train, time.time() - t0)
         t0 = time.time()
 
-def layer_point(sw: Sweep, lc, k: int, workers: int = 1) -> tuple[dict, list, list | None]:
-    "The layer-sweep point of depth `k` coded by the layer codec `lc` (`workers` threads); with the decoded frames of both subsets."
+def layer_point(sw: Sweep, lc, k: int, workers: int = 1, memo: dict | None = None) -> tuple[dict, list, list | None]:
+    """The layer-sweep point of depth `k` coded by the layer codec `lc` (`workers` threads); with the decoded frames of both
+    subsets. `memo`, a dict kept over the depths of one sweep, holds both subsets' full-depth tokens (encoded once: every
+    depth is `keep_layers` of them) and the last depth's tokens and coder intervals: a depth codes only the positions from
+    the first one where its tokens differ from the last depth's (the same intervals, and bytes, as coding all of them)."""
+    from eib.rvq import spread_layers
     rvq = sw.codec.rvq
     c, T = rvq.cfg, sw.T
-    toks = [layer_tokens(rvq, f, k) for f in sw.frames]
-    streams = compress_tokens(lc, toks, workers=workers)
+    memo = {} if memo is None else memo
+    if "full" not in memo:
+        memo["full"] = torch.cat([rvq.encode_nearest(f) for f in sw.frames])
+        memo["full_train"] = [rvq.encode_nearest(f) for f in sw.train_frames] if sw.matched else None
+    lpg = spread_layers(k, c.groups, c.layers)
+    tok, prefix = rvq.keep_layers(memo["full"], lpg), None
+    if "last" in memo:
+        last, ck0, fk0 = memo["last"]
+        changed = (last != tok).any(0).nonzero()
+        s = int(changed[0]) if len(changed) else c.positions
+        prefix = (ck0[:, :s], fk0[:, :s])
+    ck, fk = token_intervals(lc.coding_model, tok, workers=workers, prefix=prefix)
+    memo["last"] = (tok, ck, fk)
+    toks = list(tok.split([int(n) for n in T]))
+    streams = token_streams(lc, toks, ck, fk)
     u = int(np.argmin(T))
     _roundtrip(lc, streams[u], toks[u])
     bpf = np.array([8 * len(s) for s in streams]) / T
@@ -598,7 +615,7 @@ def layer_point(sw: Sweep, lc, k: int, workers: int = 1) -> tuple[dict, list, li
                  per_utterance=dict(id=list(sw.ids), achieved_bpf=bpf.round(4).tolist()))
     decode = lambda tk: rvq.denormalise(rvq.decode_normalised(tk)).numpy()
     return (point, [rvq.denormalise(q).numpy() for q in zr],
-            [decode(layer_tokens(rvq, f, k)) for f in sw.train_frames] if sw.matched else None)
+            [decode(rvq.keep_layers(tk, lpg)) for tk in memo["full_train"]] if sw.matched else None)
 
 def sweep_layer_points(sw: Sweep, layer_points: int, layer_max_steps: int, codec_seed: int, device: str, progress: bool,
                        jobs: Jobs | None = None, workers: int = 1):
@@ -622,9 +639,10 @@ def sweep_layer_points(sw: Sweep, layer_points: int, layer_max_steps: int, codec
     if away:
         _run_point_jobs(sw, "layer_sweep", "layers", ns, jobs, progress, layer_codec=lc)
         return
+    memo = {}  # full-depth tokens and the last depth's intervals (ascending depths share their first positions)
     for k in tqdm(ns, desc=f"{sw.label} layer sweep", disable=not progress):
         t0 = time.time()
-        point, recon, recon_train = layer_point(sw, lc, k, workers)
+        point, recon, recon_train = layer_point(sw, lc, k, workers, memo)
         sw.save_point("layer_sweep", "layers", point, recon, recon_train, time.time() - t0)
 
 @dataclass
@@ -679,7 +697,7 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
               preset: str = "cpu", device: str = "cpu", seed: int = 42, samples_per_emotion: int | None = 100,
               out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
               progress: bool = True, force: bool = False, layer_max_steps: int = LAYER_STEPS, command: str | None = None,
-              workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 30,
+              workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 20,
               name: str | None = None, layer_points: int = 24, codec_seed: int = 0, jobs: Jobs | None = None) -> Path:
     """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
     write `results_path(...)` after every point, resuming the points already there. Every decoded point is scored
