@@ -169,7 +169,7 @@ class IntervalRecorder:
         ck, fk = coder_intervals(f, k)
         self.ck[rows, p], self.fk[rows, p] = ck.int(), fk.int()
 
-def token_intervals(coding_model, tokens, batch: int = 512, workers: int = 1, prefix=None) -> tuple[np.ndarray, np.ndarray]:
+def token_intervals(coding_model, tokens, batch: int = 32, workers: int = 1, prefix=None) -> tuple[np.ndarray, np.ndarray]:
     """Coder intervals (`ck`, `fk`, each (N, L)) of given tokens (N, L) under `coding_model`, teacher-forced
     (`CodingModel.teacher`, `batch` frames at a time; no (N, L, vocab) table of frequencies is kept). `workers` > 1:
     that many threads, each on its share of the frames, with one torch thread each (the compiled kernels and torch's
@@ -187,9 +187,9 @@ def token_intervals(coding_model, tokens, batch: int = 512, workers: int = 1, pr
         ck[:, :s], fk[:, :s] = prefix
         if s == t.shape[1]: return ck, fk
     def run(a0, a1):
-        for a, p, f in coding_model.teacher(t[a0:a1], batch, start=s):
+        for a, f in coding_model.teacher(t[a0:a1], batch, start=s):
             r = slice(a0 + a, a0 + a + len(f))
-            ck[r, p], fk[r, p] = (v.numpy() for v in coder_intervals(f, t[r, p]))
+            ck[r, s:], fk[r, s:] = (v.numpy() for v in coder_intervals(f, t[r, s:]))
     cuts = np.linspace(0, len(t), max(1, min(int(workers), -(-len(t) // batch))) + 1).astype(int)
     if len(cuts) == 2: run(0, len(t)); return ck, fk
     nt = torch.get_num_threads(); torch.set_num_threads(1)  # tiny products: a second torch thread per worker only competes

@@ -573,7 +573,7 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
               out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
               progress: bool = True, force: bool = False, layer_max_steps: int = LAYER_STEPS, command: str | None = None,
               workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 20,
-              name: str | None = None, layer_points: int = 24, codec_seed: int = 0, jobs: Jobs | None = None) -> Path:
+              name: str | None = None, layer_points: int = 12, codec_seed: int = 0, jobs: Jobs | None = None) -> Path:
     """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
     write `results_path(...)` after every point, resuming the points already there. Every decoded point is scored
     by the fixed probe and (`matched`) by a probe fitted on the decoded training subset (`matched_per_emotion`

@@ -49,7 +49,7 @@
 # `data_root` is taken from the working directory, else from the repository root). Parameters: `rates` is `quick` (10, 100, 200, 300 BPF), `full` (the thesis's 44 targets: 10 to 200
 # in steps of 5, then 220 to 300 in steps of 20) or a list such as `"[10, 20, 50]"`; `encoder` is `compare` (the
 # offline default) or an emotion2vec model when its weights are present; `rate_mode` is `utterance` (λ per
-# utterance) or `set`; `samples_per_emotion` sizes the test subset; `layer_sweep` adds the plain-RVQ baseline, at `layer_points` depths (24 by default). The
+# utterance) or `set`; `samples_per_emotion` sizes the test subset; `layer_sweep` adds the plain-RVQ baseline, at `layer_points` depths (12 by default). The
 # features (`data_subset/<dataset>`) and the codec (`checkpoints/<dataset>_cpu`) are made on first use. Those of a
 # licensed corpus stay out of git; its results file may be committed.
 #

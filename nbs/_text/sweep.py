@@ -58,7 +58,7 @@ samples_per_emotion = 100  # test utterances per class (select_subset of the TES
 out_dir = "../evaluation_results"  # relative to nbs/ (whatever the working directory)
 checkpoint = None  # codec folder (None: checkpoints/<dataset>_<preset>)
 layer_sweep = True  # also sweep the plain-RVQ layer baseline
-layer_points = 24  # at most this many depths in the layer sweep, spread from 1 layer to all of them
+layer_points = 12  # at most this many depths in the layer sweep, spread from 1 layer to all of them (the book's RAVDESS and EmoDB sweeps: 12)
 force = False  # start afresh even when the results file holds this configuration (the old file is kept in superseded/)
 workers = 2  # processes for per-utterance rate control (utterances split between them)
 model_dir = None  # the encoder's weights folder (None: the default places); a plus model's own head is scored too
@@ -84,7 +84,7 @@ F.use_offline_renderer()
 _cmd = (f"papermill nbs/sweep.ipynb -p dataset {dataset} -p data_root {data_root} -p encoder {encoder} -p rates {rates!r} "
         f"-p rate_mode {rate_mode} -p preset {preset} -p device {device} -p seed {seed} "
         f"-p samples_per_emotion {samples_per_emotion} -p layer_sweep {layer_sweep} -p workers {workers}"
-        + (f" -p layer_points {layer_points}" if layer_points != 24 else "")
+        + f" -p layer_points {layer_points}"
         + (f" -p model_dir {model_dir}" if model_dir else "") + (f" -p name {name}" if name else "") + (f" -p codec_seed {codec_seed}" if codec_seed else "")
         + f" -p matched {matched} -p matched_per_emotion {matched_per_emotion}" + (f" -p executor {executor}" if executor != "none" else ""))
 _out = Path(out_dir) if Path(out_dir).is_absolute() else repo_root() / "nbs" / out_dir  # relative to nbs/ from any working directory
