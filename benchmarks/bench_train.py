@@ -12,11 +12,14 @@ negative = better than the reference, the old recipe).
 
 --sweep also runs the literal quick sweep in a fresh clone of this checkout (`git clone`, `make setup`, then
 `papermill nbs/sweep.ipynb out/sweep_ravdess.ipynb -p dataset ravdess -p data_root ../shared/datasets/ravdess`,
-timed from papermill's start) and prints its phase times from the results file.
+timed from papermill's start) and prints its phase times from the results file; --sweep-against REF runs the same on a
+fresh clone of commit REF first, for a before-and-after on one machine (the speed of a shared machine drifts by tens
+of percent between hours: compare only sweeps of one run).
 
     .venv/bin/python benchmarks/bench_train.py --features data_subset/ravdess data_subset/ravdess_whisper_base
     .venv/bin/python benchmarks/bench_train.py --features data_subset/ravdess --long
     .venv/bin/python benchmarks/bench_train.py --features data_subset/ravdess --sweep
+    .venv/bin/python benchmarks/bench_train.py --sweep --no-train --sweep-against 0cb39a2
 
 Run it on an otherwise idle machine: the arms run one after another and each uses every core.
 """
@@ -85,21 +88,24 @@ def report(features: Path, res: dict) -> None:
         print(f"  {arm:>4}: " + " ".join(f"({b:.1f}, {e:.4f})" for b, e in zip(r["rd"].bpf, r["rd"].mse)))
 
 
-def bench_sweep(tmp: Path) -> None:
-    "The literal quick RAVDESS sweep on a fresh clone of this checkout; phase times from its results file."
-    base = tmp / "fresh"
+def bench_sweep(tmp: Path, ref: str | None = None) -> float:
+    """The literal quick RAVDESS sweep on a fresh clone of this checkout (or of commit `ref`); phase times from its results
+    file; returns its wall seconds."""
+    base = tmp / ("fresh" if ref is None else f"fresh_{ref}")
     base.mkdir()
     subprocess.run(["git", "clone", "-q", str(ROOT), str(base / "main")], check=True)
+    repo = base / "main"
+    if ref is not None: subprocess.run(["git", "checkout", "-q", ref], cwd=repo, check=True)
+    head = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=repo, capture_output=True, text=True).stdout.strip()[:100]
     shared = (ROOT.parent / "shared").resolve()
     if not shared.exists(): raise SystemExit(f"--sweep needs ../shared beside the repository ({shared} missing)")
     (base / "shared").symlink_to(shared)
-    repo = base / "main"
     t = time.time()
     subprocess.run(["make", "setup"], cwd=repo, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    print(f"\nfresh clone {repo}: make setup {time.time() - t:.0f} s (not counted)", flush=True)
+    print(f"\nfresh clone {repo} at {head}: make setup {time.time() - t:.0f} s (not counted)", flush=True)
     (repo / "out").mkdir(exist_ok=True)
     cmd = [str(repo / ".venv/bin/papermill"), "nbs/sweep.ipynb", "out/sweep_ravdess.ipynb", "-p", "dataset", "ravdess",
-           "-p", "data_root", "../shared/datasets/ravdess", "--log-level", "WARNING"]
+           "-p", "data_root", "../shared/datasets/ravdess", "--log-level", "WARNING", "--no-progress-bar"]
     t = time.time()
     subprocess.run(cmd, cwd=repo, check=True)
     wall = time.time() - t
@@ -110,7 +116,8 @@ def bench_sweep(tmp: Path) -> None:
         rp, lp = tm.get("rate_points_s", {}), tm.get("layer_points_s", {})
         print(f"  {f.name}: features {tm.get('features_s')} s, codec {tm.get('codec_s')} s, probes {tm.get('probe_s')} s, "
               f"rate points {sum(rp.values()):.0f} s ({len(rp)}: " + ", ".join(f"{k}={v:.0f}" for k, v in rp.items())
-              + f"), layer model {tm.get('layer_model_s', 0):.0f} s, layer points {sum(lp.values()):.0f} s ({len(lp)})")
+              + f"), layer model {tm.get('layer_model_s', 0):.0f} s, layer points {sum(lp.values()):.0f} s ({len(lp)})", flush=True)
+    return wall
 
 
 def main():
@@ -120,6 +127,7 @@ def main():
     ap.add_argument("--long", action="store_true", help="also the new recipe with --budget 4")
     ap.add_argument("--sweep", action="store_true", help="also the literal quick sweep on a fresh clone")
     ap.add_argument("--no-train", action="store_true", help="only the sweep")
+    ap.add_argument("--sweep-against", metavar="REF", help="with --sweep: first the same sweep on a fresh clone of commit REF")
     a = ap.parse_args()
     print(f"machine: {os.cpu_count()} cpus, load average at start {os.getloadavg()}")
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
@@ -130,7 +138,11 @@ def main():
             for f in a.features:
                 if not Path(f).exists(): raise SystemExit(f"no feature store at {f}; make one with eib-prepare")
                 bench_store(Path(f), old, tmp, a.long)
-        if a.sweep: bench_sweep(tmp)
+        if a.sweep:
+            old_wall = bench_sweep(tmp, a.sweep_against) if a.sweep_against else None
+            wall = bench_sweep(tmp)
+            if old_wall: print(f"\nliteral quick sweep, {a.sweep_against} against this checkout, one after the other: "
+                               f"{old_wall:.0f} s against {wall:.0f} s ({old_wall / wall:.2f}x)")
     finally:
         if old.exists(): subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT)
         shutil.rmtree(tmp, ignore_errors=True)
