@@ -646,7 +646,8 @@ test_eq(torch.equal(_ln(xs, w, b, 1e-5), ln_torch(xs, w, b, 1e-5)), True)
 # (`teacher`, `freqs`; `prefill`, which fills a frame's first positions from known tokens so that ECVQ can resume a frame
 # in the middle) runs whole frames at once: every position's linear layers in one product, and each frame's causal
 # attention fused per head (`_attend_frames`, keys and values transposed once per frame). On RAVDESS layer-sweep tokens
-# (20,000 frames, one thread) that took 8.0 s against 13.0 s for the compiled steps, with the same intervals.
+# (20,000 frames, one thread; `benchmarks/bench_teacher.py`, best of three interleaved rounds) that took 8.6 s against
+# 9.2 s for the compiled steps, with the same intervals.
 #
 # The frequencies agree bit for bit whatever the batch size and thread count, and the fixed-point probabilities are
 # close to the float model's:

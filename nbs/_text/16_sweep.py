@@ -51,6 +51,9 @@ from eib.codec import Codec
 # 7. **layer sweep** (`sweep_layer_points`): plain RVQ, n = G..G·M layers spread over the groups (`spread_layers`; at most `layer_points`
 #    depths, evenly spaced, when a deep codec has more), nearest code, no SKIP choice; its tokens are coded by a second entropy model of the codec's own shape trained on layer-sweep
 #    tokens of the training split (n drawn per frame), and the rate is the size of the real range-coded stream.
+#    The frames are encoded once at full depth (a depth's tokens are `GroupedRVQ.keep_layers` of them), and the depths
+#    run in ascending order so that each codes only the positions from the first one where its tokens differ from the
+#    last depth's (`token_intervals(prefix=...)`; an interval depends only on the tokens up to its own).
 #
 # The results files `rate_sweep_<DATASET>[_<encoder>].json` (fixed probe) and `..._matched.json` (matched probe)
 # (`eib.records.RESULTS_SCHEMA`) are rewritten atomically after every point; a rerun skips the points already there. Seeds: `seed` drives the
