@@ -236,7 +236,7 @@ def _exp_from_max_(s, tab) -> float:
 
 @numba.njit(inline="always")
 def _softmax_(s, tab):
-    "`_softmax_exact` of grid scores `s` (1-d), in place: table exp, weights rounded to a 2^-20 grid."
+    "Softmax of grid scores `s` (1-d), in place: exp(s - max s) from the table, weights rounded to a 2^-20 grid."
     tot = _exp_from_max_(s, tab)
     for j in range(s.shape[0]): s[j] = np.rint(s[j] / tot * 1048576.0) * (1.0 / 1048576.0)
 
@@ -257,9 +257,9 @@ def _grid_into_(acc, out):
 def _attend(q, kt, v, p, tab, out):
     """One query row per frame and head against cached keys `kt` (n, H, dh, L), transposed, and values `v` (n, H, L, dh)
     at positions 0..p: grid scores, table softmax rounded to 2^-20, output rounded to the grid into `out` (n, H*dh).
-    The same operations as `_q`, `_softmax_exact` and `_q` around the full pass's two matrix products, fused per frame and
-    head. Only sums of exact products are compiled here, with `_FM` (vectorised: any order gives the same sums); every
-    rounding is in `_weights_` and `_grid_into_`, compiled without it."""
+    These are the two matrix products of attention fused per frame and head. Only sums of exact products are compiled
+    here, with `_FM` (vectorised: any order gives the same sums); every rounding is in `_weights_` and `_grid_into_`,
+    compiled without it."""
     n, H, dh, L = kt.shape
     s, acc = np.empty(p + 1), np.empty((H, dh))
     for i in range(n):
@@ -388,13 +388,6 @@ def _ln(x, w, b, eps):
     out = torch.empty(x.shape, dtype=torch.float64)
     _ln_rows(x.reshape(-1, d).double().contiguous().numpy(), w.numpy(), b.numpy(), float(eps), out.view(-1, d).numpy())
     return out
-
-def _softmax_exact(s, mask=None):
-    "Softmax of grid scores (..., n) with table exp; weights rounded to a 2^-20 grid."
-    if mask is not None: s = s.masked_fill(mask, float("-inf"))
-    e = _exp_neg_(s.max(-1, keepdim=True).values - s)
-    if mask is not None: e = e.masked_fill(mask, 0.0)
-    return e.div_(e.sum(-1, keepdim=True)).mul_(2.0 ** 20).round_().mul_(2.0 ** -20)
 
 
 QKV_TABLE_MIB = 128  # the largest table of the first block's queries, keys and values that CodingModel keeps

@@ -459,7 +459,7 @@ def sweep_rate_points(sw: Sweep, targets, rate_mode: str, workers: int, progress
 def layer_point(sw: Sweep, lc, k: int, workers: int = 1, memo: dict | None = None) -> tuple[dict, list, list | None]:
     """The layer-sweep point of depth `k` coded by the layer codec `lc` (`workers` threads); with the decoded frames of both
     subsets. `memo`, a dict kept over the depths of one sweep, holds both subsets' full-depth tokens (encoded once: every
-    depth is `keep_layers` of them) and the last depth's tokens and coder intervals: a depth codes only the positions from
+    depth is `keep_layers` of them), the normalised test frames and the last depth's tokens and coder intervals: a depth codes only the positions from
     the first one where its tokens differ from the last depth's (the same intervals, and bytes, as coding all of them)."""
     from eib.rvq import spread_layers
     rvq = sw.codec.rvq
@@ -468,6 +468,7 @@ def layer_point(sw: Sweep, lc, k: int, workers: int = 1, memo: dict | None = Non
     if "full" not in memo:
         memo["full"] = torch.cat([rvq.encode_nearest(f) for f in sw.frames])
         memo["full_train"] = [rvq.encode_nearest(f) for f in sw.train_frames] if sw.matched else None
+        memo["z"] = [rvq.normalise(f) for f in sw.frames]
     lpg = spread_layers(k, c.groups, c.layers)
     tok, prefix = rvq.keep_layers(memo["full"], lpg), None
     if "last" in memo:
@@ -482,9 +483,8 @@ def layer_point(sw: Sweep, lc, k: int, workers: int = 1, memo: dict | None = Non
     u = int(np.argmin(T))
     _roundtrip(lc, streams[u], toks[u])
     bpf = np.array([8 * len(s) for s in streams]) / T
-    z = [rvq.normalise(f) for f in sw.frames]
     zr = [rvq.decode_normalised(tk) for tk in toks]
-    dist = np.array([float(((a - b) ** 2).sum(1).mean()) for a, b in zip(z, zr)])
+    dist = np.array([float(((a - b) ** 2).sum(1).mean()) for a, b in zip(memo["z"], zr)])
     point = dict(layers=int(k), **{f"achieved_bpf_{s}": v for s, v in _stats(bpf).items()},
                  set_bpf=float(8 * sum(len(s) for s in streams) / T.sum()), mse=_mse(dist, T, c.dim),
                  per_utterance=dict(id=list(sw.ids), achieved_bpf=bpf.round(4).tolist()))

@@ -241,11 +241,8 @@ class GroupedRVQ(torch.nn.Module):
             r = z[s:s + _CHUNK].view(-1, c.groups, c.group_dim).transpose(0, 1).contiguous()  # (G, n, d)
             for m in range(c.layers):
                 idx, _ = _nearest(r, self.codebooks[:, m])
-                if skip_mask is not None:
-                    use = ~skip_mask[s:s + _CHUNK, :, m].T
-                    idx = torch.where(use, idx, torch.full_like(idx, c.skip))
-                    r = r - torch.where(use.unsqueeze(-1), torch.gather(self.codebooks[:, m], 1, idx.clamp_max(c.codes - 1).unsqueeze(-1).expand(-1, -1, c.group_dim)), 0.)
-                else: r = r - torch.gather(self.codebooks[:, m], 1, idx.unsqueeze(-1).expand(-1, -1, c.group_dim))
+                if skip_mask is not None: idx = idx.masked_fill(skip_mask[s:s + _CHUNK, :, m].T, c.skip)
+                r = r - torch.where((idx < c.skip).unsqueeze(-1), torch.gather(self.codebooks[:, m], 1, idx.clamp_max(c.codes - 1).unsqueeze(-1).expand(-1, -1, c.group_dim)), 0.)
                 out[s:s + _CHUNK, :, m] = idx.T
         out = out.view(len(z), c.positions)
         return out if layers_per_group is None else self.keep_layers(out, layers_per_group)
