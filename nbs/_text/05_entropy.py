@@ -36,6 +36,11 @@ from eib.rvq import RVQConfig, GroupedRVQ, fit_rvq
 
 # %%
 #| export
+CONTEXTS = {  # what the entropy model sees besides the frame's earlier tokens
+    "none": "the frame's earlier tokens only (the thesis's model)",
+    "frame": "also the previous frame's token at each position (a learned embedding per position and token)",
+}
+
 MODEL_SIZES = {
     "paper": dict(d_model=256, n_layers=6, n_heads=8, d_ff=1024),
     "cpu": dict(d_model=64, n_layers=1, n_heads=4, d_ff=128, dropout=0.0),  # tiny and trained on sampled frames: no dropout
@@ -53,6 +58,7 @@ class EntropyConfig:
     n_heads: int = 8
     d_ff: int = 1024
     dropout: float = 0.1
+    context: str = "none"  # a key of CONTEXTS
 
     def __post_init__(self):
         for k in ("vocab", "positions", "groups", "layers", "d_model", "n_layers", "n_heads", "d_ff"):
@@ -65,6 +71,8 @@ class EntropyConfig:
         if self.d_model % self.n_heads:
             raise EibError(f"EntropyConfig: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if not 0 <= self.dropout < 1: raise EibError(f"EntropyConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.context not in CONTEXTS:
+            raise EibError(f"unknown entropy-model context {self.context!r}; known: {', '.join(CONTEXTS)}")
 
     @property
     def codes(self) -> int: return self.vocab - 1
@@ -84,11 +92,15 @@ class EntropyConfig:
         kw = {**MODEL_SIZES[preset], **overrides}
         return cls(vocab=rvq_cfg.vocab, positions=rvq_cfg.positions, groups=rvq_cfg.groups, layers=rvq_cfg.layers, **kw)
 
-    def to_dict(self) -> dict: return asdict(self)
+    def to_dict(self) -> dict:
+        "The fields as a dict; `context` only where it is not \"none\" (so an intra-frame codec's fingerprint is what it was)."
+        d = asdict(self)
+        if d["context"] == "none": del d["context"]
+        return d
     @classmethod
     def from_dict(cls, d: dict) -> "EntropyConfig":
         names = ("vocab", "positions", "groups", "layers", "d_model", "n_layers", "n_heads", "d_ff")
-        try: return cls(**{k: int(d[k]) for k in names}, dropout=float(d.get("dropout", 0.1)))
+        try: return cls(**{k: int(d[k]) for k in names}, dropout=float(d.get("dropout", 0.1)), context=str(d.get("context", "none")))
         except KeyError as e: raise EibError(f"entropy-model config lacks {e}; it needs {', '.join(names)}") from None
 
 
@@ -98,6 +110,10 @@ test_eq((c.vocab, c.positions, c.bos, c.n_inputs, c.head_dim), (129, 36, 129, 13
 test_eq(EntropyConfig.from_dict(c.to_dict()), c)
 test_fail(lambda: EntropyConfig.for_rvq(RVQConfig(16, 2, 2, 8), "huge"), contains="known: paper, cpu")
 test_fail(lambda: EntropyConfig(9, 5, 2, 2), contains="positions 5")
+test_eq("context" in c.to_dict(), False)  # an intra-frame config reads as before (its codec's fingerprint is unchanged)
+cf = EntropyConfig.for_rvq(RVQConfig.for_dim(768, layers=3), "cpu", context="frame")
+test_eq((cf.to_dict()["context"], EntropyConfig.from_dict(cf.to_dict())), ("frame", cf))
+test_fail(lambda: EntropyConfig(9, 4, 2, 2, context="video"), contains="known: none, frame")
 
 
 # %% [markdown]
@@ -139,6 +155,26 @@ class _Block(nn.Module):
         return x + self.fc2(F.relu(self.fc1(self.ln2(x))))
 
 
+def check_context(prev, cfg: EntropyConfig, n: int | None = None) -> torch.Tensor:
+    """Previous-frame tokens (n, L) for a context model as a LongTensor: coded symbols, or BOS (`cfg.bos`) where there is
+    no previous frame; None: BOS everywhere (`n` frames)."""
+    if prev is None:
+        if n is None: raise EibError("a context model needs the previous frames' tokens (or their number)")
+        return torch.full((n, cfg.positions), cfg.bos, dtype=torch.long)
+    t = torch.as_tensor(prev)
+    if t.ndim != 2 or t.shape[1] != cfg.positions or t.is_floating_point() or (n is not None and len(t) != n):
+        raise EibError(f"previous-frame tokens must be integers of shape ({'N' if n is None else n}, {cfg.positions}), got {tuple(t.shape)} {t.dtype}")
+    t = t.long().cpu()
+    if t.numel() and (t.min() < 0 or t.max() > cfg.bos):
+        raise EibError(f"previous-frame tokens must lie in 0..{cfg.bos} (BOS: no previous frame); got {int(t.min())}..{int(t.max())}")
+    return t
+
+def previous_frames(tokens, bos: int) -> torch.Tensor:
+    "Each frame's previous frame in one utterance's tokens (T, L): a BOS row, then frames 0..T-2."
+    t = torch.as_tensor(tokens).long()
+    return torch.cat([torch.full_like(t[:1], bos), t[:-1]]) if len(t) else t.clone()
+
+
 class EntropyModel(nn.Module):
     "Causal Transformer over one frame's tokens: logits of q(token_p | tokens_<p) for every position p."
     def __init__(self, cfg: EntropyConfig):
@@ -149,9 +185,12 @@ class EntropyModel(nn.Module):
         self.blocks = nn.ModuleList(_Block(c) for _ in range(c.n_layers))
         self.ln_f, self.head = nn.LayerNorm(c.d_model), nn.Linear(c.d_model, c.vocab)
         self.drop = nn.Dropout(c.dropout)
+        # context "frame": the previous frame's token at position p, one embedding row per (position, token; BOS: none)
+        self.ctx = nn.Embedding(c.positions * c.n_inputs, c.d_model) if c.context == "frame" else None
         p = torch.arange(c.positions)
         self.register_buffer("_g", p // c.layers, persistent=False)
         self.register_buffer("_m", p % c.layers, persistent=False)
+        self.register_buffer("_ctx_row", p * c.n_inputs, persistent=False)
         for mod in self.modules():
             if isinstance(mod, (nn.Linear, nn.Embedding)): nn.init.normal_(mod.weight, std=0.02)
             if isinstance(mod, nn.Linear): nn.init.zeros_(mod.bias)
@@ -171,33 +210,44 @@ class EntropyModel(nn.Module):
             raise EibError(f"tokens must lie in 0..{c.vocab - 1}; got {int(t.min())}..{int(t.max())}")
         return t
 
-    def forward(self, tokens) -> torch.Tensor:
-        "Teacher forcing: tokens (N, L) -> logits (N, L, vocab); the input is [BOS, t_0 .. t_{L-2}]."
+    def input_table(self, prev=None, n: int | None = None) -> torch.Tensor:
+        """What position p adds to its input token's embedding: `position_table()` (L, d); for a context model also the
+        embedding of the previous frame's token there, (N, L, d) for `prev` (N, L) (`check_context`; None: no previous frame)."""
+        pt = self.position_table()
+        if self.ctx is None:
+            if prev is not None: raise EibError("this entropy model has no inter-frame context (EntropyConfig.context 'none'); pass no previous frame")
+            return pt
+        pv = check_context(prev, self.cfg, n).to(pt.device)
+        return pt + self.ctx(pv + self._ctx_row)
+
+    def forward(self, tokens, prev=None) -> torch.Tensor:
+        """Teacher forcing: tokens (N, L) -> logits (N, L, vocab); the input is [BOS, t_0 .. t_{L-2}]. `prev` (N, L): the
+        previous frame's tokens of each frame (a context model only; None or BOS rows: an utterance's first frame)."""
         t = self.check_tokens(tokens).to(self.pos.weight.device)
         inp = torch.cat([torch.full_like(t[:, :1], self.cfg.bos), t[:, :-1]], 1)
-        x = self.drop(self.tok(inp) + self.position_table())
+        x = self.drop(self.tok(inp) + self.input_table(prev, len(t)))
         for b in self.blocks: x = b(x)
         return self.head(self.ln_f(x))
 
-    def bits(self, tokens) -> torch.Tensor:
-        "Ideal code length -log2 q of every token (N, L), from the float model."
+    def bits(self, tokens, prev=None) -> torch.Tensor:
+        "Ideal code length -log2 q of every token (N, L), from the float model (`prev`: as in `forward`)."
         t = self.check_tokens(tokens)
-        lp = self(t).log_softmax(-1)
+        lp = self(t, prev).log_softmax(-1)
         return -lp.gather(-1, t.to(lp.device).unsqueeze(-1)).squeeze(-1) / math.log(2)
 
     @torch.no_grad()
-    def start(self, n: int) -> dict:
-        "Empty key/value caches for `n` frames."
+    def start(self, n: int, prev=None) -> dict:
+        "Empty key/value caches for `n` frames (`prev` (n, L): their previous frames' tokens, for a context model)."
         c, w = self.cfg, self.pos.weight
         z = lambda: w.new_zeros(n, c.n_heads, c.positions, c.head_dim)
-        return dict(p=0, k=[z() for _ in self.blocks], v=[z() for _ in self.blocks], pos=self.position_table())
+        return dict(p=0, k=[z() for _ in self.blocks], v=[z() for _ in self.blocks], pos=self.input_table(prev, n))
 
     @torch.no_grad()
     def step(self, state: dict, tok_in) -> torch.Tensor:
         "Feed the previous token (BOS at the start) of `n` frames; returns logits (n, vocab) for the next position."
         p = state["p"]
         if p >= self.cfg.positions: raise EibError(f"all {self.cfg.positions} positions of the frame were already stepped")
-        x = self.tok(torch.as_tensor(tok_in, device=self.pos.weight.device).long()) + state["pos"][p]
+        x = self.tok(torch.as_tensor(tok_in, device=self.pos.weight.device).long()) + state["pos"][..., p, :]
         for b, kc, vc in zip(self.blocks, state["k"], state["v"]): x = b.step(x, kc, vc, p)
         state["p"] = p + 1
         return self.head(self.ln_f(x))
@@ -228,6 +278,21 @@ test(float(full.std()), 0.3, operator.gt, ">")
 test_fail(lambda: m.step(st, inp), contains="already stepped")
 test_fail(lambda: m(torch.full((2, 4), 9)), contains="0..8")
 test_close(m.bits(tok), -full.log_softmax(-1).gather(-1, tok[..., None])[..., 0] / math.log(2), eps=1e-5)
+
+# %%
+# a context model: position p also sees the previous frame's token there; its steps agree with its full pass too
+mf = EntropyModel(EntropyConfig(**{**tc.to_dict(), "context": "frame"})).eval()
+for w in mf.parameters(): w.data.normal_(0, 0.3)
+prev = torch.cat([torch.full((1, 4), tc.bos), tok[:-1]])  # frame i's previous frame: frame i-1 (BOS: none)
+full_f = mf(tok, prev)
+st, inp, steps = mf.start(5, prev), torch.full((5,), tc.bos), []
+for p in range(4): steps.append(mf.step(st, inp)); inp = tok[:, p]
+test_close(torch.stack(steps, 1), full_f, eps=1e-5)
+test_eq(torch.equal(previous_frames(tok, tc.bos), prev), True)
+test(float((full_f - mf(tok, torch.full_like(tok, tc.bos))).abs().max()), 0.1, operator.gt, ">")  # the context matters
+test_fail(lambda: m(tok, prev), contains="no inter-frame context")
+test_fail(lambda: mf(tok, prev[:3]), contains="shape (5, 4)")
+test_fail(lambda: mf(tok, prev + 9), contains="0..9")
 
 # %% [markdown]
 # ## Exact coding probabilities
@@ -500,6 +565,7 @@ class CodingModel:
         self.tok = _q(sd["tok.weight"])
         g, m = torch.arange(c.positions) // c.layers, torch.arange(c.positions) % c.layers
         self.pos = _q(sd["pos.weight"] + sd["grp.weight"][g] + sd["lay.weight"][m])
+        self.ctx = _q(sd["ctx.weight"]).view(c.positions, c.n_inputs, c.d_model) if c.context == "frame" else None
         sc = torch.ones(3 * c.d_model, dtype=torch.float64); sc[:c.d_model] = c.head_dim ** -0.5  # fold the score scale into W_q
         self.blocks = []
         for i, blk in enumerate(model.blocks):
@@ -512,8 +578,9 @@ class CodingModel:
         self.ln_f = (sd["ln_f.weight"], sd["ln_f.bias"], model.ln_f.eps)
         self.head = _lw(sd["head.weight"], sd["head.bias"])
         # the first block's queries, keys and values depend only on (input token, position): a table, where it is small
+        # (with inter-frame context they also depend on the previous frame: no table)
         self.qkv0 = self.kv0 = None
-        if c.n_inputs * c.positions * 3 * c.d_model * 8 <= QKV_TABLE_MIB * 2 ** 20:
+        if self.ctx is None and c.n_inputs * c.positions * 3 * c.d_model * 8 <= QKV_TABLE_MIB * 2 ** 20:
             self.qkv0 = self._qkv_rows(self._embed(torch.arange(c.n_inputs)[:, None].expand(-1, c.positions)), self.blocks[0])
             kv = self.qkv0.view(c.n_inputs, c.positions, 3, c.n_heads, c.head_dim)[:, :, 1:].float()  # exact in float32
             self.kv0 = (kv[:, :, 0].contiguous(), kv[:, :, 1].contiguous())  # (V+1, L, H, dh) each
@@ -521,15 +588,19 @@ class CodingModel:
     def _ffn(self, x, B):
         return x.add_(_lin(_lin(_ln(x, *B["ln2"]), *B["fc1"]).relu_(), *B["fc2"])).clamp_(-_LIM, _LIM)
 
-    def start(self, n: int) -> dict:
+    def start(self, n: int, prev=None) -> dict:
         """Empty caches for `n` frames: the input tokens `tin` (n, L), and per block keys transposed (n, H, dh, L) and values
         (n, H, L, dh); float32 holds them exactly (grid values below 2^8 with 12 fractional bits) in half the memory that
-        the attention reads at every step. The first block needs none where its table exists (None)."""
+        the attention reads at every step. The first block needs none where its table exists (None). A context model
+        keeps the previous frames' tokens `prev` (n, L) (None: BOS, no previous frame) as `ctx`."""
         c = self.cfg
         z = lambda *s: torch.zeros(n, c.n_heads, *s, dtype=torch.float32)
         own = [i > 0 or self.kv0 is None for i in range(len(self.blocks))]
-        return dict(p=0, tin=torch.zeros(n, c.positions, dtype=torch.long),
-                    k=[z(c.head_dim, c.positions) if o else None for o in own], v=[z(c.positions, c.head_dim) if o else None for o in own])
+        st = dict(p=0, tin=torch.zeros(n, c.positions, dtype=torch.long),
+                  k=[z(c.head_dim, c.positions) if o else None for o in own], v=[z(c.positions, c.head_dim) if o else None for o in own])
+        if self.ctx is not None: st["ctx"] = check_context(prev, c, n)
+        elif prev is not None: raise EibError("this coding model has no inter-frame context (EntropyConfig.context 'none'); pass no previous frame")
+        return st
 
     def step(self, state: dict, tok_in) -> torch.Tensor:
         "Feed the previous token of `n` frames (BOS first); returns int64 frequencies (n, vocab) for the next position."
@@ -537,7 +608,9 @@ class CodingModel:
         if p >= c.positions: raise EibError(f"all {c.positions} positions of the frame were already stepped")
         tok_in = torch.as_tensor(tok_in).long().cpu()
         n = len(tok_in)
-        x = (self.tok[tok_in] + self.pos[p]).clamp_(-_LIM, _LIM)
+        x = self.tok[tok_in] + self.pos[p]
+        if self.ctx is not None: x += self.ctx[p][state["ctx"][:, p]]
+        x.clamp_(-_LIM, _LIM)
         state["tin"][:, p] = tok_in
         o, tab = torch.empty(n, c.d_model, dtype=torch.float64), exp_table().numpy()
         for i, (B, kc, vc) in enumerate(zip(self.blocks, state["k"], state["v"])):
@@ -551,9 +624,12 @@ class CodingModel:
         state["p"] = p + 1
         return logits_to_freqs(_lin(_ln(x, *self.ln_f), *self.head))
 
-    def _embed(self, tok_in):
-        "Input tokens (N, P) of positions 0..P-1 -> the first block's input (N, P, d)."
-        return (self.tok[tok_in] + self.pos[:tok_in.shape[1]]).clamp_(-_LIM, _LIM)
+    def _embed(self, tok_in, prev=None):
+        "Input tokens (N, P) of positions 0..P-1 (and a context model's previous-frame tokens `prev` (N, >= P)) -> the first block's input (N, P, d)."
+        P = tok_in.shape[1]
+        x = self.tok[tok_in] + self.pos[:P]
+        if self.ctx is not None: x += self.ctx[torch.arange(P), prev[:, :P]]
+        return x.clamp_(-_LIM, _LIM)
 
     def _qkv_rows(self, x, B, tok=None, pos=None):
         """Queries, keys and values (..., 3d) of block `B`'s input x (..., d); for the first block (`tok`, the input
@@ -582,7 +658,7 @@ class CodingModel:
             raise EibError(f"prefill needs a fresh state and input tokens (n, P <= {self.positions}), got {tuple(t.shape)}")
         P = t.shape[1]
         state["tin"][:, :P] = t
-        x = self._embed(t) if len(self.blocks) > 1 or self.kv0 is None else None
+        x = self._embed(t, state.get("ctx")) if len(self.blocks) > 1 or self.kv0 is None else None
         for i, (B, kc, vc) in enumerate(zip(self.blocks, state["k"], state["v"])):
             if kc is None and len(self.blocks) == 1: break  # the first block's table is all it needs
             q, k, v = self._qkv(x, B, t if i == 0 else None)
@@ -591,18 +667,21 @@ class CodingModel:
         state["p"] = P
         return state
 
-    def teacher(self, tokens, batch: int = 32, start: int = 0):
+    def teacher(self, tokens, batch: int = 32, start: int = 0, prev=None):
         """Teacher forcing in whole-frame passes (every block's causal attention fused per frame, `_attend_frames`): yields
         `(a, f)`, the frequencies `f` (n, L - start, vocab) of positions start..L-1 of frames a..a+n-1 of `tokens` (N, L)
-        given their earlier tokens, `batch` frames at a time: what `step` gives at those positions."""
+        given their earlier tokens (and, for a context model, their previous frames' tokens `prev` (N, L)), `batch` frames
+        at a time: what `step` gives at those positions."""
         t = torch.as_tensor(tokens).long().cpu()
         if t.ndim != 2 or t.shape[1] != self.positions: raise EibError(f"expected tokens (N, {self.positions}), got {tuple(t.shape)}")
         if not 0 <= start < self.positions: raise EibError(f"start must be in 0..{self.positions - 1}, got {start}")
+        if self.ctx is not None: prev = check_context(prev, self.cfg, len(t))
+        elif prev is not None: raise EibError("this coding model has no inter-frame context (EntropyConfig.context 'none'); pass no previous frame")
         def passes():
             for a in range(0, len(t), batch):
                 tb = t[a:a + batch]
                 inp = torch.cat([torch.full((len(tb), 1), self.cfg.bos), tb[:, :-1]], 1)
-                x = self._embed(inp)
+                x = self._embed(inp, None if prev is None else prev[a:a + batch])
                 for i, B in enumerate(self.blocks):
                     q, k, v = self._qkv(x, B, inp if i == 0 else None)
                     if i + 1 == len(self.blocks): x, q = x[:, start:], q[:, :, start:]  # the last block: the wanted queries only
@@ -610,16 +689,16 @@ class CodingModel:
                 yield a, logits_to_freqs(_lin(_ln(x, *self.ln_f), *self.head))
         return passes()
 
-    def freqs(self, tokens, batch: int = 32) -> torch.Tensor:
-        "Teacher forcing: tokens (N, L) -> frequencies (N, L, vocab) (`teacher`'s, gathered)."
+    def freqs(self, tokens, batch: int = 32, prev=None) -> torch.Tensor:
+        "Teacher forcing: tokens (N, L) -> frequencies (N, L, vocab) (`teacher`'s, gathered; `prev`: as there)."
         out = torch.empty(len(tokens), self.positions, self.vocab, dtype=torch.long)
-        for a, f in self.teacher(tokens, batch): out[a:a + len(f)] = f
+        for a, f in self.teacher(tokens, batch, prev=prev): out[a:a + len(f)] = f
         return out
 
-    def bits(self, tokens) -> torch.Tensor:
-        "Exact code length in bits of every token (N, L)."
+    def bits(self, tokens, prev=None) -> torch.Tensor:
+        "Exact code length in bits of every token (N, L) (`prev`: as in `teacher`)."
         t = torch.as_tensor(tokens).long()
-        return freqs_to_bits(self.freqs(t).gather(-1, t.unsqueeze(-1)).squeeze(-1))
+        return freqs_to_bits(self.freqs(t, prev=prev).gather(-1, t.unsqueeze(-1)).squeeze(-1))
 
 
 # %%
@@ -686,6 +765,32 @@ for cmx in (cm, CodingModel(m2)):
     test_eq(torch.cat([f for _, f in cmx.teacher(tok, batch=20, start=2)]), stepped(cmx, tok)[:, 2:])  # the steps' frequencies
 test_fail(lambda: cm.prefill(a, inp), contains="fresh state")
 test_fail(lambda: cm.teacher(tok, start=4), contains="0..3")
+
+
+# %%
+# the context model's coding twin: whole-frame passes, steps and prefill agree bit for bit on every batch size and
+# thread count, given each frame's previous frame; without the (input, position) table, which the context would break
+cmf = CodingModel(mf)
+test_eq(cmf.qkv0, None)
+tok = torch.randint(0, 9, (64, 4))
+prev = previous_frames(tok, tc.bos)
+def stepped_ctx(cmx, tok, prev):
+    st, inp, out = cmx.start(len(tok), prev), torch.full((len(tok),), cmx.cfg.bos), []
+    for p in range(tok.shape[1]): out.append(cmx.step(st, inp)); inp = tok[:, p]
+    return torch.stack(out, 1)
+ref = cmf.freqs(tok, prev=prev)
+test_eq(stepped_ctx(cmf, tok, prev), ref); test_eq(cmf.freqs(tok, batch=5, prev=prev), ref)
+test_eq(torch.cat([stepped_ctx(cmf, tok[i:i + 3], prev[i:i + 3]) for i in range(0, 63, 3)]), ref[:63])
+nt = torch.get_num_threads(); torch.set_num_threads(1)
+try: test_eq(stepped_ctx(cmf, tok[:9], prev[:9]), ref[:9])
+finally: torch.set_num_threads(nt)
+test_close(cmf.bits(tok, prev), mf.bits(tok, prev), eps=0.02)
+a = cmf.prefill(cmf.start(64, prev), torch.cat([torch.full((64, 1), tc.bos), tok[:, :2]], 1))
+test_eq(cmf.step(a, tok[:, 2]), ref[:, 3])
+test_eq(torch.cat([f for _, f in cmf.teacher(tok, batch=20, start=2, prev=prev)]), ref[:, 2:])
+test_eq(torch.equal(cmf.freqs(tok, prev=torch.full_like(tok, tc.bos)), ref), False)  # the context is used
+test_fail(lambda: cm.start(3, prev[:3]), contains="no inter-frame context")
+test_fail(lambda: cmf.teacher(tok, prev=prev[:5]), contains="shape (64, 4)")
 
 
 # %% [markdown]

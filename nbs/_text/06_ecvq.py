@@ -62,7 +62,7 @@ class ECVQResult:
 class _FloatBits:
     "Bits from the float `EntropyModel` (fast path)."
     def __init__(self, model): self.model = model.eval(); self.device = model.pos.weight.device
-    def start(self, n): return self.model.start(n)
+    def start(self, n, prev=None): return self.model.start(n, prev)
     def step(self, st, tok):
         return (-self.model.step(st, tok.to(self.device)).double().log_softmax(-1) / math.log(2)).cpu(), None
     def prefill(self, st, tok_in):  # teacher forcing, position by position
@@ -72,7 +72,7 @@ class _FloatBits:
 class _ExactBits:
     "Bits from integer frequencies (`CodingModel`, `UnigramModel`)."
     def __init__(self, model): self.model = model
-    def start(self, n): return self.model.start(n)
+    def start(self, n, prev=None): return self.model.start(n) if prev is None else self.model.start(n, prev)
     def step(self, st, tok):
         f = self.model.step(st, tok)
         return freqs_to_bits(f), f
@@ -133,14 +133,16 @@ def _resume(resume, N: int, L: int):
 
 @torch.no_grad()
 def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool = True, on_step=None,
-                progress: bool = False, resume=None) -> ECVQResult:
+                progress: bool = False, resume=None, context=None) -> ECVQResult:
     """Entropy-constrained VQ of frames `x` (N, D, original space) at `lam` (a number or one per frame).
     `model`: an `EntropyModel`, a `CodingModel`, a `UnigramModel` or None (uniform). `on_step(rows, p, freqs, chosen)`
     is called at every coded position of every batch (frames `rows`, a slice), in coding order (used by the range
     coder); a hook with a true `wants_costs` attribute also gets the position's `(dist, bits)` candidate tables.
     `resume=(tokens, first)`: the caller knows that frame i's first `first[i]` tokens are `tokens[i, :first[i]]` at
     this λ; a batch then starts at its smallest `first`, the model's state before it filled in one teacher-forced
-    pass (`prefill`), and `bits` count the positions from `start` on."""
+    pass (`prefill`), and `bits` count the positions from `start` on. `context` (N, L): each frame's previous frame's
+    tokens, for a model with inter-frame context (None: BOS, as an utterance's first frame; `ecvq_encode_utterances`
+    codes whole utterances in order)."""
     from tqdm.auto import tqdm
     c = rvq.cfg
     z = rvq.normalise(x)
@@ -157,11 +159,14 @@ def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool =
     bits = torch.zeros(N, dtype=torch.float64)
     start = None if resume is None else torch.zeros(N, dtype=torch.long)
     if resume is not None: known, first = _resume(resume, N, c.positions)
+    if context is not None:
+        context = torch.as_tensor(np.asarray(context)).long()
+        if context.shape != (N, c.positions): raise EibError(f"context must be previous-frame tokens ({N}, {c.positions}), got {tuple(context.shape)}")
     costs = bool(getattr(on_step, "wants_costs", False))
     for s in tqdm(range(0, N, bs), desc="ecvq", disable=not progress):
         r = z[s:s + bs].reshape(-1, G, d).clone()
         n, lb, rows = len(r), lam[s:s + bs, None], slice(s, s + bs)
-        st, inp = prov.start(n), torch.full((n,), c.bos, dtype=torch.long)
+        st, inp = prov.start(n, None if context is None else context[rows]), torch.full((n,), c.bos, dtype=torch.long)
         p0 = 0 if resume is None else int(first[rows].min())
         if p0:  # the known first positions: tokens, residuals and the model's state, without a search
             tokens[rows, :p0] = kn = known[rows, :p0]
@@ -190,6 +195,89 @@ def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool =
     res.skip_id, res.start = c.skip, start
     return res
 
+
+# %% [markdown]
+# ## Whole utterances, in order
+#
+# With inter-frame context (`EntropyConfig.context` "frame") a frame's probabilities depend on the tokens ECVQ chose for
+# the frame before it, so the frames of one utterance are coded in order, each with its previous frame's chosen tokens:
+# exactly what the decoder will have. Utterances are independent, so `ecvq_encode_utterances` batches the frames at one
+# index of all utterances (the batch is the number of utterances still running at that index). Without context it is one
+# `ecvq_encode` over all frames.
+
+# %%
+#| export
+def has_context(model) -> bool:
+    "Whether `model` (an `EntropyModel`, `CodingModel` or any other) conditions on the previous frame."
+    return getattr(getattr(model, "cfg", None), "context", "none") != "none"
+
+class _Rows:
+    "An `on_step` hook seen through a map from a batch's rows to frame indices (`wants_costs` passed on)."
+    def __init__(self, hook, index): self.hook, self.index = hook, index
+    @property
+    def wants_costs(self): return bool(getattr(self.hook, "wants_costs", False))
+    def __call__(self, rows, p, *a): self.hook(self.index[rows], p, *a)
+
+@torch.no_grad()
+def ecvq_encode_utterances(rvq, model, utts, lam, exact: bool = True, on_step=None) -> list[ECVQResult]:
+    """ECVQ of whole utterances `utts` (a list of (T, D) frame arrays) at `lam` (a number or one per utterance): one
+    `ECVQResult` per utterance. A context model codes each utterance's frames in order, each given the tokens chosen for
+    the frame before (BOS for the first), the frames at one index of all utterances in one batch. `on_step` (as in
+    `ecvq_encode`) gets the frames' indices in the utterances concatenated."""
+    xs = [np.asarray(u, np.float32) for u in utts]
+    lens = np.array([len(u) for u in xs], dtype=np.int64)
+    lam = _lams(lam, len(xs)).numpy()
+    if not len(xs): return []
+    cut = np.concatenate([[0], np.cumsum(lens)])
+    if not has_context(model):
+        r = ecvq_encode(rvq, model, np.concatenate(xs), np.repeat(lam, lens), exact=exact, on_step=on_step)
+        return [ECVQResult(r.tokens[a:b], r.bits[a:b], r.recon[a:b], r.distortion[a:b], skip_id=r.skip_id) for a, b in zip(cut[:-1], cut[1:])]
+    if exact and isinstance(model, EntropyModel): model = CodingModel(model)  # built once, not once per frame index
+    c = rvq.cfg
+    order = np.argsort(-lens, kind="stable")
+    tok = [torch.empty(n, c.positions, dtype=torch.long) for n in lens]
+    bits = [torch.zeros(n, dtype=torch.float64) for n in lens]
+    recon = [torch.empty(n, c.dim) for n in lens]
+    dist = [torch.empty(n) for n in lens]
+    prev = torch.full((len(xs), c.positions), c.bos, dtype=torch.long)
+    for t in range(int(lens.max())):
+        rows = order[:int((lens > t).sum())]
+        hook = None if on_step is None else _Rows(on_step, torch.as_tensor(cut[rows] + t))
+        r = ecvq_encode(rvq, model, np.stack([xs[i][t] for i in rows]), lam[rows], batch_size=len(rows), exact=exact,
+                        on_step=hook, context=prev[rows])
+        prev[rows] = r.tokens
+        for j, i in enumerate(rows): tok[i][t], bits[i][t], recon[i][t], dist[i][t] = r.tokens[j], r.bits[j], r.recon[j], r.distortion[j]
+    return [ECVQResult(*a, skip_id=c.skip) for a in zip(tok, bits, recon, dist)]
+
+
+# %%
+# closed loop: every frame's tokens are what ECVQ picks for it given the tokens picked for the frame before it
+from eib.entropy import previous_frames
+urvq = fit_rvq(toy_frames(600), RVQConfig(16, 2, 2, 8), iters=3, progress=False)
+torch.manual_seed(0)
+cmod = EntropyModel(EntropyConfig.for_rvq(urvq.cfg, "cpu", d_model=32, n_heads=4, d_ff=64, context="frame")).eval()
+for w in cmod.parameters(): w.data.normal_(0, 0.3)
+utts = [toy_frames(n, seed=10 + n) for n in (7, 3, 5)]
+ul = [0.05, 0.3, 1.0]
+for exact in (True, False):
+    res = ecvq_encode_utterances(urvq, cmod, utts, ul, exact=exact)
+    test_eq([len(r.tokens) for r in res], [7, 3, 5])
+    for u, r, l in zip(utts, res, ul):
+        alone = ecvq_encode(urvq, cmod, u, l, exact=exact, context=previous_frames(r.tokens, urvq.cfg.bos), batch_size=1)
+        test_eq(torch.equal(alone.tokens, r.tokens), True); test_close(alone.bits, r.bits, eps=1e-9 if exact else 1e-4)  # the float model's sums depend on the batch
+cm_ = CodingModel(cmod)
+test_eq([torch.equal(a.tokens, b.tokens) for a, b in zip(ecvq_encode_utterances(urvq, cm_, utts, ul), ecvq_encode_utterances(urvq, cmod, utts, ul))],
+        [True] * 3)  # exact: the coding model, given or built from the float model
+# the context is used: every frame coded as a first frame (BOS) costs other bits than after its predecessor
+solo = ecvq_encode(urvq, cmod, utts[0], 1.0, context=torch.full((7, urvq.cfg.positions), urvq.cfg.bos))
+test(float((solo.bits - ecvq_encode_utterances(urvq, cmod, [utts[0]], 1.0)[0].bits)[1:].abs().min()), 0.0, operator.gt, ">")
+# without context: one batched pass over all frames, the same as `ecvq_encode`
+imod = EntropyModel(EntropyConfig.for_rvq(urvq.cfg, "cpu", d_model=32, n_heads=4, d_ff=64)).eval()
+test_eq(torch.equal(torch.cat([r.tokens for r in ecvq_encode_utterances(urvq, imod, utts, 0.3)]),
+                    ecvq_encode(urvq, imod, np.concatenate(utts), 0.3).tokens), True)
+test_eq((has_context(cmod), has_context(cm_), has_context(imod), has_context(None)), (True, True, False, False))
+test_fail(lambda: ecvq_encode(urvq, imod, utts[0], 0.3, context=torch.zeros(7, 4, dtype=torch.long)), contains="no inter-frame context")
+test_fail(lambda: ecvq_encode(urvq, cmod, utts[0], 0.3, context=torch.zeros(6, 4, dtype=torch.long)), contains="(7, 4)")
 
 # %% [markdown]
 # ## Training
