@@ -16,8 +16,8 @@ import torch
 import constriction
 import numba
 from eib.core import EibError
-from eib.entropy import freqs_to_bits
-from eib.ecvq import ecvq_encode, auto_batch, ECVQResult
+from eib.entropy import freqs_to_bits, previous_frames
+from eib.ecvq import ecvq_encode, ecvq_encode_utterances, has_context, auto_batch, ECVQResult
 from eib.codec import as_codec
 
 # %%
@@ -207,10 +207,12 @@ def _check_lam(lam) -> float:
 
 def chunk_size(frames: int, model, batch_size: int | None = None) -> int:
     """Frames coded together in a stream of `frames` frames: all of them, up to `batch_size` and never more than
-    `auto_batch(model)`, the most whose key/value caches the decoder holds in its memory budget."""
+    `auto_batch(model)`, the most whose key/value caches the decoder holds in its memory budget. With inter-frame context
+    one: a frame is decoded after the frame before it."""
     most = int(auto_batch(model))
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
         raise EibError(f"batch_size must be a positive whole number or None (automatic), got {batch_size!r}")
+    if has_context(model): return 1
     return int(min(int(frames), int(batch_size or most), most))
 
 @numba.njit(cache=True, nogil=True)
@@ -240,16 +242,18 @@ class IntervalRecorder:
         ck, fk = coder_intervals(f, k)
         self.ck[rows, p], self.fk[rows, p] = ck.int(), fk.int()
 
-def token_intervals(coding_model, tokens, batch: int = 32, workers: int = 1, prefix=None) -> tuple[np.ndarray, np.ndarray]:
+def token_intervals(coding_model, tokens, batch: int = 32, workers: int = 1, prefix=None, prev=None) -> tuple[np.ndarray, np.ndarray]:
     """Coder intervals (`ck`, `fk`, each (N, L)) of given tokens (N, L) under `coding_model`, teacher-forced
     (`CodingModel.teacher`, `batch` frames at a time; no (N, L, vocab) table of frequencies is kept). `workers` > 1:
     that many threads, each on its share of the frames, with one torch thread each (the compiled kernels and torch's
     matrix products release the GIL); the same intervals. `prefix`: the intervals (`ck`, `fk`, each (N, s)) of the first
     s positions, known from tokens equal to these there (an interval depends only on the tokens up to its own):
-    positions s.. alone are coded."""
+    positions s.. alone are coded. `prev` (N, L): each frame's previous frame, for a model with inter-frame context."""
     from concurrent.futures import ThreadPoolExecutor
     t = torch.as_tensor(tokens).long()
-    coding_model.teacher(t[:0])  # the shape is checked here, before any thread starts
+    prev = None if prev is None else torch.as_tensor(prev).long()
+    coding_model.teacher(t[:0], prev=None if prev is None else prev[:0])  # the shapes are checked here, before any thread starts
+    if prev is not None and prev.shape != t.shape: raise EibError(f"prev must be previous-frame tokens of shape {tuple(t.shape)}, got {tuple(prev.shape)}")
     ck, fk = np.empty(t.shape, np.int64), np.empty(t.shape, np.int64)
     s = 0 if prefix is None else np.shape(prefix[0])[1]
     if prefix is not None:
@@ -258,7 +262,7 @@ def token_intervals(coding_model, tokens, batch: int = 32, workers: int = 1, pre
         ck[:, :s], fk[:, :s] = prefix
         if s == t.shape[1]: return ck, fk
     def run(a0, a1):
-        for a, f in coding_model.teacher(t[a0:a1], batch, start=s):
+        for a, f in coding_model.teacher(t[a0:a1], batch, start=s, prev=None if prev is None else prev[a0:a1]):
             r = slice(a0 + a, a0 + a + len(f))
             ck[r, s:], fk[r, s:] = (v.numpy() for v in coder_intervals(f, t[r, s:]))
     cuts = np.linspace(0, len(t), max(1, min(int(workers), -(-len(t) // batch))) + 1).astype(int)
@@ -307,7 +311,8 @@ def compress_with_result(codec, features, lam: float, batch_size: int | None = N
     lam = _check_lam(lam)
     chunk = chunk_size(len(x), codec.model, batch_size)
     rec = IntervalRecorder(len(x), c.positions)
-    res = ecvq_encode(codec.rvq, codec.coding_model, x, lam, on_step=rec, progress=progress)  # any batch: the payload's order is the chunk's
+    if has_context(codec.model): res = ecvq_encode_utterances(codec.rvq, codec.coding_model, [x], lam, on_step=rec)[0]  # frame after frame
+    else: res = ecvq_encode(codec.rvq, codec.coding_model, x, lam, on_step=rec, progress=progress)  # any batch: the payload's order is the chunk's
     payload = encode_payload(rec.ck.numpy(), rec.fk.numpy(), chunk)
     return pack_stream(codec.fingerprint, len(x), c.dim, chunk, lam, payload, res.tokens), res
 
@@ -334,7 +339,8 @@ def compress_tokens(codec, tokens_list, lam: float = 0.0, workers: int = 1) -> l
     codec = as_codec(codec)
     toks = [codec.rvq.check_tokens(t) for t in tokens_list]
     if not toks: return []
-    return token_streams(codec, toks, *token_intervals(codec.coding_model, torch.cat(toks), workers=workers), lam)
+    prev = torch.cat([previous_frames(t, codec.cfg.bos) for t in toks]) if has_context(codec.model) else None
+    return token_streams(codec, toks, *token_intervals(codec.coding_model, torch.cat(toks), workers=workers, prev=prev), lam)
 
 def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor, np.ndarray]:
     """Decode a stream made by `compress` with the same codec: returns tokens (T, L) and frames (T, D) float32.
@@ -362,7 +368,9 @@ def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor
     try:
         for a in range(0, s.frames, s.chunk):
             n = min(s.chunk, s.frames - a)
-            st, inp = cm.start(n), torch.full((n,), c.bos, dtype=torch.long)
+            # with inter-frame context (chunks of one frame) the frame before is known by now
+            st = cm.start(n, tokens[a - 1:a] if a else None) if has_context(cm) else cm.start(n)
+            inp = torch.full((n,), c.bos, dtype=torch.long)
             for p in range(c.positions):
                 f = cm.step(st, inp)
                 inp = torch.from_numpy(np.asarray(dec.decode(fam, (f - 1).numpy().astype(np.float64)), dtype=np.int64))
@@ -466,6 +474,32 @@ for threads in (1, 2):
     torch.set_num_threads(3 - threads)
     test_eq(decompress(codec, d2)[0], t2)  # decoded with another thread count
 torch.set_num_threads(1)
+
+# %% [markdown]
+# A codec with inter-frame context (`EntropyConfig.context` "frame") writes chunks of one frame, coded in order: its
+# decoder knows frame t-1's tokens before it decodes frame t. Its round trips are exact too, on any thread count, and the
+# tokens alone give the same bytes:
+
+# %%
+from eib.entropy import EntropyConfig
+torch.manual_seed(0)
+cmodel = EntropyModel(EntropyConfig.for_rvq(rvq.cfg, "cpu", d_model=32, n_heads=4, d_ff=64, context="frame")).eval()
+cmodel.load_state_dict(model.state_dict(), strict=False)  # the intra model's weights, and a context embedding
+with torch.no_grad(): cmodel.ctx.weight.normal_(0, 0.5)
+ccodec = Codec(rvq, cmodel)
+test_eq(chunk_size(100, cmodel, 50), 1)
+cdata, cres = compress_with_result(ccodec, x[:60], lam)
+test_eq(stream_info(cdata).chunk, 1)
+for threads in (1, 2):
+    torch.set_num_threads(threads)
+    ct, cy = decompress(ccodec, cdata)
+    test_eq(ct, cres.tokens); test_eq(cy, cres.recon.numpy())
+    test_eq(compress(ccodec, x[:60], lam), cdata)
+torch.set_num_threads(1)
+test_eq(compress_tokens(ccodec, [cres.tokens], lam)[0], cdata)
+_pl = stream_info(cdata).payload_len * 8; _ideal = float(cres.bits.sum()); assert _ideal <= _pl <= _ideal * 1.005 + 64, (_ideal, _pl)
+test_eq(torch.equal(cres.tokens, compress_with_result(codec, x[:60], lam)[1].tokens), False)  # the context changed choices
+test_fail(lambda: decompress(codec, cdata), contains="wrong checkpoint")
 
 # %% [markdown]
 # Errors: every damaged, foreign or mismatched input raises an `EibError` that says what is wrong.
