@@ -213,6 +213,7 @@ class RateController:
         """Find λ per utterance (`mode="utterance"`) or one λ for the set (`mode="set"`) whose real stream rate is
         within `tol` BPF of `target_bpf` (a number, or one per utterance in utterance mode)."""
         t0, E = time.time(), self.engine
+        mix = mix and not E.context  # with inter-frame context a frame depends on the one before: one λ per utterance
         U = len(self.T)
         if mode not in ("utterance", "set"): raise EibError(f"mode must be 'utterance' or 'set', got {mode!r}")
         tol = (0.25 if mode == "utterance" else 0.1) if tol is None else float(tol)

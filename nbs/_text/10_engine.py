@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import numba
 from eib.core import EibError
-from eib.ecvq import ecvq_encode, distortion_scale
+from eib.ecvq import ecvq_encode, ecvq_encode_utterances, distortion_scale, has_context
 from eib.codec import as_codec
 from eib.bitstream import IntervalRecorder, check_features, chunk_size, encode_payload, pack_stream, stream_len
 
@@ -132,9 +132,12 @@ class _Hook(IntervalRecorder):
         self.mismatch = 0
 
     def __call__(self, rows, p, f, k, dist, b):
-        col = lambda a: a.numpy()[rows, p]  # a view: the kernel writes in place
-        self.mismatch += _choice_intervals(f.numpy(), k.numpy(), dist.numpy(), b.numpy(), col(self.ck), col(self.fk),
-                                           col(self.lo), col(self.hi), col(self.bits))
+        fields = (self.ck, self.fk, self.lo, self.hi, self.bits)
+        if isinstance(rows, slice): cols = [a.numpy()[rows, p] for a in fields]  # views: the kernel writes in place
+        else: cols = [np.empty(len(rows), a.numpy().dtype) for a in fields]  # frames by index: written back below
+        self.mismatch += _choice_intervals(f.numpy(), k.numpy(), dist.numpy(), b.numpy(), *cols)
+        if not isinstance(rows, slice):
+            for a, c in zip(fields, cols): a.numpy()[np.asarray(rows), p] = c
 
 
 
@@ -167,6 +170,9 @@ class RateEngine:
         self.passes = self.frames_encoded = self.positions_coded = self.mismatch = 0
         self._scale = None
         self.progress = False  # True: a bar over each pass's batches on stderr (long inputs)
+        # inter-frame context: a frame's tokens depend on the frame before, so an utterance is coded whole, in order
+        # (no resuming from cached λ intervals, no mixing of two λ)
+        self.context = has_context(self.cm)
 
     def scale(self) -> float:
         "λ scale of this data (eib.ecvq.distortion_scale on a sample)."
@@ -203,7 +209,7 @@ class RateEngine:
     def evaluate(self, us, lams) -> list[CodedState]:
         "One batched pass: utterance `us[i]` at λ `lams[i]`; returns a state per request (cache untouched)."
         us, lams = np.asarray(us, int), np.asarray(lams, np.float64)
-        cached = [self.cache[u] if self.use_cache else None for u in us]
+        cached = [self.cache[u] if self.use_cache and not self.context else None for u in us]
         need, first = [], []  # per request: the frames to code, and the position each resumes at
         for u, lam, c in zip(us, lams, cached):
             if c is None: need.append(np.arange(self.T[u])); first.append(np.zeros(self.T[u], np.int64)); continue
@@ -211,7 +217,14 @@ class RateEngine:
             rows = np.flatnonzero(moved.any(1))
             need.append(rows); first.append(moved[rows].argmax(1))
         n = [len(x) for x in need]
-        if sum(n):
+        if self.context:
+            hook = _Hook(sum(n), self.L)
+            res = ecvq_encode_utterances(self.rvq, self.cm, [self.utts[u] for u in us], lams, on_step=hook)
+            self.frames_encoded += sum(n); self.mismatch += hook.mismatch; self.positions_coded += sum(n) * self.L
+            new = dict(tokens=torch.cat([r.tokens for r in res]).numpy().astype(np.uint8), ck=hook.ck.numpy(), fk=hook.fk.numpy(),
+                       lo=hook.lo.numpy(), hi=hook.hi.numpy(), ideal=hook.bits.numpy())
+            start, dist = np.zeros(sum(n), np.int64), torch.cat([r.distortion for r in res]).numpy()
+        elif sum(n):
             fst = np.concatenate(first)
             known = np.concatenate([np.zeros((k, self.L), np.uint8) if c is None else c.tokens[x] for c, x, k in zip(cached, need, n)])
             order = np.argsort(fst, kind="stable")
@@ -246,6 +259,7 @@ class RateEngine:
 
     def mix(self, u: int, A: CodedState, B: CodedState, k: int) -> CodedState:
         "Frames [0, k) from state `A`, the rest from `B` (ECVQ with a per-frame λ: frames are coded independently)."
+        if self.context: raise EibError("a codec with inter-frame context codes a frame given the one before: its states cannot be mixed")
         cat = lambda f: np.concatenate([getattr(A, f)[:k], getattr(B, f)[k:]])
         st = CodedState(B.lam, *(cat(f) for f in _PER_TOKEN + ("dist",)), lam2=A.lam, split=k)
         return self._size(u, st)
@@ -284,3 +298,16 @@ for lam in (0.0, 0.3, 0.32, 1.0, LAM_INF):
 test_eq(decompress((rvq, model), data)[0].numpy().astype(np.uint8), st.tokens)
 test_eq(E.mismatch, 0)
 test(E.positions_coded, E.frames_encoded * E.L, operator.lt, "<")  # re-encoded frames resumed after their unchanged tokens
+
+# %%
+# a codec with inter-frame context: every evaluation codes whole utterances in order, and its sizes are the streams'
+cmodel = EntropyModel(EntropyConfig.for_rvq(rvq.cfg, "cpu", d_model=32, n_layers=1, n_heads=2, d_ff=64, context="frame")).eval()
+with torch.no_grad(): cmodel.ctx.weight.normal_(0, 0.5)
+EC = RateEngine((rvq, cmodel), utts)
+for u, st in enumerate(EC.evaluate(range(6), [0.3] * 6)): EC.commit(u, st)
+for lam in (0.0, 0.3, 1.0):
+    sts = EC.evaluate(range(6), [lam] * 6)
+    test_eq([EC.stream_bytes(u, st) == compress((rvq, cmodel), utts[u], lam) for u, st in enumerate(sts)], [True] * 6)
+    test_eq([len(EC.stream_bytes(u, st)) for u, st in enumerate(sts)], [st.stream_len for st in sts])
+test_eq((EC.context, EC.mismatch, EC.positions_coded), (True, 0, EC.frames_encoded * EC.L))  # nothing resumed
+test_fail(lambda: EC.mix(0, sts[0], sts[0], 3), contains="cannot be mixed")

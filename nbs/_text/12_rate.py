@@ -239,6 +239,7 @@ class RateController:
         """Find λ per utterance (`mode="utterance"`) or one λ for the set (`mode="set"`) whose real stream rate is
         within `tol` BPF of `target_bpf` (a number, or one per utterance in utterance mode)."""
         t0, E = time.time(), self.engine
+        mix = mix and not E.context  # with inter-frame context a frame depends on the one before: one λ per utterance
         U = len(self.T)
         if mode not in ("utterance", "set"): raise EibError(f"mode must be 'utterance' or 'set', got {mode!r}")
         tol = (0.25 if mode == "utterance" else 0.1) if tol is None else float(tol)
@@ -374,7 +375,7 @@ class FakeEngine:
     "Stand-in for `RateEngine` with a given `bits(u, λ)` (to test the search alone); streams are whole bytes."
     def __init__(self, frames, bits_fn, scale: float = 1.0):
         self.T, self.bits_fn, self._scale = np.asarray(frames), bits_fn, scale
-        self.cache, self.passes, self.frames_encoded, self.mismatch = [None] * len(self.T), 0, 0, 0
+        self.cache, self.passes, self.frames_encoded, self.mismatch, self.context = [None] * len(self.T), 0, 0, 0, False
     def scale(self): return self._scale
     def calibrate(self, lams, max_frames):
         self.passes += 1
@@ -625,6 +626,23 @@ for tgt in np.linspace(lo_t + 3, hi_t - 3, 3).round(1):
         test_eq(decompress((rvq_t, model_t), data)[0].numpy(), r.tokens[i].astype(np.int64))
     print(tgt, r.summary()["set_bpf"], "passes", r.passes)
 test_eq(rc_t.engine.mismatch, 0)
+
+# %%
+# a codec with inter-frame context: the same search on whole utterances coded in order (one λ per utterance, no split)
+from eib.entropy import EntropyConfig, EntropyModel
+cm_t = EntropyModel(EntropyConfig(**{**model_t.cfg.to_dict(), "context": "frame"})).eval()
+cm_t.load_state_dict(model_t.state_dict(), strict=False)
+with torch.no_grad(): cm_t.ctx.weight.normal_(0, 0.05)
+rc_c = RateController((rvq_t, cm_t), utt[:4])
+rg_c = rc_c.achievable_range()
+tgt = float(np.round((rg_c.min_bpf.max() + rg_c.max_bpf.min()) / 2, 1))
+rx = rc_c.solve(tgt)
+test_eq(set(rx.status[~rx.converged]) - {"step"}, set()); test_eq(set(rx.status) & {"mixed"}, set())
+assert np.abs(rx.error[rx.converged]).max() <= 0.25 and abs(rx.set_error) <= 0.25, rx.summary()
+for i in (0, 3):
+    data = compress((rvq_t, cm_t), utt[i], rx.lam[i])
+    test_eq(len(data) * 8, rx.bits[i]); test_eq(decompress((rvq_t, cm_t), data)[0].numpy(), rx.tokens[i].astype(np.int64))
+print("context frame:", tgt, rx.summary()["set_bpf"], "passes", rx.passes)
 
 # %% [markdown]
 # `subset` keeps the answers of some utterances. Per-utterance control answers each utterance on its own, so they are
