@@ -252,6 +252,19 @@ with tempfile.TemporaryDirectory() as d:
     test_fail(lambda: load_codec(Path(d) / "nope"), contains="eib-train")
 
 # %%
+# a codec whose entropy model sees the previous frame saves and loads as one; its config says so, and its fingerprint
+# differs from the intra-frame model's with the same other weights
+from eib.entropy import EntropyConfig
+torch.manual_seed(0)
+mi = EntropyModel(EntropyConfig.for_rvq(q.cfg, "cpu", d_model=16, n_heads=2, d_ff=32))
+mc = EntropyModel(EntropyConfig(**{**mi.cfg.to_dict(), "context": "frame"})); mc.load_state_dict(mi.state_dict(), strict=False)
+with tempfile.TemporaryDirectory() as d:
+    cc = load_codec(save_codec(Codec(q, mc), Path(d) / "ctx"))
+    test_eq((cc.model.cfg.context, cc.fingerprint, torch.equal(cc.model.ctx.weight, mc.ctx.weight)), ("frame", Codec(q, mc).fingerprint, True))
+    test_eq(json.loads((Path(d) / "ctx" / "config.json").read_text())["entropy"]["config"]["context"], "frame")
+test_eq(Codec(q, mc).fingerprint == Codec(q, mi).fingerprint, False)
+
+# %%
 with tempfile.TemporaryDirectory() as d:
     ck = save_codec(c, Path(d) / "ck")
     (ck / "rvq.pt").unlink()
