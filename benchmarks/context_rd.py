@@ -1,4 +1,4 @@
-"""Inter-frame context, closed loop: rate at equal MSE of the intra-frame entropy model against models that also see the previous frame.
+"""Inter-frame context, closed loop: rate at equal MSE of the intra-frame entropy model against the one that also sees the previous frame.
 
 Issue 19 asks whether the entropy model should condition frame t's tokens on frame t-1. This benchmark answers it in
 closed loop, on one feature store and one set of codebooks:
@@ -7,69 +7,28 @@ closed loop, on one feature store and one set of codebooks:
   the preset's iterations and SKIP probability), and the training λ grid of `eib.ecvq.lambda_grid`;
 - whole training utterances (frames in order) up to `--train-frames` frames, validation utterances of held-out
   training speakers (`eib.train.split_train_val`) up to `--val-frames`; each utterance coded at one λ of the grid;
-- every arm is trained by the same loop with the same budget, seed and batches: round 1 on ECVQ tokens from the
+- both arms are trained by the same loop with the same budget, seed and batches: round 1 on ECVQ tokens from the
   per-position unigram prior (as `train_entropy_model`'s round 1), round 2 on tokens re-encoded by ECVQ with the arm's
   own model (`--steps` steps each round, the best validation checkpoint kept);
-- the arms: **intra** (`eib.entropy.EntropyModel`, the book's model), **frame** (the same plus a learned embedding of
-  the previous frame's token at the same position, shared over positions, added to each position's input),
-  **frame-pos** (that embedding per position: a table of positions x (vocab + 1) rows);
-- closed loop: a context arm's ECVQ codes the frames of each utterance in order, frame t with the tokens it chose for
-  frame t-1 (the first frame sees BOS): what its decoder would see. Frames at the same index of different utterances
-  form one batch (`eib.ecvq.ecvq_encode` with the float model);
+- the arms are `eib.entropy.EntropyModel` with `EntropyConfig.context` **none** (the book's intra-frame model) and
+  **frame** (the previous frame's token at each position, an embedding per position and token, added to that
+  position's input);
+- closed loop: the context arm's ECVQ codes the frames of each utterance in order, frame t with the tokens it chose for
+  frame t-1 (the first frame sees BOS): what its decoder sees (`eib.ecvq.ecvq_encode_utterances`, the float model);
 - on the TEST split (whole utterances, all at one λ) at `--eval-lams` values: ideal bits per frame (-log2 q of the
-  float model; the exact coding model and the range coder add well under 1 % in this book's streams) and normalised
-  MSE. For each intra point it prints the context arm's rate at the same MSE (log-log interpolation on the arm's own
-  curve) and the saving;
-- speed: each arm's ECVQ encode and its decoder's model steps (the given tokens fed position by position, as a decoder
-  steps; no range coder), frames per second on `--speed-utts` test utterances, one torch thread.
+  float model) and normalised MSE. For each intra point it prints the context arm's rate at the same MSE (log-log
+  interpolation on the arm's own curve) and the saving;
+- real streams: on `--speed-utts` test utterances at the middle λ, each arm's codec (`eib.codec.Codec`) compresses
+  every utterance into a stream (`eib.bitstream.compress`: the exact coding model, the range coder) and decompresses
+  it: frames per second both ways (one torch thread), whether every round trip gave the encoder's tokens back, and
+  the streams' bits per frame (header and checksum included) against the ideal bits of the exact coding model.
 
     .venv/bin/python benchmarks/context_rd.py --features data_subset/ravdess_whisper_base
 """
-import argparse, math, time
+import argparse, json, math, time
+from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from eib.entropy import EntropyModel
-
-
-class Frame(EntropyModel):
-    """`EntropyModel` whose position p also sees the previous frame's token at p (BOS for an utterance's first frame):
-    an embedding shared over positions, or one per position. `self.context` (n, L) holds the previous frames' tokens
-    for `start`/`step` (the ECVQ and decoder path)."""
-    def __init__(self, cfg, per_position: bool):
-        super().__init__(cfg)
-        self.per_position = per_position
-        self.ptok = nn.Embedding(cfg.n_inputs * (cfg.positions if per_position else 1), cfg.d_model)
-        nn.init.normal_(self.ptok.weight, std=0.02)
-        self.context = None
-
-    def ctx(self, prev):
-        if self.per_position: prev = prev + torch.arange(self.cfg.positions) * self.cfg.n_inputs
-        return self.ptok(prev)
-
-    def forward(self, t, prev=None):
-        inp = torch.cat([torch.full_like(t[:, :1], self.cfg.bos), t[:, :-1]], 1)
-        x = self.tok(inp) + self.position_table() + self.ctx(prev)
-        for b in self.blocks: x = b(x)
-        return self.head(self.ln_f(x))
-
-    @torch.no_grad()
-    def start(self, n):
-        st = super().start(n)
-        st["pos"] = st["pos"] + self.ctx(self.context)  # (n, L, d): position p's input gains its context row
-        return st
-
-    @torch.no_grad()
-    def step(self, state, tok_in):
-        p = state["p"]
-        x = self.tok(torch.as_tensor(tok_in).long()) + state["pos"][:, p]
-        for b, kc, vc in zip(self.blocks, state["k"], state["v"]): x = b.step(x, kc, vc, p)
-        state["p"] = p + 1
-        return self.head(self.ln_f(x))
-
-class Intra(EntropyModel):
-    "The book's model with the same call signature (the previous frame is ignored)."
-    context = None
-    def forward(self, t, prev=None): return super().forward(t)
 
 
 def main():
@@ -83,15 +42,15 @@ def main():
     ap.add_argument("--eval-span", default="-0.2,1.2", help="log10 of the evaluation λ's ends relative to the distortion scale")
     ap.add_argument("--test-utts", type=int, default=0, help="at most this many test utterances (0: all)")
     ap.add_argument("--speed-utts", type=int, default=40)
-    ap.add_argument("--arms", default="intra,frame,frame-pos")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the curves here")
     ap.add_argument("--cache", default=None, help="folder for the trained models: an arm found there (same store, "
                     "arguments and seed) is loaded, not retrained")
     a = ap.parse_args()
-    import json
-    from eib.ecvq import ecvq_encode, lambda_grid, distortion_scale
-    from eib.entropy import EntropyConfig, UnigramModel
+    from eib.bitstream import compress_with_result, decompress, stream_bpf
+    from eib.codec import Codec
+    from eib.ecvq import ecvq_encode, ecvq_encode_utterances, lambda_grid, distortion_scale
+    from eib.entropy import EntropyConfig, EntropyModel, UnigramModel, previous_frames
     from eib.rvq import RVQConfig, fit_rvq
     from eib.train import PRESETS, open_features, sample_frames, split_train_val, stack_frames
 
@@ -127,41 +86,16 @@ def main():
           f"{sum(map(len, va_utts))} frames), test {len(te_utts)} utterances ({sum(map(len, te_utts))} frames); "
           f"RVQ fit {time.time() - t00:.0f} s", flush=True)
 
-    def encode(model, utts, lam, closed: bool):
-        """ECVQ of whole utterances with `model`: tokens, ideal bits (T,) and squared error (T,) per utterance. `closed`:
-        frame by frame, each with the tokens chosen for the previous frame (batch: the utterances' frames at one index)."""
-        lam = np.broadcast_to(np.asarray(lam, np.float64), (len(utts),))
-        if not closed:
-            r = ecvq_encode(rvq, model, np.concatenate(utts), np.repeat(lam, [len(u) for u in utts]), exact=False)
-            cut = np.cumsum([len(u) for u in utts])[:-1]
-            return list(zip(*(torch.tensor_split(v, torch.as_tensor(cut)) for v in (r.tokens, r.bits, r.distortion))))
-        order = np.argsort([-len(u) for u in utts], kind="stable")
-        T = max(len(u) for u in utts)
-        tok = [torch.empty(len(u), c.positions, dtype=torch.long) for u in utts]
-        bits = [torch.empty(len(u), dtype=torch.float64) for u in utts]
-        dist = [torch.empty(len(u), dtype=torch.float32) for u in utts]
-        prev = torch.full((len(utts), c.positions), c.bos, dtype=torch.long)
-        lens = np.array([len(utts[i]) for i in order])
-        for t in range(T):
-            n = int((lens > t).sum())
-            rows = order[:n]
-            model.context = prev[:n]
-            r = ecvq_encode(rvq, model, np.stack([utts[i][t] for i in rows]), lam[rows], exact=False, batch_size=n)
-            prev[:n] = r.tokens
-            for j, i in enumerate(rows): tok[i][t], bits[i][t], dist[i][t] = r.tokens[j], r.bits[j], r.distortion[j]
-        model.context = None
-        return list(zip(tok, bits, dist))
-
     def pairs(coded):
         "Tokens and previous-frame tokens (BOS first) of coded utterances, stacked."
-        t = torch.cat([x[0] for x in coded])
-        pv = torch.cat([torch.cat([torch.full((1, c.positions), c.bos), x[0][:-1]]) for x in coded])
-        return t, pv
+        return torch.cat([r.tokens for r in coded]), torch.cat([previous_frames(r.tokens, c.bos) for r in coded])
+
+    def ctx(model, pv): return pv if model.cfg.context != "none" else None
 
     def val_bits(model, t, pv):
         model.eval()
         with torch.no_grad():
-            s = sum(float(F.cross_entropy(model(t[i:i + 2048], pv[i:i + 2048]).flatten(0, 1), t[i:i + 2048].flatten(), reduction="sum"))
+            s = sum(float(F.cross_entropy(model(t[i:i + 2048], ctx(model, pv[i:i + 2048])).flatten(0, 1), t[i:i + 2048].flatten(), reduction="sum"))
                     for i in range(0, len(t), 2048))
         return s / t.numel() / math.log(2)
 
@@ -174,7 +108,7 @@ def main():
                 if step >= a.steps: break
                 model.train()
                 for g in opt.param_groups: g["lr"] = 1e-3 * min(1.0, (step + 1) / 100)
-                loss = F.cross_entropy(model(t[idx], pv[idx]).flatten(0, 1), t[idx].flatten())
+                loss = F.cross_entropy(model(t[idx], ctx(model, pv[idx])).flatten(0, 1), t[idx].flatten())
                 opt.zero_grad(set_to_none=True); loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); step += 1
                 if step % 200 == 0 or step == a.steps:
@@ -188,30 +122,26 @@ def main():
     prior = UnigramModel.with_skip(c.positions, c.vocab)
     prior = UnigramModel.fit(ecvq_encode(rvq, prior, sub, torch.as_tensor(lams)[torch.arange(len(sub)) % len(lams)]).tokens, c.vocab)
     t1 = time.time()
-    r1 = {k: pairs(encode(prior, u, l, closed=False)) for k, u, l in (("tr", tr_utts, lam_tr), ("va", va_utts, lam_va))}
+    r1 = {k: pairs(ecvq_encode_utterances(rvq, prior, u, l)) for k, u, l in (("tr", tr_utts, lam_tr), ("va", va_utts, lam_va))}
     print(f"round-1 tokens (unigram prior) {time.time() - t1:.0f} s", flush=True)
 
-    cfg = EntropyConfig.for_rvq(c, "cpu")
-    makers = {"intra": lambda: Intra(cfg), "frame": lambda: Frame(cfg, False), "frame-pos": lambda: Frame(cfg, True)}
-    arms = [s for s in a.arms.split(",") if s]
     models, log = {}, {}
-    from pathlib import Path
     key = f"{Path(a.features).name}-{a.train_frames}-{a.val_frames}-{a.steps}-{a.batch}-{a.seed}"
-    for name in arms:
-        cached = Path(a.cache) / f"{key}-{name}.pt" if a.cache else None
+    for name in ("none", "frame"):
+        cfg = EntropyConfig.for_rvq(c, "cpu", context=name)
+        cached = Path(a.cache) / f"{key}-context-{name}.pt" if a.cache else None
         if cached is not None and cached.exists():
-            m = makers[name](); saved = torch.load(cached, weights_only=False)
+            m = EntropyModel(cfg); saved = torch.load(cached, weights_only=False)
             m.load_state_dict(saved["state"]); models[name] = m.eval(); log[name] = saved["log"]
-            print(f"  {name}: loaded from {cached} (validation bits per token {saved['log']['round2_bits_per_token']:.4f})", flush=True)
+            print(f"  context {name}: loaded from {cached} (validation bits per token {saved['log']['round2_bits_per_token']:.4f})", flush=True)
             continue
         torch.manual_seed(a.seed)
         gen = torch.Generator().manual_seed(a.seed)
-        m = makers[name]()
-        closed = name != "intra"
+        m = EntropyModel(cfg)
         t1 = time.time()
         m, b1 = fit(m, r1["tr"], r1["va"], gen)
         t2 = time.time()
-        r2 = {k: pairs(encode(m, u, l, closed)) for k, u, l in (("tr", tr_utts, lam_tr), ("va", va_utts, lam_va))}
+        r2 = {k: pairs(ecvq_encode_utterances(rvq, m, u, l, exact=False)) for k, u, l in (("tr", tr_utts, lam_tr), ("va", va_utts, lam_va))}
         t3 = time.time()
         m, b2 = fit(m, r2["tr"], r2["va"], gen)
         models[name] = m
@@ -219,27 +149,26 @@ def main():
                          reencode_s=round(t3 - t2, 1))
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True); torch.save(dict(state=m.state_dict(), log=log[name]), cached)
-        print(f"  {name}: validation bits per token {b1:.4f} (round 1), {b2:.4f} (round 2, on its own closed-loop tokens); "
-              f"training {log[name]['train_s']:.0f} s, re-encoding {log[name]['reencode_s']:.0f} s", flush=True)
+        print(f"  context {name}: validation bits per token {b1:.4f} (round 1), {b2:.4f} (round 2, on its own closed-loop "
+              f"tokens); training {log[name]['train_s']:.0f} s, re-encoding {log[name]['reencode_s']:.0f} s", flush=True)
 
     span = [float(v) for v in a.eval_span.split(",")]
     elams = distortion_scale(rvq, x_fit) * np.logspace(span[0], span[1], a.eval_lams)
     curves = {}
     for name, m in models.items():
-        rows = []
-        t1 = time.time()
+        rows, t1 = [], time.time()
         for lam in elams:
-            coded = encode(m, te_utts, lam, closed=name != "intra")
-            nf = sum(len(x[0]) for x in coded)
-            rows.append(dict(lam=float(lam), bpf=sum(float(x[1].sum()) for x in coded) / nf,
-                             mse=sum(float(x[2].double().sum()) for x in coded) / nf / c.dim))
+            coded = ecvq_encode_utterances(rvq, m, te_utts, float(lam), exact=False)
+            nf = sum(len(r.tokens) for r in coded)
+            rows.append(dict(lam=float(lam), bpf=sum(float(r.bits.sum()) for r in coded) / nf,
+                             mse=sum(float(r.distortion.double().sum()) for r in coded) / nf / c.dim))
         curves[name] = rows
-        print(f"  {name}: {len(elams)} test points in {time.time() - t1:.0f} s", flush=True)
+        print(f"  context {name}: {len(elams)} test points in {time.time() - t1:.0f} s", flush=True)
 
     print(f"\ntest split, closed loop: bits per frame (ideal, float model) and normalised MSE at each λ")
-    print(f"{'λ':>9} " + " ".join(f"{n + ' bpf':>14} {'nMSE':>7}" for n in curves))
+    print(f"{'λ':>9} " + " ".join(f"{n + ' bpf':>12} {'nMSE':>7}" for n in curves))
     for j, lam in enumerate(elams):
-        print(f"{lam:9.4g} " + " ".join(f"{curves[n][j]['bpf']:14.1f} {curves[n][j]['mse']:7.4f}" for n in curves))
+        print(f"{lam:9.4g} " + " ".join(f"{curves[n][j]['bpf']:12.1f} {curves[n][j]['mse']:7.4f}" for n in curves))
 
     def rate_at(rows, mse):
         "Rate of a curve at normalised MSE `mse` (log-log interpolation; None outside its MSE range)."
@@ -248,54 +177,38 @@ def main():
         if not ms[0] <= math.log(mse) <= ms[-1]: return None
         return float(np.exp(np.interp(math.log(mse), ms, bs)))
 
-    saving = {}
-    if "intra" in curves:
-        print(f"\nrate at the intra points' MSE; saving against intra")
-        print(f"{'intra bpf':>10} {'nMSE':>7} " + " ".join(f"{n:>22}" for n in curves if n != "intra"))
-        for d in curves["intra"]:
-            cells = []
-            for n in curves:
-                if n == "intra": continue
-                r = rate_at(curves[n], d["mse"])
-                cells.append(f"{'-':>22}" if r is None else f"{r:10.1f} ({100 * (1 - r / d['bpf']):+6.1f}%)")
-                saving.setdefault(n, []).append(None if r is None else 1 - r / d["bpf"])
-            print(f"{d['bpf']:10.1f} {d['mse']:7.4f} " + " ".join(f"{s:>22}" for s in cells))
-        for n, s in saving.items():
-            mid = [v for v, d in zip(s, curves["intra"]) if v is not None and 30 <= d["bpf"] <= 120]
-            if mid: print(f"  {n}: saving in the 30-120 BPF middle (intra points there: {len(mid)}): "
-                          f"min {100 * min(mid):.1f}%, mean {100 * np.mean(mid):.1f}%, max {100 * max(mid):.1f}% (issue 19's goal: 25%)")
+    print(f"\nrate of context frame at the intra points' MSE; saving against intra")
+    print(f"{'intra bpf':>10} {'nMSE':>7} {'frame bpf':>10} {'saving':>8}")
+    saving = []
+    for d in curves["none"]:
+        r = rate_at(curves["frame"], d["mse"])
+        saving.append(None if r is None else 1 - r / d["bpf"])
+        print(f"{d['bpf']:10.1f} {d['mse']:7.4f} " + (f"{'-':>10} {'-':>8}" if r is None else f"{r:10.1f} {100 * (1 - r / d['bpf']):+7.1f}%"))
+    mid = [v for v, d in zip(saving, curves["none"]) if v is not None and 30 <= d["bpf"] <= 120]
+    if mid: print(f"saving in the 30-120 BPF middle ({len(mid)} intra points there): min {100 * min(mid):.1f}%, "
+                  f"mean {100 * np.mean(mid):.1f}%, max {100 * max(mid):.1f}% (issue 19's goal: 25%)")
 
-    # speed: one torch thread, the first `speed_utts` test utterances, at the middle λ
+    # real streams: compress and decompress each speed utterance with each arm's codec, one torch thread
     torch.set_num_threads(1)
     sp = te_utts[:a.speed_utts]
     nf = sum(map(len, sp))
     lam = float(elams[len(elams) // 2])
     speed = {}
     for name, m in models.items():
-        closed = name != "intra"
-        t1 = time.time(); coded = encode(m, sp, lam, closed); te = time.time() - t1
-        t1 = time.time()
-        with torch.no_grad():
-            if not closed:
-                tok = torch.cat([x[0] for x in coded])
-                st, inp = m.start(len(tok)), torch.full((len(tok),), c.bos)
-                for p in range(c.positions): m.step(st, inp); inp = tok[:, p]
-            else:
-                order = np.argsort([-len(x[0]) for x in coded], kind="stable")
-                lens = np.array([len(coded[i][0]) for i in order])
-                prev = torch.full((len(coded), c.positions), c.bos)
-                for t in range(int(lens[0])):
-                    n = int((lens > t).sum())
-                    tok = torch.stack([coded[i][0][t] for i in order[:n]])
-                    m.context = prev[:n]
-                    st, inp = m.start(n), torch.full((n,), c.bos)
-                    for p in range(c.positions): m.step(st, inp); inp = tok[:, p]
-                    prev[:n] = tok
-                m.context = None
-        td = time.time() - t1
-        speed[name] = dict(encode_fps=nf / te, decode_fps=nf / td)
-        print(f"  {name}: encode {nf / te:8.0f} frames/s, decoder steps {nf / td:8.0f} frames/s "
+        codec = Codec(rvq, m)
+        codec.coding_model  # built once, outside the timings
+        t1 = time.time(); coded = [compress_with_result(codec, u, lam) for u in sp]; te = time.time() - t1
+        t1 = time.time(); back = [decompress(codec, d) for d, _ in coded]; td = time.time() - t1
+        same = all(torch.equal(t, r.tokens) and np.array_equal(y, r.recon.numpy()) for (t, y), (_, r) in zip(back, coded))
+        bpf = sum(len(d) * 8 for d, _ in coded) / nf
+        ideal = sum(float(r.bits.sum()) for _, r in coded) / nf  # the exact coding model's -log2 of its frequencies
+        speed[name] = dict(encode_fps=nf / te, decode_fps=nf / td, round_trips_exact=same, stream_bpf=bpf, ideal_bpf=ideal)
+        print(f"  context {name}: compress {nf / te:7.0f} frames/s, decompress {nf / td:7.0f} frames/s, round trips exact: "
+              f"{same}; streams {bpf:.2f} BPF (header and checksum included) against {ideal:.2f} ideal "
               f"({len(sp)} utterances, {nf} frames, λ {lam:.4g}, 1 thread)", flush=True)
+    if {"none", "frame"} <= set(speed):
+        print(f"  context frame against none: compress {speed['frame']['encode_fps'] / speed['none']['encode_fps']:.2f}x, "
+              f"decompress {speed['frame']['decode_fps'] / speed['none']['decode_fps']:.2f}x the frames per second")
     print(f"total {time.time() - t00:.0f} s")
     if a.json:
         with open(a.json, "w") as f:
