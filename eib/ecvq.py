@@ -292,6 +292,9 @@ def train_entropy_model(rvq, train_frames, val_frames, preset: str = "cpu", lams
     lv = torch.as_tensor(lams)[torch.arange(len(xv)) % len(lams)]
     c = rvq.cfg
     cfg = EntropyConfig.for_rvq(c, preset, **(config or {}))
+    if cfg.context != "none":
+        raise EibError(f"train_entropy_model trains on frames drawn apart from their utterances, so it cannot train a model with "
+                       f"inter-frame context ({cfg.context!r}); benchmarks/context_rd.py trains one on whole utterances")
     lr = lr or (1e-3 if cfg.d_model <= 128 else 5e-4)
     prior = UnigramModel.with_skip(c.positions, c.vocab)
     sub = slice(None, None, max(1, len(xt) // 20000))  # per-position symbol counts: 20 000 frames are plenty

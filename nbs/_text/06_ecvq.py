@@ -378,6 +378,9 @@ def train_entropy_model(rvq, train_frames, val_frames, preset: str = "cpu", lams
     lv = torch.as_tensor(lams)[torch.arange(len(xv)) % len(lams)]
     c = rvq.cfg
     cfg = EntropyConfig.for_rvq(c, preset, **(config or {}))
+    if cfg.context != "none":
+        raise EibError(f"train_entropy_model trains on frames drawn apart from their utterances, so it cannot train a model with "
+                       f"inter-frame context ({cfg.context!r}); benchmarks/context_rd.py trains one on whole utterances")
     lr = lr or (1e-3 if cfg.d_model <= 128 else 5e-4)
     prior = UnigramModel.with_skip(c.positions, c.vocab)
     sub = slice(None, None, max(1, len(xt) // 20000))  # per-position symbol counts: 20 000 frames are plenty
@@ -413,6 +416,7 @@ rvq = fit_rvq(trn, RVQConfig(16, 2, 2, 8), iters=5, progress=False)
 lams = lambda_grid(rvq, trn, n=5)
 model, hist = train_entropy_model(rvq, trn, val, lams=lams, rounds=2, epochs=4, config=dict(d_model=32, n_heads=4, d_ff=64), progress=False)
 test_eq(sorted({h["round"] for h in hist}), [0, 1])
+test_fail(lambda: train_entropy_model(rvq, trn, val, lams=lams, config=dict(context="frame"), progress=False), contains="whole utterances")
 r0 = [h for h in hist if h["round"] == 0]
 test(min(h["val_bits"] for h in r0[1:]), r0[0]["val_bits"], operator.lt, "<")  # training lowers validation bits
 test_eq((type(model).__name__, model.training), ("EntropyModel", False))
