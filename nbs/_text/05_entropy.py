@@ -157,7 +157,11 @@ class _Block(nn.Module):
 
 def check_context(prev, cfg: EntropyConfig, n: int | None = None) -> torch.Tensor:
     """Previous-frame tokens (n, L) for a context model as a LongTensor: coded symbols, or BOS (`cfg.bos`) where there is
-    no previous frame; None: BOS everywhere (`n` frames)."""
+    no previous frame; None: BOS everywhere (`n` frames). For a model without context (`cfg.context` "none"): None, and an
+    EibError if `prev` is given."""
+    if cfg.context == "none":
+        if prev is not None: raise EibError("this entropy model has no inter-frame context (EntropyConfig.context 'none'); pass no previous frame")
+        return None
     if prev is None:
         if n is None: raise EibError("a context model needs the previous frames' tokens (or their number)")
         return torch.full((n, cfg.positions), cfg.bos, dtype=torch.long)
@@ -213,12 +217,8 @@ class EntropyModel(nn.Module):
     def input_table(self, prev=None, n: int | None = None) -> torch.Tensor:
         """What position p adds to its input token's embedding: `position_table()` (L, d); for a context model also the
         embedding of the previous frame's token there, (N, L, d) for `prev` (N, L) (`check_context`; None: no previous frame)."""
-        pt = self.position_table()
-        if self.ctx is None:
-            if prev is not None: raise EibError("this entropy model has no inter-frame context (EntropyConfig.context 'none'); pass no previous frame")
-            return pt
-        pv = check_context(prev, self.cfg, n).to(pt.device)
-        return pt + self.ctx(pv + self._ctx_row)
+        pt, pv = self.position_table(), check_context(prev, self.cfg, n)
+        return pt if pv is None else pt + self.ctx(pv.to(pt.device) + self._ctx_row)
 
     def forward(self, tokens, prev=None) -> torch.Tensor:
         """Teacher forcing: tokens (N, L) -> logits (N, L, vocab); the input is [BOS, t_0 .. t_{L-2}]. `prev` (N, L): the
@@ -627,8 +627,8 @@ class CodingModel:
         own = [i > 0 or self.kv0 is None for i in range(len(self.blocks))]
         st = dict(p=0, tin=torch.zeros(n, c.positions, dtype=torch.long),
                   k=[z(c.head_dim, c.positions) if o else None for o in own], v=[z(c.positions, c.head_dim) if o else None for o in own])
-        if self.ctx is not None: st["ctx"] = check_context(prev, c, n)
-        elif prev is not None: raise EibError("this coding model has no inter-frame context (EntropyConfig.context 'none'); pass no previous frame")
+        ctx = check_context(prev, c, n)
+        if ctx is not None: st["ctx"] = ctx
         return st
 
     def step(self, state: dict, tok_in) -> torch.Tensor:
@@ -704,8 +704,7 @@ class CodingModel:
         t = torch.as_tensor(tokens).long().cpu()
         if t.ndim != 2 or t.shape[1] != self.positions: raise EibError(f"expected tokens (N, {self.positions}), got {tuple(t.shape)}")
         if not 0 <= start < self.positions: raise EibError(f"start must be in 0..{self.positions - 1}, got {start}")
-        if self.ctx is not None: prev = check_context(prev, self.cfg, len(t))
-        elif prev is not None: raise EibError("this coding model has no inter-frame context (EntropyConfig.context 'none'); pass no previous frame")
+        prev = check_context(prev, self.cfg, len(t))
         def passes():
             for a in range(0, len(t), batch):
                 tb = t[a:a + batch]

@@ -369,7 +369,7 @@ def decompress(codec, data: bytes, progress: bool = False) -> tuple[torch.Tensor
         for a in range(0, s.frames, s.chunk):
             n = min(s.chunk, s.frames - a)
             # with inter-frame context (chunks of one frame) the frame before is known by now
-            st = cm.start(n, tokens[a - 1:a] if a else None) if has_context(cm) else cm.start(n)
+            st = cm.start(n, tokens[a - 1:a] if a and has_context(cm) else None)
             inp = torch.full((n,), c.bos, dtype=torch.long)
             for p in range(c.positions):
                 f = cm.step(st, inp)
