@@ -10,11 +10,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from .core import EibError
-from .entropy import EntropyConfig, EntropyModel, CodingModel, UnigramModel, freqs_to_bits
+from .entropy import EntropyConfig, EntropyModel, CodingModel, UnigramModel, freqs_to_bits, previous_frames
 
 # %% auto #0
 __all__ = ['WORK_MIB', 'LAMBDA_SPAN', 'ECVQResult', 'auto_batch', 'work_batch', 'ecvq_encode', 'has_context',
-           'ecvq_encode_utterances', 'distortion_scale', 'lambda_grid', 'fit_entropy_model', 'train_entropy_model']
+           'ecvq_encode_utterances', 'distortion_scale', 'lambda_grid', 'token_pairs', 'fit_entropy_model',
+           'train_entropy_model']
 
 # %% ../nbs/06_ecvq.ipynb #3961aeda
 @dataclass
@@ -232,31 +233,38 @@ def lambda_grid(rvq, frames, n: int = 9, span: tuple = LAMBDA_SPAN) -> np.ndarra
     return distortion_scale(rvq, frames) * np.logspace(span[0], span[1], n)
 
 # %% ../nbs/06_ecvq.ipynb #bd4af003
-def _token_bits(model, tokens, batch: int = 1024) -> torch.Tensor:
-    "Mean ideal bits per token of the float model on `tokens` (eval mode, no grad)."
+def token_pairs(tokens) -> tuple:
+    "Training tokens as `(tokens (N, L), previous-frame tokens (N, L) or None)`: a tensor alone has no previous frames."
+    return tuple(tokens) if isinstance(tokens, (tuple, list)) else (tokens, None)
+
+def _token_bits(model, tokens, batch: int = 1024) -> float:
+    "Mean ideal bits per token of the float model on `tokens` (a tensor, or `(tokens, previous frames)`; eval mode, no grad)."
+    t, pv = token_pairs(tokens)
     was = model.training; model.eval()
     with torch.no_grad():
-        s = sum(float(model.bits(tokens[i:i + batch]).sum()) for i in range(0, len(tokens), batch))
+        s = sum(float(model.bits(t[i:i + batch], None if pv is None else pv[i:i + batch]).sum()) for i in range(0, len(t), batch))
     model.train(was)
-    return s / max(1, tokens.numel())
+    return s / max(1, t.numel())
 
 def fit_entropy_model(model, tr, va, epochs: int = 30, max_steps: int | None = None, batch_size: int = 256,
                       lr: float = 1e-3, patience: int = 3, generator=None, device: str = "cpu", bar=None, round_index: int = 0):
     """Train `model` on tokens `tr` (N, L), early-stopping on the validation tokens `va`; returns the best model and
-    its per-epoch history (`round_index` labels the rows; `bar`: a tqdm bar advanced once per epoch)."""
+    its per-epoch history (`round_index` labels the rows; `bar`: a tqdm bar advanced once per epoch). For a model with
+    inter-frame context, `tr` and `va` are `(tokens, previous-frame tokens)` pairs (`token_pairs`)."""
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     rnd = round_index
+    tr_tok, tr_prev = token_pairs(tr)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     best, best_sd, bad, step, hist = _token_bits(model, va), copy.deepcopy(model.state_dict()), 0, 0, []
     hist.append(dict(round=rnd, epoch=0, steps=0, train_bits=float("nan"), val_bits=best, seconds=0.0))
     t0 = time.time()
     for ep in range(1, epochs + 1):
         model.train(); tot, cnt = 0.0, 0
-        for idx in torch.randperm(len(tr), generator=gen).split(batch_size):
+        for idx in torch.randperm(len(tr_tok), generator=gen).split(batch_size):
             if max_steps is not None and step >= max_steps: break
-            t = tr[idx].to(device)
+            t, p = tr_tok[idx].to(device), None if tr_prev is None else tr_prev[idx].to(device)
             for gp in opt.param_groups: gp["lr"] = lr * min(1.0, (step + 1) / 100)
-            loss = F.cross_entropy(model(t).flatten(0, 1), t.flatten())
+            loss = F.cross_entropy(model(t, p).flatten(0, 1), t.flatten())
             opt.zero_grad(set_to_none=True); loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
             tot += loss.item() * t.numel(); cnt += t.numel(); step += 1
@@ -275,46 +283,65 @@ def train_entropy_model(rvq, train_frames, val_frames, preset: str = "cpu", lams
                         epochs: int = 30, max_steps: int | None = None, batch_size: int = 256, lr: float | None = None,
                         patience: int = 3, seed: int = 0, device: str = "cpu", exact: bool = False,
                         config: dict | None = None, progress: bool = True):
-    """Train an `EntropyModel` for `rvq` on ECVQ tokens of `train_frames` (N, D) at the λ grid `lams`
-    (default `lambda_grid`), re-encoding `rounds - 1` times with the model just trained; `val_frames`
-    drive early stopping. `exact`: re-encode with the `CodingModel` (slower) instead of the float model.
+    """Train an `EntropyModel` for `rvq` on ECVQ tokens of `train_frames` at the λ grid `lams` (default `lambda_grid`),
+    re-encoding `rounds - 1` times with the model just trained; `val_frames` drive early stopping. The frames are either
+    (N, D) arrays, each frame coded at a λ drawn from the grid, or lists of whole utterances ((T, D) arrays), each coded at
+    one λ of the grid, its frames in order (`ecvq_encode_utterances`): what a model with inter-frame context
+    (`config=dict(context="frame")`) needs. `exact`: re-encode with the `CodingModel` (slower) instead of the float model.
     Returns `(model, history)`; history has one row per round and epoch (epoch 0 = before training)."""
     from tqdm.auto import tqdm
     if rounds < 1: raise EibError(f"rounds must be at least 1, got {rounds}")
-    xt, xv = (np.asarray(a, dtype=np.float32) for a in (train_frames, val_frames))
+    whole = isinstance(train_frames, (list, tuple))
+    if whole != isinstance(val_frames, (list, tuple)):
+        raise EibError("train_frames and val_frames must both be (N, D) frame arrays or both lists of utterances")
+    if whole:
+        ut, uv = ([u for u in (np.asarray(u, dtype=np.float32) for u in us) if u.ndim == 2 and len(u)] for us in (train_frames, val_frames))
+        if not ut or not uv: raise EibError("train_entropy_model needs at least one training and one validation utterance with frames")
+        xt, xv = np.concatenate(ut), np.concatenate(uv)
+    else: xt, xv = (np.asarray(a, dtype=np.float32) for a in (train_frames, val_frames))
     if len(xt) < 1 or len(xv) < 1: raise EibError("train_entropy_model needs at least one training and one validation frame")
     lams = np.asarray(lambda_grid(rvq, xt) if lams is None else lams, dtype=np.float64)
     if lams.ndim != 1 or len(lams) < 1 or not np.isfinite(lams).all() or (lams < 0).any():
         raise EibError("lams must be a non-empty 1-d list of finite, non-negative λ values")
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    lt = torch.as_tensor(lams)[torch.randint(len(lams), (len(xt),), generator=gen)]
-    lv = torch.as_tensor(lams)[torch.arange(len(xv)) % len(lams)]
     c = rvq.cfg
     cfg = EntropyConfig.for_rvq(c, preset, **(config or {}))
-    if cfg.context != "none":
-        raise EibError(f"train_entropy_model trains on frames drawn apart from their utterances, so it cannot train a model with "
-                       f"inter-frame context ({cfg.context!r}); benchmarks/context_rd.py trains one on whole utterances")
+    if cfg.context != "none" and not whole:
+        raise EibError(f"a model with inter-frame context ({cfg.context!r}) learns from each frame's predecessor: pass whole "
+                       f"utterances (lists of (T, D) arrays), not frames drawn apart from them")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    grid = torch.as_tensor(lams)
+    if whole:  # one λ per utterance, and that λ for each of its frames
+        lu, lvu = grid[torch.randint(len(lams), (len(ut),), generator=gen)], grid[torch.arange(len(uv)) % len(lams)]
+        lt, lv = (torch.repeat_interleave(l, torch.tensor([len(u) for u in us])) for l, us in ((lu, ut), (lvu, uv)))
+    else:
+        lt = grid[torch.randint(len(lams), (len(xt),), generator=gen)]
+        lv = grid[torch.arange(len(xv)) % len(lams)]
     lr = lr or (1e-3 if cfg.d_model <= 128 else 5e-4)
     prior = UnigramModel.with_skip(c.positions, c.vocab)
     sub = slice(None, None, max(1, len(xt) // 20000))  # per-position symbol counts: 20 000 frames are plenty
     prior = UnigramModel.fit(ecvq_encode(rvq, prior, xt[sub], lt[sub]).tokens, c.vocab)
-    enc = lambda mdl, x, l: ecvq_encode(rvq, mdl, x, l, exact=exact).tokens
+    def enc(mdl, x, l, us, ul):
+        if not whole: return ecvq_encode(rvq, mdl, x, l, exact=exact).tokens
+        res = ecvq_encode_utterances(rvq, mdl, us, ul, exact=exact)
+        tok = torch.cat([r.tokens for r in res])
+        return tok if cfg.context == "none" else (tok, torch.cat([previous_frames(r.tokens, c.bos) for r in res]))
     model = EntropyModel(cfg).to(device)
     history = []
     bar = tqdm(total=rounds * epochs, desc="train entropy model", disable=not progress)
     for r in range(rounds):
         t0 = time.time()
         src = prior if r == 0 else model.cpu()
-        tr, va = enc(src, xt, lt), enc(src, xv, lv)
+        tr, va = enc(src, xt, lt, *((ut, lu) if whole else (None, None))), enc(src, xv, lv, *((uv, lvu) if whole else (None, None)))
         t_enc = round(time.time() - t0, 2)
         model.to(device)
         model, h = fit_entropy_model(model, tr, va, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
                                      patience=patience, generator=gen, device=device, bar=bar, round_index=r)
-        skip = float((va == c.skip).double().mean())
+        skip = float((token_pairs(va)[0] == c.skip).double().mean())
         for row in h: row.update(val_skip=skip, lams=len(lams), encode_s=t_enc)
         history += h
         if progress: bar.write(f"round {r + 1} of {rounds}: ECVQ tokens of {len(xt) + len(xv)} frames {t_enc:.0f} s, "
                                f"{h[-1]['steps']} steps {h[-1]['seconds']:.0f} s, best validation {min(x['val_bits'] for x in h):.4f} bits/token")
     bar.close()
     return model.cpu().eval(), history
+

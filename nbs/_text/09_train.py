@@ -18,8 +18,9 @@ import pandas as pd
 import torch
 from eib.core import EibError, add_job_args, call, check_output, jobs_from_args, run_cli, run_jobs
 from eib.rvq import RVQConfig, GroupedRVQ, fit_rvq, rvq_report, lloyd_update
-from eib.ecvq import ecvq_encode, lambda_grid, train_entropy_model
+from eib.ecvq import ecvq_encode, ecvq_encode_utterances, has_context, lambda_grid, train_entropy_model
 from eib.codec import Codec, save_codec
+from eib.entropy import CONTEXTS
 from eib.features import load_store
 
 # %%
@@ -124,6 +125,18 @@ def sample_frames(x: np.ndarray, n: int | None, seed: int) -> np.ndarray:
     if n is None or len(x) <= n: return x
     return x[np.sort(np.random.default_rng(seed).choice(len(x), int(n), replace=False))]
 
+def sample_utterances(ids, frames_of, n: int | None, seed: int) -> list:
+    """Whole utterances (their frames in order) of `ids`, in a seeded random order, until they hold at least `n` frames
+    (None: all of them, in the order given): what an entropy model with inter-frame context trains and validates on."""
+    order = range(len(ids)) if n is None else np.random.default_rng(seed).permutation(len(ids))
+    out, got = [], 0
+    for i in order:
+        if n is not None and got >= n: break
+        u = np.asarray(frames_of(ids[i]), np.float32)
+        if u.ndim == 2 and len(u): out.append(u); got += len(u)
+    if not out: raise EibError("no frames in the selected utterances")
+    return out
+
 def _check_preset(preset: str) -> dict:
     if preset not in PRESETS: raise EibError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     return PRESETS[preset]
@@ -152,13 +165,22 @@ test_eq(sample_frames(np.arange(3.0), None, 0), np.arange(3.0))  # None: every f
 def train_codec(features, preset: str = "cpu", out: str | Path | None = None, seed: int = 0, lams=None,
                 rounds: int | None = None, val_frac: float = 0.1, device: str = "cpu", refine: bool = False,
                 progress: bool = True, entropy_kw: dict | None = None, command: str | None = None,
-                max_frames: int | None = -1, max_val_frames: int | None = -1, budget: float = 1.0, **rvq_kw) -> Codec:
+                max_frames: int | None = -1, max_val_frames: int | None = -1, budget: float = 1.0, context: str = "none",
+                **rvq_kw) -> Codec:
     """Train RVQ + entropy model on the TRAIN split of `features` (store path, store, or dict of arrays); save to
     `out`. `rvq_kw` overrides the preset's `layers`, `codes` or any `fit_rvq` argument (`iters`, `skip_prob`, ...);
     `entropy_kw` goes to `eib.ecvq.train_entropy_model` (`epochs`, `max_steps`, `config`, ...).
     `max_frames`, `max_val_frames`: the budget (-1: the preset's; None: every frame); `budget` multiplies the preset's
-    training frames and entropy-model steps (4: a 4x longer run of the same recipe)."""
+    training frames and entropy-model steps (4: a 4x longer run of the same recipe). `context` (`eib.entropy.CONTEXTS`):
+    "frame" trains an entropy model that also sees the previous frame, on whole utterances (`sample_utterances`, as many
+    frames as the budget's) coded in order; the codebooks are fitted exactly as for "none"."""
     p = _check_preset(preset)
+    cfg_ctx = ((entropy_kw or {}).get("config") or {}).get("context")
+    if cfg_ctx is not None and context not in ("none", cfg_ctx):
+        raise EibError(f"context {context!r} but entropy_kw's config says {cfg_ctx!r}; give it once")
+    context = cfg_ctx or context
+    if context not in CONTEXTS: raise EibError(f"unknown entropy-model context {context!r}; known: {', '.join(CONTEXTS)}")
+    if context != "none" and refine: raise EibError("refine (Lloyd-updated codebooks) is not available with inter-frame context yet")
     if not (isinstance(budget, (int, float)) and not isinstance(budget, bool) and math.isfinite(budget) and budget > 0):
         raise EibError(f"budget must be a positive number, got {budget!r}")
     scaled = lambda n: None if n is None else max(1, round(n * budget))
@@ -188,9 +210,14 @@ def train_codec(features, preset: str = "cpu", out: str | Path | None = None, se
     lams = [float(l) for l in (lambda_grid(rvq, xtr) if lams is None else lams)]
     ekw = dict(preset=preset, lams=lams, seed=seed, device=device, progress=progress) | ({} if rounds is None else {"rounds": rounds}) \
         | ({} if p["entropy_steps"] is None else {"max_steps": scaled(p["entropy_steps"])}) | (entropy_kw or {})
-    model, history = train_entropy_model(rvq, xtr, xva, **ekw)
+    etr, eva = xtr, xva  # frames drawn apart; with context: whole utterances, as many frames
+    if context != "none":
+        ekw["config"] = dict(ekw.get("config") or {}, context=context)
+        etr, eva = sample_utterances(tr_ids, frames_of, len(xtr), seed), sample_utterances(va_ids, frames_of, len(xva), seed + 1)
+        data |= {"entropy_model_utterances": dict(train=len(etr), val=len(eva), train_frames=sum(map(len, etr)), val_frames=sum(map(len, eva)))}
+    model, history = train_entropy_model(rvq, etr, eva, **ekw)
     t_eval = time.time()
-    rd = evaluate_codec(Codec(rvq, model), xva, lams)
+    rd = evaluate_codec(Codec(rvq, model), eva, lams)
     info |= {"lams": lams, "entropy_train": {k: v for k, v in ekw.items() if k not in ("lams", "progress")}, "history": history}
     info["metrics"] |= {"val_rd": rd.to_dict(orient="list"), "val_bits_per_token": _best_val_bits(history),
                         "entropy_train_s": round(time.time() - t0 - t_rvq, 1), "phases_s": _phases(t_rvq, history, time.time() - t_eval)}
@@ -222,14 +249,24 @@ def _best_val_bits(history) -> float | None:
 @torch.no_grad()
 def evaluate_codec(codec: Codec, frames, lams, max_frames: int = 4096, seed: int = 0) -> pd.DataFrame:
     """Rate and distortion of ECVQ with the codec's float entropy model on `frames` (at most `max_frames`,
-    a seeded sample) at each λ: ideal bits per frame, normalised MSE per dimension, SKIP rate."""
-    x = np.asarray(frames, np.float32)
-    if len(x) > max_frames: x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_frames, replace=False))]
+    a seeded sample) at each λ: ideal bits per frame, normalised MSE per dimension, SKIP rate. `frames` may be a list
+    of whole utterances: then the first ones up to `max_frames` frames, each coded in order (`ecvq_encode_utterances`)."""
+    if isinstance(frames, (list, tuple)):
+        utts, n = [], 0
+        for u in frames:
+            if n >= max_frames: break
+            utts.append(np.asarray(u, np.float32)); n += len(utts[-1])
+    else:
+        if has_context(codec.model): raise EibError("this codec's entropy model sees the previous frame: pass whole utterances (a list of (T, D) arrays)")
+        x = np.asarray(frames, np.float32)
+        if len(x) > max_frames: x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_frames, replace=False))]
+        utts = [x]  # frames apart from their utterances: one block (a model without context codes them alike)
     rows = []
     for lam in lams:
-        r = ecvq_encode(codec.rvq, codec.model, x, float(lam), exact=False)
-        rows.append(dict(lam=float(lam), bpf=float(r.bits.mean()), mse=float(r.distortion.mean()) / codec.cfg.dim,
-                         skip_rate=r.skip_rate))
+        res = ecvq_encode_utterances(codec.rvq, codec.model, utts, float(lam), exact=False)
+        tok, bits, dist = (torch.cat([getattr(r, k) for r in res]) for k in ("tokens", "bits", "distortion"))
+        rows.append(dict(lam=float(lam), bpf=float(bits.mean()), mse=float(dist.mean()) / codec.cfg.dim,
+                         skip_rate=float((tok == codec.cfg.skip).double().mean())))
     return pd.DataFrame(rows)
 
 def mse_at_rate(ref: pd.DataFrame, new: pd.DataFrame) -> float:
@@ -290,6 +327,15 @@ cr = train_codec(toy, progress=False, codes=16, iters=4, lams=[0.01, 0.1, 1.0], 
 rf = cr.meta["refine"]
 assert np.isfinite(rf["log2_mse_ratio_at_equal_rate"]), rf; test_eq(rf["kept"], rf["log2_mse_ratio_at_equal_rate"] < 0)
 test_eq(cr.meta["metrics"]["val_rd"], rf["val_rd_refined"] if rf["kept"] else cd.meta["metrics"]["val_rd"])
+cx = train_codec(toy, progress=False, codes=16, iters=4, lams=[0.01, 0.1, 1.0], rounds=1, entropy_kw=tiny, context="frame")
+test_eq((cx.model.cfg.context, cx.meta["data"]["entropy_model_utterances"]["train"]), ("frame", 11))  # whole utterances
+test_eq([torch.equal(a, b) for a, b in zip(cx.rvq.state_dict().values(), cd.rvq.state_dict().values())], [True] * len(cd.rvq.state_dict()))  # the same codebooks
+test(cx.fingerprint, cd.fingerprint, operator.ne, "!=")
+rdx = pd.DataFrame(cx.meta["metrics"]["val_rd"])
+assert rdx.bpf.is_monotonic_decreasing and rdx.mse.is_monotonic_increasing, rdx[["bpf", "mse"]].to_dict("list")
+test_fail(lambda: evaluate_codec(cx, toy["u0"], [0.1]), contains="whole utterances")
+test_fail(lambda: train_codec(toy, context="frame", refine=True), contains="not available with inter-frame context")
+test_fail(lambda: train_codec(toy, context="word"), contains="known: none, frame")
 test_fail(lambda: train_codec(toy, preset="huge"), contains="known: cpu, paper")
 test_fail(lambda: train_codec("/nonexistent/store"), contains="eib-prepare")
 
@@ -317,6 +363,8 @@ def train_cli(argv=None) -> int:
     ap.add_argument("--max-frames", type=int, default=-1, help="training frames sampled (default: the preset's; 0: every frame)")
     ap.add_argument("--budget", type=float, default=1.0, help="multiply the preset's sampled frames and entropy-model steps (default 1)")
     ap.add_argument("--refine", action="store_true", help="Lloyd-refine the codebooks on ECVQ tokens once")
+    ap.add_argument("--context", default="none", choices=list(CONTEXTS), help="what the entropy model sees besides the "
+                    "frame's earlier tokens: none, or frame (also the previous frame's tokens; trained on whole utterances)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     add_job_args(ap)
@@ -333,7 +381,7 @@ def _train(a, argv) -> int:
     ekw = {k: v for k, v in (("epochs", a.epochs), ("max_steps", a.max_steps)) if v is not None}
     kw = dict(features=a.features, preset=a.preset, out=a.out, seed=a.seed, lams=a.lams, rounds=a.rounds,
               device=a.device, refine=a.refine, progress=not a.quiet, entropy_kw=ekw,
-              max_frames=None if a.max_frames == 0 else a.max_frames, budget=a.budget,
+              max_frames=None if a.max_frames == 0 else a.max_frames, budget=a.budget, context=a.context,
               command=" ".join(["eib-train", *(sys.argv[1:] if argv is None else argv)]))
     c = run_jobs(call, [partial(train_codec, **kw)], jobs_from_args(a), name="eib-train")[0]  # executor none: here
     m = c.meta["metrics"]
