@@ -19,11 +19,11 @@ from .records import new_results, start_results, validate_results, write_results
 
 # %% auto #0
 __all__ = ['SPAN_RATES_BPF', 'RATE_LISTS', 'CLASSIFIER_SUFFIX', 'LAYER_STEPS', 'resolve_rates', 'resolve_data_root',
-           'results_path', 'store_path', 'prepare_features', 'default_checkpoint', 'get_codec', 'fit_classifier',
-           'test_subset', 'split_subset', 'plus_head', 'layer_tokens', 'layer_depths', 'train_layer_model',
-           'layer_codec_ready', 'get_layer_codec', 'Sweep', 'sweep_features', 'sweep_codec', 'codec_job',
-           'sweep_subsets', 'sweep_classifiers', 'sweep_results', 'rate_point', 'sweep_rate_points', 'layer_point',
-           'sweep_layer_points', 'PointJob', 'point_job', 'layer_codec_job', 'run_sweep']
+           'context_suffix', 'results_path', 'store_path', 'prepare_features', 'default_checkpoint', 'get_codec',
+           'fit_classifier', 'test_subset', 'split_subset', 'plus_head', 'layer_tokens', 'layer_depths',
+           'train_layer_model', 'layer_codec_ready', 'get_layer_codec', 'Sweep', 'sweep_features', 'sweep_codec',
+           'codec_job', 'sweep_subsets', 'sweep_classifiers', 'sweep_results', 'rate_point', 'sweep_rate_points',
+           'layer_point', 'sweep_layer_points', 'PointJob', 'point_job', 'layer_codec_job', 'run_sweep']
 
 # %% ../nbs/16_sweep.ipynb #52239e39
 SPAN_RATES_BPF = (10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 250.0, 300.0, 350.0, 400.0, 450.0, 500.0, 600.0)
@@ -61,10 +61,17 @@ def _in_repo(p) -> Path:
 
 CLASSIFIER_SUFFIX = {"linear_probe": "", "matched_linear_probe": "_matched", "emotion2vec_plus_head": "_head"}
 
-def results_path(dataset: str, out_dir="evaluation_results", encoder: str = "compare", classifier: str = "linear_probe") -> Path:
-    "Where a sweep of `dataset` writes its results: `rate_sweep_<DATASET>[_<encoder>][_matched|_head].json`."
+def context_suffix(context: str = "none") -> str:
+    "The part of a checkpoint's and a results file's name that says the entropy model's inter-frame context: '' or `_context_<kind>`."
+    from eib.entropy import CONTEXTS
+    if context not in CONTEXTS: raise EibError(f"unknown entropy-model context {context!r}; known: {', '.join(CONTEXTS)}")
+    return "" if context == "none" else f"_context_{context}"
+
+def results_path(dataset: str, out_dir="evaluation_results", encoder: str = "compare", classifier: str = "linear_probe",
+                 context: str = "none") -> Path:
+    "Where a sweep of `dataset` writes its results: `rate_sweep_<DATASET>[_<encoder>][_context_<kind>][_matched|_head].json`."
     if classifier not in CLASSIFIER_SUFFIX: raise EibError(f"unknown classifier {classifier!r}; known: {', '.join(CLASSIFIER_SUFFIX)}")
-    name = dataset.upper() + ("" if encoder == "compare" else f"_{encoder}") + CLASSIFIER_SUFFIX[classifier]
+    name = dataset.upper() + ("" if encoder == "compare" else f"_{encoder}") + context_suffix(context) + CLASSIFIER_SUFFIX[classifier]
     return Path(out_dir) / f"rate_sweep_{name}.json"
 
 # %% ../nbs/16_sweep.ipynb #110dd029
@@ -96,18 +103,21 @@ def prepare_features(dataset: str, data_root=None, encoder: str = "compare", fea
     return store
 
 # %% ../nbs/16_sweep.ipynb #76910d2b
-def default_checkpoint(dataset: str, preset: str, encoder: str = "compare") -> Path:
-    "`checkpoints/<dataset>_<preset>` (with `_<encoder>` for a non-default encoder)."
-    return repo_root() / "checkpoints" / (f"{dataset}_{preset}" + ("" if encoder == "compare" else f"_{encoder}"))
+def default_checkpoint(dataset: str, preset: str, encoder: str = "compare", context: str = "none") -> Path:
+    "`checkpoints/<dataset>_<preset>` (with `_<encoder>` for a non-default encoder, `_context_<kind>` with inter-frame context)."
+    return repo_root() / "checkpoints" / (f"{dataset}_{preset}" + ("" if encoder == "compare" else f"_{encoder}") + context_suffix(context))
 
-def get_codec(store, checkpoint, preset: str = "cpu", seed: int = 0, device: str = "cpu", progress: bool = True):
-    "Load the codec at `checkpoint`, or train one on `store` and save it there."
+def get_codec(store, checkpoint, preset: str = "cpu", seed: int = 0, device: str = "cpu", progress: bool = True, context: str = "none"):
+    "Load the codec at `checkpoint`, or train one on `store` (its entropy model with inter-frame `context`) and save it there."
     from eib.codec import load_codec
     from eib.train import train_codec
     ck = Path(checkpoint)
     if (ck / "config.json").exists(): codec = load_codec(ck)
-    else: codec = train_codec(store, preset=preset, out=ck, seed=seed, device=device, progress=progress)
+    else: codec = train_codec(store, preset=preset, out=ck, seed=seed, device=device, progress=progress, context=context)
     if codec.model is None: raise EibError(f"{ck} is an RVQ-only codec; the sweep needs its entropy model — retrain it with eib-train")
+    if codec.model.cfg.context != context:
+        raise EibError(f"codec {ck} has an entropy model with context {codec.model.cfg.context!r}, the sweep asked for {context!r}; "
+                       f"pass context={codec.model.cfg.context!r} or another checkpoint")
     if codec.cfg.dim != store.dim:
         raise EibError(f"codec {ck} is for {codec.cfg.dim}-dim frames, the store {store.path} has {store.dim}; pass checkpoint=<matching codec>")
     return codec
@@ -275,6 +285,7 @@ class Sweep:
     classes: list = field(default_factory=list)  # the classifiers' classes
     model_dir: object = None  # the encoder's weights (emotion2vec_plus's own head is rebuilt from them in a job)
     tag: str = ""  # what a job's point must have been computed for: every results file's configuration (`sweep_results`)
+    context: str = "none"  # the codec's inter-frame context (`eib.entropy.CONTEXTS`): part of the results files' names
 
     @property
     def T(self) -> np.ndarray: return np.array([len(f) for f in self.frames])
@@ -346,10 +357,10 @@ def sweep_features(dataset, data_root, encoder, features_dir, device, progress, 
     store = prepare_features(dataset, data_root, encoder, features_dir, device, progress, model_dir=model_dir, name=name)
     return store, corpus_name(dataset, resolve_data_root(dataset, data_root), name)
 
-def sweep_codec(store, label, encoder, checkpoint, preset, codec_seed, device, progress):
-    "Step 2: the codec at `checkpoint` (default `checkpoints/<label>_<preset>[_<encoder>]`), trained there if missing."
-    ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder)
-    return get_codec(store, ck, preset, seed=codec_seed, device=device, progress=progress), ck
+def sweep_codec(store, label, encoder, checkpoint, preset, codec_seed, device, progress, context="none"):
+    "Step 2: the codec at `checkpoint` (default `checkpoints/<label>_<preset>[_<encoder>][_context_<kind>]`), trained there if missing."
+    ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder, context)
+    return get_codec(store, ck, preset, seed=codec_seed, device=device, progress=progress, context=context), ck
 
 def codec_job(kw: dict) -> str:
     "In a job: train (or find) the codec of `sweep_codec`'s arguments `kw`, the store given as its folder; returns the checkpoint."
@@ -394,7 +405,7 @@ def sweep_results(sw: Sweep, clfs, y_train, targets, out_dir, config: dict, comm
         skel = new_results(sw.label.upper(), sw.store.encoder, kind, sw.protocol, classes, cfg, base, bound, command=command,
                            classifier_training=training)
         skel["notes"] = _NOTES.format(clf=_CLF_NOTES[kind])
-        path = results_path(sw.label, out_dir, sw.store.encoder, kind)
+        path = results_path(sw.label, out_dir, sw.store.encoder, kind, sw.context)
         obj = start_results(path, skel, force=force)
         obj.setdefault("notes", skel["notes"])
         if {q["target_bpf"] for q in obj["rate_points"]} <= set(targets) and (layer_sweep or not obj["layer_sweep"]):
@@ -573,7 +584,8 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
               out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
               progress: bool = True, force: bool = False, layer_max_steps: int = LAYER_STEPS, command: str | None = None,
               workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 20,
-              name: str | None = None, layer_points: int = 12, codec_seed: int = 0, jobs: Jobs | None = None) -> Path:
+              name: str | None = None, layer_points: int = 12, codec_seed: int = 0, jobs: Jobs | None = None,
+              context: str = "none") -> Path:
     """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
     write `results_path(...)` after every point, resuming the points already there. Every decoded point is scored
     by the fixed probe and (`matched`) by a probe fitted on the decoded training subset (`matched_per_emotion`
@@ -584,10 +596,18 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     and the bootstrap; `codec_seed` the training of a codec or layer-sweep model that is missing (0: the seed of the
     committed checkpoints, so that a recorded command rebuilds the same codec). `jobs` (`eib.core.Jobs`): run the
     feature extraction, the codec's training, each rate point and each layer point as jobs (local processes or SLURM;
-    default: all here), each kept as it finishes, so that a rerun resumes after a killed job."""
+    default: all here), each kept as it finishes, so that a rerun resumes after a killed job. `context` "frame": the codec's
+    entropy model also sees the previous frame (`eib.entropy.CONTEXTS`; its checkpoint and results files are named
+    `..._context_frame`); such a sweep has no layer sweep: that baseline (plain RVQ on the same codebooks) is the intra
+    sweep's."""
     from eib.data import LABEL_PROTOCOLS
     t_start = time.time()
     targets = resolve_rates(rates)
+    context_suffix(context)  # a known context
+    if layer_sweep and context != "none":
+        print(f"sweep with context {context!r}: no layer sweep (the plain-RVQ baseline on the same codebooks is the sweep "
+              f"without context's)", file=sys.stderr)
+        layer_sweep = False
     if rate_mode not in ("utterance", "set"): raise EibError(f"rate_mode must be 'utterance' or 'set', got {rate_mode!r}")
     if matched and rate_mode != "utterance": raise EibError("the matched classifier needs rate_mode='utterance' (pass matched=False)")
     jobs = jobs or Jobs()
@@ -602,19 +622,19 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     store, label = sweep_features(**fkw)  # 1 (the files the jobs encoded are found, not encoded again)
     t_feat = time.time()
     ckw = dict(store=str(store.path), label=label, encoder=encoder, checkpoint=checkpoint, preset=preset, codec_seed=codec_seed,
-               device=device, progress=progress)
-    ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder)
+               device=device, progress=progress, context=context)
+    ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder, context)
     if jobs.away: run_jobs(codec_job, [ckw], jobs, done=lambda kw: (ck / "config.json").exists(), name="eib-codec", progress=progress)
     codec, ck = sweep_codec(**dict(ckw, store=store))  # 2 (a codec trained by the job is loaded here)
     t_codec = time.time()
-    sw = Sweep(label, store, codec, ck, dataset if dataset in LABEL_PROTOCOLS else "identity", seed)
+    sw = Sweep(label, store, codec, ck, dataset if dataset in LABEL_PROTOCOLS else "identity", seed, context=context)
     sweep_subsets(sw, samples_per_emotion, matched, matched_per_emotion)  # 3
     clfs, y_train = sweep_classifiers(sw, model_dir)  # 4
     config = dict(codec_fingerprint=codec.fingerprint, preset=preset, rate_mode=rate_mode, seed=int(seed),
                   samples_per_emotion=samples_per_emotion, counts={c: int((sw.y == c).sum()) for c in clfs[0][1].classes_},
                   count="stream", checkpoint=ck.name, store=store.path.name, test_ids_fingerprint=fingerprint(sw.ids),
                   layer_model="EntropyModel(codec config) warm-started from the codec's, on layer-sweep tokens", layer_max_steps=int(layer_max_steps),
-                  probe_scale_floor=SCALE_FLOOR)
+                  probe_scale_floor=SCALE_FLOOR) | ({} if context == "none" else dict(context=context))
     cmd = command if command is not None else " ".join(shlex.quote(a) for a in sys.argv)
     sweep_results(sw, clfs, y_train, targets, out_dir, config, cmd, force, dict(features_s=round(t_feat - t_start, 2),
                   codec_s=round(t_codec - t_feat, 2), probe_s=round(time.time() - t_codec, 2)), matched_per_emotion, layer_sweep)  # 5

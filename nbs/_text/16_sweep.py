@@ -115,10 +115,17 @@ def _in_repo(p) -> Path:
 
 CLASSIFIER_SUFFIX = {"linear_probe": "", "matched_linear_probe": "_matched", "emotion2vec_plus_head": "_head"}
 
-def results_path(dataset: str, out_dir="evaluation_results", encoder: str = "compare", classifier: str = "linear_probe") -> Path:
-    "Where a sweep of `dataset` writes its results: `rate_sweep_<DATASET>[_<encoder>][_matched|_head].json`."
+def context_suffix(context: str = "none") -> str:
+    "The part of a checkpoint's and a results file's name that says the entropy model's inter-frame context: '' or `_context_<kind>`."
+    from eib.entropy import CONTEXTS
+    if context not in CONTEXTS: raise EibError(f"unknown entropy-model context {context!r}; known: {', '.join(CONTEXTS)}")
+    return "" if context == "none" else f"_context_{context}"
+
+def results_path(dataset: str, out_dir="evaluation_results", encoder: str = "compare", classifier: str = "linear_probe",
+                 context: str = "none") -> Path:
+    "Where a sweep of `dataset` writes its results: `rate_sweep_<DATASET>[_<encoder>][_context_<kind>][_matched|_head].json`."
     if classifier not in CLASSIFIER_SUFFIX: raise EibError(f"unknown classifier {classifier!r}; known: {', '.join(CLASSIFIER_SUFFIX)}")
-    name = dataset.upper() + ("" if encoder == "compare" else f"_{encoder}") + CLASSIFIER_SUFFIX[classifier]
+    name = dataset.upper() + ("" if encoder == "compare" else f"_{encoder}") + context_suffix(context) + CLASSIFIER_SUFFIX[classifier]
     return Path(out_dir) / f"rate_sweep_{name}.json"
 
 
@@ -127,6 +134,9 @@ test_eq(resolve_data_root("ravdess", None), None)
 test_eq(resolve_data_root("synth", "nbs"), repo_root() / "nbs")  # relative to the repository root from anywhere
 test_fail(lambda: resolve_data_root("emodb", "no/such/folder"), contains="emodb: no data at")
 test_eq(results_path("ravdess", "x").name, "rate_sweep_RAVDESS.json")
+test_eq(results_path("ravdess", "x", "whisper_base", "matched_linear_probe", context="frame").name,
+        "rate_sweep_RAVDESS_whisper_base_context_frame_matched.json")
+test_fail(lambda: results_path("ravdess", context="word"), contains="known: none, frame")
 test_eq(results_path("ravdess", "x", "emotion2vec_plus_base", "emotion2vec_plus_head").name,
         "rate_sweep_RAVDESS_emotion2vec_plus_base_head.json")
 
@@ -174,18 +184,21 @@ test_fail(lambda: prepare_features("synth", encoder="wav2vec"), contains="unknow
 
 # %%
 #| export
-def default_checkpoint(dataset: str, preset: str, encoder: str = "compare") -> Path:
-    "`checkpoints/<dataset>_<preset>` (with `_<encoder>` for a non-default encoder)."
-    return repo_root() / "checkpoints" / (f"{dataset}_{preset}" + ("" if encoder == "compare" else f"_{encoder}"))
+def default_checkpoint(dataset: str, preset: str, encoder: str = "compare", context: str = "none") -> Path:
+    "`checkpoints/<dataset>_<preset>` (with `_<encoder>` for a non-default encoder, `_context_<kind>` with inter-frame context)."
+    return repo_root() / "checkpoints" / (f"{dataset}_{preset}" + ("" if encoder == "compare" else f"_{encoder}") + context_suffix(context))
 
-def get_codec(store, checkpoint, preset: str = "cpu", seed: int = 0, device: str = "cpu", progress: bool = True):
-    "Load the codec at `checkpoint`, or train one on `store` and save it there."
+def get_codec(store, checkpoint, preset: str = "cpu", seed: int = 0, device: str = "cpu", progress: bool = True, context: str = "none"):
+    "Load the codec at `checkpoint`, or train one on `store` (its entropy model with inter-frame `context`) and save it there."
     from eib.codec import load_codec
     from eib.train import train_codec
     ck = Path(checkpoint)
     if (ck / "config.json").exists(): codec = load_codec(ck)
-    else: codec = train_codec(store, preset=preset, out=ck, seed=seed, device=device, progress=progress)
+    else: codec = train_codec(store, preset=preset, out=ck, seed=seed, device=device, progress=progress, context=context)
     if codec.model is None: raise EibError(f"{ck} is an RVQ-only codec; the sweep needs its entropy model — retrain it with eib-train")
+    if codec.model.cfg.context != context:
+        raise EibError(f"codec {ck} has an entropy model with context {codec.model.cfg.context!r}, the sweep asked for {context!r}; "
+                       f"pass context={codec.model.cfg.context!r} or another checkpoint")
     if codec.cfg.dim != store.dim:
         raise EibError(f"codec {ck} is for {codec.cfg.dim}-dim frames, the store {store.path} has {store.dim}; pass checkpoint=<matching codec>")
     return codec
@@ -403,6 +416,7 @@ class Sweep:
     classes: list = field(default_factory=list)  # the classifiers' classes
     model_dir: object = None  # the encoder's weights (emotion2vec_plus's own head is rebuilt from them in a job)
     tag: str = ""  # what a job's point must have been computed for: every results file's configuration (`sweep_results`)
+    context: str = "none"  # the codec's inter-frame context (`eib.entropy.CONTEXTS`): part of the results files' names
 
     @property
     def T(self) -> np.ndarray: return np.array([len(f) for f in self.frames])
@@ -474,10 +488,10 @@ def sweep_features(dataset, data_root, encoder, features_dir, device, progress, 
     store = prepare_features(dataset, data_root, encoder, features_dir, device, progress, model_dir=model_dir, name=name)
     return store, corpus_name(dataset, resolve_data_root(dataset, data_root), name)
 
-def sweep_codec(store, label, encoder, checkpoint, preset, codec_seed, device, progress):
-    "Step 2: the codec at `checkpoint` (default `checkpoints/<label>_<preset>[_<encoder>]`), trained there if missing."
-    ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder)
-    return get_codec(store, ck, preset, seed=codec_seed, device=device, progress=progress), ck
+def sweep_codec(store, label, encoder, checkpoint, preset, codec_seed, device, progress, context="none"):
+    "Step 2: the codec at `checkpoint` (default `checkpoints/<label>_<preset>[_<encoder>][_context_<kind>]`), trained there if missing."
+    ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder, context)
+    return get_codec(store, ck, preset, seed=codec_seed, device=device, progress=progress, context=context), ck
 
 def codec_job(kw: dict) -> str:
     "In a job: train (or find) the codec of `sweep_codec`'s arguments `kw`, the store given as its folder; returns the checkpoint."
@@ -522,7 +536,7 @@ def sweep_results(sw: Sweep, clfs, y_train, targets, out_dir, config: dict, comm
         skel = new_results(sw.label.upper(), sw.store.encoder, kind, sw.protocol, classes, cfg, base, bound, command=command,
                            classifier_training=training)
         skel["notes"] = _NOTES.format(clf=_CLF_NOTES[kind])
-        path = results_path(sw.label, out_dir, sw.store.encoder, kind)
+        path = results_path(sw.label, out_dir, sw.store.encoder, kind, sw.context)
         obj = start_results(path, skel, force=force)
         obj.setdefault("notes", skel["notes"])
         if {q["target_bpf"] for q in obj["rate_points"]} <= set(targets) and (layer_sweep or not obj["layer_sweep"]):
@@ -701,7 +715,8 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
               out_dir="evaluation_results", checkpoint=None, features_dir="data_subset", layer_sweep: bool = True,
               progress: bool = True, force: bool = False, layer_max_steps: int = LAYER_STEPS, command: str | None = None,
               workers: int = 2, model_dir=None, matched: bool = True, matched_per_emotion: int | None = 20,
-              name: str | None = None, layer_points: int = 12, codec_seed: int = 0, jobs: Jobs | None = None) -> Path:
+              name: str | None = None, layer_points: int = 12, codec_seed: int = 0, jobs: Jobs | None = None,
+              context: str = "none") -> Path:
     """Sweep `dataset` over the target `rates` ('quick', 'full' or a list of BPF) and the layer-sweep baseline;
     write `results_path(...)` after every point, resuming the points already there. Every decoded point is scored
     by the fixed probe and (`matched`) by a probe fitted on the decoded training subset (`matched_per_emotion`
@@ -712,10 +727,18 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     and the bootstrap; `codec_seed` the training of a codec or layer-sweep model that is missing (0: the seed of the
     committed checkpoints, so that a recorded command rebuilds the same codec). `jobs` (`eib.core.Jobs`): run the
     feature extraction, the codec's training, each rate point and each layer point as jobs (local processes or SLURM;
-    default: all here), each kept as it finishes, so that a rerun resumes after a killed job."""
+    default: all here), each kept as it finishes, so that a rerun resumes after a killed job. `context` "frame": the codec's
+    entropy model also sees the previous frame (`eib.entropy.CONTEXTS`; its checkpoint and results files are named
+    `..._context_frame`); such a sweep has no layer sweep: that baseline (plain RVQ on the same codebooks) is the intra
+    sweep's."""
     from eib.data import LABEL_PROTOCOLS
     t_start = time.time()
     targets = resolve_rates(rates)
+    context_suffix(context)  # a known context
+    if layer_sweep and context != "none":
+        print(f"sweep with context {context!r}: no layer sweep (the plain-RVQ baseline on the same codebooks is the sweep "
+              f"without context's)", file=sys.stderr)
+        layer_sweep = False
     if rate_mode not in ("utterance", "set"): raise EibError(f"rate_mode must be 'utterance' or 'set', got {rate_mode!r}")
     if matched and rate_mode != "utterance": raise EibError("the matched classifier needs rate_mode='utterance' (pass matched=False)")
     jobs = jobs or Jobs()
@@ -730,19 +753,19 @@ def run_sweep(dataset: str, data_root=None, encoder: str = "compare", rates="qui
     store, label = sweep_features(**fkw)  # 1 (the files the jobs encoded are found, not encoded again)
     t_feat = time.time()
     ckw = dict(store=str(store.path), label=label, encoder=encoder, checkpoint=checkpoint, preset=preset, codec_seed=codec_seed,
-               device=device, progress=progress)
-    ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder)
+               device=device, progress=progress, context=context)
+    ck = Path(checkpoint) if checkpoint is not None else default_checkpoint(label, preset, encoder, context)
     if jobs.away: run_jobs(codec_job, [ckw], jobs, done=lambda kw: (ck / "config.json").exists(), name="eib-codec", progress=progress)
     codec, ck = sweep_codec(**dict(ckw, store=store))  # 2 (a codec trained by the job is loaded here)
     t_codec = time.time()
-    sw = Sweep(label, store, codec, ck, dataset if dataset in LABEL_PROTOCOLS else "identity", seed)
+    sw = Sweep(label, store, codec, ck, dataset if dataset in LABEL_PROTOCOLS else "identity", seed, context=context)
     sweep_subsets(sw, samples_per_emotion, matched, matched_per_emotion)  # 3
     clfs, y_train = sweep_classifiers(sw, model_dir)  # 4
     config = dict(codec_fingerprint=codec.fingerprint, preset=preset, rate_mode=rate_mode, seed=int(seed),
                   samples_per_emotion=samples_per_emotion, counts={c: int((sw.y == c).sum()) for c in clfs[0][1].classes_},
                   count="stream", checkpoint=ck.name, store=store.path.name, test_ids_fingerprint=fingerprint(sw.ids),
                   layer_model="EntropyModel(codec config) warm-started from the codec's, on layer-sweep tokens", layer_max_steps=int(layer_max_steps),
-                  probe_scale_floor=SCALE_FLOOR)
+                  probe_scale_floor=SCALE_FLOOR) | ({} if context == "none" else dict(context=context))
     cmd = command if command is not None else " ".join(shlex.quote(a) for a in sys.argv)
     sweep_results(sw, clfs, y_train, targets, out_dir, config, cmd, force, dict(features_s=round(t_feat - t_start, 2),
                   codec_s=round(t_codec - t_feat, 2), probe_s=round(time.time() - t_codec, 2)), matched_per_emotion, layer_sweep)  # 5
@@ -771,6 +794,31 @@ assert _o["layer_sweep"][0]["mse"] > _o["layer_sweep"][-1]["mse"]  # more layers
 _t0 = time.time(); run_sweep("synth", rates=[5, 1000], samples_per_emotion=2, out_dir=_tmp, checkpoint=_tmp / "ck", progress=False, layer_max_steps=5)
 test_eq(load_results(_p)["timing"]["total_s"], _o["timing"]["total_s"])  # nothing recomputed
 test_fail(lambda: run_sweep("synth", rates="x", out_dir=_tmp), contains="unknown rate list")
+
+# %% [markdown]
+# A sweep with inter-frame context (`context="frame"`): a small codec whose entropy model also sees the previous frame is
+# swept at one target. Its files are named `..._context_frame`, record the context in their configuration and hold no layer
+# sweep; each point's rate is the real streams' (one of them decoded from its bytes), and asking that checkpoint for a sweep
+# without context is refused.
+
+# %%
+import tempfile
+from eib.records import load_results
+from eib.codec import save_codec
+_tmpc = Path(tempfile.mkdtemp())
+torch.manual_seed(0)
+_emc = EntropyModel(EntropyConfig.for_rvq(_rvq.cfg, "cpu", d_model=16, n_layers=1, n_heads=2, d_ff=32, context="frame")).eval()
+save_codec(Codec(_rvq, _emc, dict(preset="test")), _tmpc / "ck")
+_pc = run_sweep("synth", rates=[95], samples_per_emotion=2, matched_per_emotion=2, out_dir=_tmpc, checkpoint=_tmpc / "ck",
+                progress=False, workers=1, command="test", context="frame")
+_oc, _ocm = load_results(_pc), load_results(results_path("synth", _tmpc, classifier="matched_linear_probe", context="frame"))
+test_eq((_pc.name, _oc["config"]["context"], _ocm["config"]["context"], len(_oc["layer_sweep"])),
+        ("rate_sweep_SYNTH_context_frame.json", "frame", "frame", 0))
+_q = _oc["rate_points"][0]
+test_eq((_q["target_bpf"], _q["capped"]), (95.0, False))
+test_close(_q["set_bpf"], 95, eps=1.0)  # the real streams' rate, at the target
+test_fail(lambda: run_sweep("synth", rates=[95], samples_per_emotion=2, out_dir=_tmpc, checkpoint=_tmpc / "ck", progress=False,
+                            workers=1), contains="context 'frame'")
 
 # %% [markdown]
 # The same sweep on emotion2vec_plus features. A random-weight plus model (funasr's own `Emotion2vec` class, 32 dims,

@@ -18,19 +18,24 @@
 # papermill nbs/sweep.ipynb out/sweep_emodb.ipynb -p dataset emodb -p rates full
 # papermill nbs/sweep.ipynb out/sweep_rw.ipynb -p dataset ravdess -p data_root ../shared/datasets/ravdess -p encoder whisper_base
 # papermill nbs/sweep.ipynb out/x.ipynb -p dataset manifest -p data_root DIR -p name NAME -p encoder whisper_base
+# papermill nbs/sweep.ipynb out/sweep_rw_context.ipynb -p dataset ravdess -p encoder whisper_base -p context frame
 # ```
 #
 # The last line takes **any corpus**: a folder `DIR` with a `manifest.csv` (columns `path`, `speaker`, `emotion`, and
 # `split` with `train`/`test`; see `eib.data.read_manifest`), its store and results named `NAME`.
 #
 # It prepares the features if missing (`data_subset/<dataset>[_<encoder>]`), loads the codec
-# `checkpoints/<dataset>_<preset>[_<encoder>]` (trains it if missing), sweeps (`eib.sweep.run_sweep`) and writes
-# `evaluation_results/rate_sweep_<DATASET>[_<encoder>].json` (the fixed probe) and `..._matched.json` (the probe
+# `checkpoints/<dataset>_<preset>[_<encoder>][_context_frame]` (trains it if missing), sweeps (`eib.sweep.run_sweep`) and writes
+# `evaluation_results/rate_sweep_<DATASET>[_<encoder>][_context_frame].json` (the fixed probe) and `..._matched.json` (the probe
 # fitted on decoded training features at each point) after every point; an interrupted run resumes where it stopped. A relative `data_root` is taken from the
 # working directory, else from the repository root. `rates` is `quick` (10, 100, 200, 300 BPF), `full` (the
 # thesis's 44 points) or a list such as `[10, 20, 50]`. With `encoder` an emotion2vec_plus model and its weights
 # present (`model_dir`), the model's own head scores the same decoded frames into
 # `rate_sweep_<DATASET>_<encoder>_head.json` beside the probe's file.
+#
+# `context frame` gives the codec an entropy model that also sees the previous frame's tokens (trained on whole
+# utterances; see the chapter "Entropy model"): its checkpoint and results files carry `_context_frame` in their names, beside
+# the intra-frame sweep's, and it has no layer sweep (that baseline, plain RVQ on the same codebooks, is the intra sweep's).
 #
 # With no parameters it sweeps the committed synthetic set with the committed codec at the quick rates; when
 # `evaluation_results/rate_sweep_SYNTH.json` already holds those points (the committed full sweep does) the run
@@ -51,6 +56,7 @@ encoder = "compare"  # compare, whisper_base, emotion2vec_base, emotion2vec_plus
 rates = "quick"  # "quick", "full" or a list of target BPF
 rate_mode = "utterance"  # λ per utterance, or "set": one λ for the whole test set
 preset = "cpu"  # codec preset (when a codec must be trained)
+context = "none"  # the entropy model's inter-frame context: "none", or "frame" (it also sees the previous frame's tokens)
 device = "cpu"
 seed = 42  # subsets, classifiers, bootstrap intervals
 codec_seed = 0  # training of a missing codec or layer-sweep model (0: as the committed checkpoints were trained)
@@ -86,7 +92,8 @@ _cmd = (f"papermill nbs/sweep.ipynb -p dataset {dataset} -p data_root {data_root
         f"-p samples_per_emotion {samples_per_emotion} -p layer_sweep {layer_sweep} -p workers {workers}"
         + f" -p layer_points {layer_points}"
         + (f" -p model_dir {model_dir}" if model_dir else "") + (f" -p name {name}" if name else "") + (f" -p codec_seed {codec_seed}" if codec_seed else "")
-        + f" -p matched {matched} -p matched_per_emotion {matched_per_emotion}" + (f" -p executor {executor}" if executor != "none" else ""))
+        + f" -p matched {matched} -p matched_per_emotion {matched_per_emotion}" + (f" -p executor {executor}" if executor != "none" else "")
+        + (f" -p context {context}" if context != "none" else ""))
 _out = Path(out_dir) if Path(out_dir).is_absolute() else repo_root() / "nbs" / out_dir  # relative to nbs/ from any working directory
 _jobs = Jobs(executor, Path(jobs_dir) if Path(jobs_dir).is_absolute() else repo_root() / "nbs" / jobs_dir, partition=partition,
              time_min=time_min, cpus=cpus, gpus=gpus, parallel=parallel, retries=retries)
@@ -95,12 +102,12 @@ path = run_sweep(dataset, data_root=data_root, encoder=encoder, rates=resolve_ra
                  preset=preset, device=device, seed=seed, samples_per_emotion=samples_per_emotion, out_dir=_out,
                  checkpoint=checkpoint, layer_sweep=layer_sweep, force=force, progress=False, command=_cmd,
                  workers=workers, model_dir=model_dir, matched=matched, matched_per_emotion=matched_per_emotion, name=name,
-                 codec_seed=codec_seed, layer_points=layer_points, jobs=_jobs)
+                 codec_seed=codec_seed, layer_points=layer_points, jobs=_jobs, context=context)
 res = load_results(path)
 print(f"{path}: {len(res['rate_points'])} rate points, {len(res['layer_sweep'])} layer points; this run {time.time() - t0:.0f} s")
 _label = res["dataset"].lower()
 for _kind, _what in (("matched_linear_probe", "the probe fitted on decoded training features"), ("emotion2vec_plus_head", f"{encoder}'s own head")):
-    if (_f := results_path(_label, _out, encoder, _kind)).exists(): print(f"{_f}: the same points scored by {_what}")
+    if (_f := results_path(_label, _out, encoder, _kind, context)).exists(): print(f"{_f}: the same points scored by {_what}")
 
 # %% [markdown]
 # ## Baselines and rate points
