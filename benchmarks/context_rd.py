@@ -6,10 +6,12 @@ closed loop, on one feature store and one set of codebooks:
 - plain grouped RVQ fitted as `eib-train --preset cpu` fits it (`RVQConfig.for_dim`, 60 000 sampled training frames,
   the preset's iterations and SKIP probability), and the training λ grid of `eib.ecvq.lambda_grid`;
 - whole training utterances (frames in order) up to `--train-frames` frames, validation utterances of held-out
-  training speakers (`eib.train.split_train_val`) up to `--val-frames`; each utterance coded at one λ of the grid;
-- both arms are trained by the same loop with the same budget, seed and batches: round 1 on ECVQ tokens from the
-  per-position unigram prior (as `train_entropy_model`'s round 1), round 2 on tokens re-encoded by ECVQ with the arm's
-  own model (`--steps` steps each round, the best validation checkpoint kept);
+  training speakers (`eib.train.split_train_val`) up to `--val-frames` (`eib.train.sample_utterances`); each utterance
+  coded at one λ of the grid;
+- both arms are trained by the library's `eib.ecvq.train_entropy_model` on those whole utterances (what `eib-train
+  --context` does), with the same budget and seed: round 1 on ECVQ tokens from the per-position unigram prior, round 2
+  on tokens re-encoded by ECVQ with the arm's own model, closed loop (`--steps` steps each round, the best validation
+  checkpoint kept);
 - the arms are `eib.entropy.EntropyModel` with `EntropyConfig.context` **none** (the book's intra-frame model) and
   **frame** (the previous frame's token at each position, an embedding per position and token, added to that
   position's input);
@@ -28,7 +30,7 @@ closed loop, on one feature store and one set of codebooks:
 import argparse, json, math, time
 from pathlib import Path
 import numpy as np
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch
 
 
 def main():
@@ -37,7 +39,6 @@ def main():
     ap.add_argument("--train-frames", type=int, default=60000, help="whole training utterances up to this many frames")
     ap.add_argument("--val-frames", type=int, default=8000)
     ap.add_argument("--steps", type=int, default=1200, help="training steps per round (the cpu preset's)")
-    ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--eval-lams", type=int, default=15)
     ap.add_argument("--eval-span", default="-0.2,1.2", help="log10 of the evaluation λ's ends relative to the distortion scale")
     ap.add_argument("--test-utts", type=int, default=0, help="at most this many test utterances (0: all)")
@@ -49,10 +50,10 @@ def main():
     a = ap.parse_args()
     from eib.bitstream import compress_with_result, decompress, stream_bpf
     from eib.codec import Codec
-    from eib.ecvq import ecvq_encode, ecvq_encode_utterances, lambda_grid, distortion_scale
-    from eib.entropy import EntropyConfig, EntropyModel, UnigramModel, previous_frames
+    from eib.ecvq import ecvq_encode_utterances, lambda_grid, distortion_scale, train_entropy_model
+    from eib.entropy import EntropyConfig, EntropyModel
     from eib.rvq import RVQConfig, fit_rvq
-    from eib.train import PRESETS, open_features, sample_frames, split_train_val, stack_frames
+    from eib.train import PRESETS, open_features, sample_frames, sample_utterances, split_train_val, stack_frames
 
     torch.manual_seed(a.seed); torch.set_num_threads(2)
     t00 = time.time()
@@ -60,15 +61,6 @@ def main():
     tr_ids, va_ids, how = split_train_val(man, seed=a.seed)
     te_ids = man.loc[man["split"].astype(str) == "test", "id"].tolist()
     if a.test_utts: te_ids = te_ids[:a.test_utts]
-    rng = np.random.default_rng(a.seed)
-
-    def take(ids, budget):
-        out, n = [], 0
-        for i in rng.permutation(len(ids)):
-            if n >= budget: break
-            u = np.asarray(frames_of(ids[i]), np.float32)
-            if len(u): out.append(u); n += len(u)
-        return out
 
     p = PRESETS["cpu"]
     x_fit = sample_frames(stack_frames(tr_ids, frames_of), p["max_frames"], a.seed)
@@ -76,81 +68,35 @@ def main():
                   skip_prob=p["skip_prob"], progress=False)
     c = rvq.cfg
     lams = lambda_grid(rvq, x_fit)
-    tr_utts, va_utts = take(tr_ids, a.train_frames), take(va_ids, a.val_frames)
+    tr_utts, va_utts = sample_utterances(tr_ids, frames_of, a.train_frames, a.seed), sample_utterances(va_ids, frames_of, a.val_frames, a.seed + 1)
     te_utts = [np.asarray(frames_of(i), np.float32) for i in te_ids]
     te_utts = [u for u in te_utts if len(u)]
-    lam_tr = lams[rng.integers(len(lams), size=len(tr_utts))]
-    lam_va = lams[np.arange(len(va_utts)) % len(lams)]
     print(f"{a.features}: {meta.get('encoder')} {c.dim} dims, codec {c.groups} x {c.layers} x {c.codes}; training "
           f"{len(tr_utts)} utterances ({sum(map(len, tr_utts))} frames), validation {how} ({len(va_utts)} utterances, "
           f"{sum(map(len, va_utts))} frames), test {len(te_utts)} utterances ({sum(map(len, te_utts))} frames); "
           f"RVQ fit {time.time() - t00:.0f} s", flush=True)
 
-    def pairs(coded):
-        "Tokens and previous-frame tokens (BOS first) of coded utterances, stacked."
-        return torch.cat([r.tokens for r in coded]), torch.cat([previous_frames(r.tokens, c.bos) for r in coded])
-
-    def ctx(model, pv): return pv if model.cfg.context != "none" else None
-
-    def val_bits(model, t, pv):
-        model.eval()
-        with torch.no_grad():
-            s = sum(float(F.cross_entropy(model(t[i:i + 2048], ctx(model, pv[i:i + 2048])).flatten(0, 1), t[i:i + 2048].flatten(), reduction="sum"))
-                    for i in range(0, len(t), 2048))
-        return s / t.numel() / math.log(2)
-
-    def fit(model, tr, va, gen):
-        t, pv = tr
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-        best, best_sd, step = val_bits(model, *va), None, 0
-        while step < a.steps:
-            for idx in torch.randperm(len(t), generator=gen).split(a.batch):
-                if step >= a.steps: break
-                model.train()
-                for g in opt.param_groups: g["lr"] = 1e-3 * min(1.0, (step + 1) / 100)
-                loss = F.cross_entropy(model(t[idx], ctx(model, pv[idx])).flatten(0, 1), t[idx].flatten())
-                opt.zero_grad(set_to_none=True); loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); step += 1
-                if step % 200 == 0 or step == a.steps:
-                    vb = val_bits(model, *va)
-                    if vb < best: best, best_sd = vb, {k: v.clone() for k, v in model.state_dict().items()}
-        if best_sd is not None: model.load_state_dict(best_sd)
-        return model.eval(), best
-
-    # round 1's tokens: the per-position unigram prior, as train_entropy_model's round 1 (no context: frames independent)
-    sub = x_fit[::max(1, len(x_fit) // 20000)]
-    prior = UnigramModel.with_skip(c.positions, c.vocab)
-    prior = UnigramModel.fit(ecvq_encode(rvq, prior, sub, torch.as_tensor(lams)[torch.arange(len(sub)) % len(lams)]).tokens, c.vocab)
-    t1 = time.time()
-    r1 = {k: pairs(ecvq_encode_utterances(rvq, prior, u, l)) for k, u, l in (("tr", tr_utts, lam_tr), ("va", va_utts, lam_va))}
-    print(f"round-1 tokens (unigram prior) {time.time() - t1:.0f} s", flush=True)
-
     models, log = {}, {}
-    key = f"{Path(a.features).name}-{a.train_frames}-{a.val_frames}-{a.steps}-{a.batch}-{a.seed}"
+    key = f"{Path(a.features).name}-{a.train_frames}-{a.val_frames}-{a.steps}-{a.seed}-library"
     for name in ("none", "frame"):
         cfg = EntropyConfig.for_rvq(c, "cpu", context=name)
         cached = Path(a.cache) / f"{key}-context-{name}.pt" if a.cache else None
         if cached is not None and cached.exists():
             m = EntropyModel(cfg); saved = torch.load(cached, weights_only=False)
             m.load_state_dict(saved["state"]); models[name] = m.eval(); log[name] = saved["log"]
-            print(f"  context {name}: loaded from {cached} (validation bits per token {saved['log']['round2_bits_per_token']:.4f})", flush=True)
+            print(f"  context {name}: loaded from {cached} (validation bits per token {saved['log']['val_bits_per_token']})", flush=True)
             continue
-        torch.manual_seed(a.seed)
-        gen = torch.Generator().manual_seed(a.seed)
-        m = EntropyModel(cfg)
         t1 = time.time()
-        m, b1 = fit(m, r1["tr"], r1["va"], gen)
-        t2 = time.time()
-        r2 = {k: pairs(ecvq_encode_utterances(rvq, m, u, l, exact=False)) for k, u, l in (("tr", tr_utts, lam_tr), ("va", va_utts, lam_va))}
-        t3 = time.time()
-        m, b2 = fit(m, r2["tr"], r2["va"], gen)
+        m, hist = train_entropy_model(rvq, tr_utts, va_utts, lams=lams, max_steps=a.steps, seed=a.seed,
+                                      config=dict(context=name), progress=False)
         models[name] = m
-        log[name] = dict(round1_bits_per_token=b1, round2_bits_per_token=b2, train_s=round(t2 - t1 + time.time() - t3, 1),
-                         reencode_s=round(t3 - t2, 1))
+        best = [min(h["val_bits"] for h in hist if h["round"] == r) for r in sorted({h["round"] for h in hist})]
+        log[name] = dict(val_bits_per_token=[round(v, 4) for v in best], train_s=round(time.time() - t1, 1),
+                         encode_s=[h["encode_s"] for h in hist if h["epoch"] == 0])
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True); torch.save(dict(state=m.state_dict(), log=log[name]), cached)
-        print(f"  context {name}: validation bits per token {b1:.4f} (round 1), {b2:.4f} (round 2, on its own closed-loop "
-              f"tokens); training {log[name]['train_s']:.0f} s, re-encoding {log[name]['reencode_s']:.0f} s", flush=True)
+        print(f"  context {name}: validation bits per token {', '.join(f'{v:.4f}' for v in best)} (rounds 1, 2: the second on "
+              f"its own closed-loop tokens); {log[name]['train_s']:.0f} s, of which ECVQ tokens {sum(log[name]['encode_s']):.0f} s", flush=True)
 
     span = [float(v) for v in a.eval_span.split(",")]
     elams = distortion_scale(rvq, x_fit) * np.logspace(span[0], span[1], a.eval_lams)

@@ -307,6 +307,11 @@ test_close(m.bits(tok), -full.log_softmax(-1).gather(-1, tok[..., None])[..., 0]
 # `decompress` at 60, against 1545 and 2157 for the intra-frame codec, with every round trip exact. Across utterances
 # the frames at one index share a batch: closed-loop float ECVQ over 40 RAVDESS utterances ran at 0.53× the intra
 # model's frames per second.
+#
+# To use it: `eib-train --context frame` fits the same codebooks as without it and trains the context model on whole
+# utterances, each coded at one λ of the grid with its frames in order (`eib.ecvq.train_entropy_model`); `papermill
+# nbs/sweep.ipynb ... -p context frame` sweeps such a codec (files named `..._context_frame`); the λ explorer switches
+# between a codec and its context twin; and the results chapter sets the two sweeps side by side.
 
 # %%
 # a context model: position p also sees the previous frame's token there; its steps agree with its full pass too
