@@ -15,11 +15,12 @@ from .records import load_results
 from . import figures as F
 
 # %% auto #0
-__all__ = ['BOOK_RATES', 'EXPECTED_DATASETS', 'PRIMARY_ENCODER', 'ENCODERS', 'FIGURE_TITLES', 'COLUMN_TITLES', 'COMPARED_FIGURES',
-           'load_all', 'missing_datasets', 'availability', 'at_rates', 'class_at_rates', 'class_grid', 'drop_points',
-           'describe_drop', 'verdict', 'verdict_table', 'headline', 'headline_chart', 'rate_control_summary',
-           'compare_runs', 'describe_rerun', 'VegaScript', 'vega_script', 'VegaChart', 'interactive', 'safe_name',
-           'save_book_figures', 'Table', 'fmt_table', 'describe_run', 'show_dataset', 'show_figures', 'reader_command']
+__all__ = ['BOOK_RATES', 'EXPECTED_DATASETS', 'PRIMARY_ENCODER', 'CLASSIFIER_NAMES', 'ENCODERS', 'FIGURE_TITLES', 'COLUMN_TITLES',
+           'COMPARED_FIGURES', 'load_all', 'missing_datasets', 'availability', 'at_rates', 'class_at_rates',
+           'class_grid', 'drop_points', 'describe_drop', 'verdict', 'verdict_table', 'headline', 'headline_chart',
+           'rate_control_summary', 'context_pairs', 'context_table', 'context_figures', 'compare_runs',
+           'describe_rerun', 'VegaScript', 'vega_script', 'VegaChart', 'interactive', 'safe_name', 'save_book_figures',
+           'Table', 'fmt_table', 'describe_run', 'show_dataset', 'show_figures', 'reader_command']
 
 # %% ../nbs/21_results.ipynb #729d185f
 BOOK_RATES = (10, 20, 50, 100, 200)
@@ -28,11 +29,12 @@ EXPECTED_DATASETS = {
     "RAVDESS": "RAVDESS, measured on the licensed corpus with `papermill nbs/sweep.ipynb ... -p dataset ravdess`",
     "EMODB": "EmoDB, measured on the licensed corpus with `papermill nbs/sweep.ipynb ... -p dataset emodb`"}
 
-def load_all(results_dir="evaluation_results") -> tuple[list[tuple[str, dict]], list[dict]]:
-    """Every valid `rate_sweep_*.json` in `results_dir` (relative: to the repository root) as `[(label, results)]`,
-    and the files that did not validate as `[{dataset, path, error}]`."""
+def load_all(results_dir="evaluation_results", context: str = "none") -> tuple[list[tuple[str, dict]], list[dict]]:
+    """Every valid `rate_sweep_*.json` in `results_dir` (relative: to the repository root) of a codec whose entropy model
+    has inter-frame `context` ("none": the book's codecs; the sweeps with context are set beside them by `context_pairs`)
+    as `[(label, results)]`, and the files that did not validate as `[{dataset, path, error}]`."""
     ix = F.figure_index(results_dir)
-    good = [load_results(e["path"]) for e in ix if e["error"] is None]
+    good = [r for r in (load_results(e["path"]) for e in ix if e["error"] is None) if r["config"].get("context", "none") == context]
     bad = [dict(dataset=e["dataset"], path=e["path"], error=e["error"]) for e in ix if e["error"] is not None]
     return (F.named_results(good) if good else []), bad
 
@@ -254,6 +256,46 @@ def rate_control_summary(results) -> pd.DataFrame:
         rows.append(row)
     return pd.DataFrame(rows)
 
+# %% ../nbs/21_results.ipynb #1e28faa7
+CLASSIFIER_NAMES = {"linear_probe": "fixed probe", "matched_linear_probe": "matched probe", "emotion2vec_plus_head": "own head"}
+
+def context_pairs(results_dir="evaluation_results") -> list[tuple[str, dict, dict]]:
+    """`[(label, without, with)]`: every sweep whose codec has inter-frame context beside the sweep without it of the same
+    dataset, encoder, classifier and test subset; a sweep with context that has no such twin is left out."""
+    from eib.entropy import CONTEXTS
+    key = lambda o: (o["dataset"], o["encoder"], o["classifier"], o["config"].get("test_ids_fingerprint"))
+    base = {key(r): r for _, r in load_all(results_dir)[0]}
+    return [(f"{r['dataset']}, {_enc_name(r['encoder'])}, {CLASSIFIER_NAMES.get(r['classifier'], r['classifier'])}", base[key(r)], r)
+            for c in CONTEXTS if c != "none" for _, r in load_all(results_dir, c)[0] if key(r) in base]
+
+def _along(x, xs, ys, log_y: bool = True) -> float:
+    "y at x on the curve through (xs, ys), interpolated in log x (and log y); nan outside the curve's x range."
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    o = np.argsort(xs); xs, ys = xs[o], ys[o]
+    if not len(xs) or not xs[0] <= x <= xs[-1]: return float("nan")
+    y = np.interp(np.log(x), np.log(xs), np.log(ys) if log_y else ys)
+    return float(np.exp(y) if log_y else y)
+
+def context_table(without: dict, with_: dict, metric: str = "f1_weighted") -> pd.DataFrame:
+    """Per rate point of the sweep `with_` context: target, achieved BPF, MSE and `metric`; the rate the sweep `without`
+    context needs for that MSE and the share of bits saved; `without`'s `metric` at the same rate (both interpolated
+    between `without`'s rate points; nan outside them)."""
+    a = without["rate_points"]
+    rows = []
+    for p in sorted(with_["rate_points"], key=lambda q: q["achieved_bpf_mean"]):
+        bpf, mse = p["achieved_bpf_mean"], p["mse"]
+        need = _along(mse, [q["mse"] for q in a], [q["achieved_bpf_mean"] for q in a])
+        rows.append(dict(target_bpf=p["target_bpf"], bpf=bpf, mse=mse, bpf_without_at_mse=need, saving=1 - bpf / need,
+                         **{metric: p["metrics"][metric], f"{metric}_without": _along(bpf, [q["achieved_bpf_mean"] for q in a],
+                                                                                     [q["metrics"][metric] for q in a], log_y=False)}))
+    return pd.DataFrame(rows)
+
+def context_figures(label: str, without: dict, with_: dict) -> dict:
+    "The rate–distortion and weighted-F1 figures of one pair of `context_pairs`, both sweeps in each."
+    named = [(f"{label}: no context", without), (f"{label}: previous frame", with_)]
+    top = max((p["achieved_bpf_mean"] for p in with_["rate_points"]), default=None)
+    return dict(rd=F.fig_rd(named, bound_max_bpf=top), f1=F.fig_f1(named, layer_sweep=False))
+
 # %% ../nbs/21_results.ipynb #1ed1bb6a
 def compare_runs(fresh: dict, committed: dict) -> pd.DataFrame:
     """One row per target rate present in both results objects: achieved BPF and weighted F1 of each, the committed
@@ -395,7 +437,8 @@ COLUMN_TITLES = dict(asked_bpf="asked BPF", target_bpf="target BPF", achieved_bp
                      holds_90pct_from_bpf="≥ 90% of unquantised from (BPF)", lowest_bpf="lowest BPF", highest_bpf="highest BPF",
                      fresh_bpf="achieved BPF now", committed_bpf="achieved BPF committed", fresh_f1="weighted F1 now",
                      committed_f1="weighted F1 committed", committed_lo="committed low", committed_hi="committed high",
-                     f1_inside="F1 inside the interval", bpf_close="rate within 1 BPF")
+                     f1_inside="F1 inside the interval", bpf_close="rate within 1 BPF",
+                     bpf_without_at_mse="BPF without context at that MSE", saving="bits saved", f1_weighted_without="weighted F1 without context, same BPF")
 
 def _title(c): return COLUMN_TITLES.get(c, c.replace("_", " ")) if isinstance(c, str) else c
 

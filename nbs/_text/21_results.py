@@ -119,6 +119,25 @@ if len(named) > 1:
 else: display(Markdown("The figures that draw every dataset at once are left out: with one dataset they are the ones above."))
 
 # %% [markdown]
+# ## Inter-frame context
+#
+# The codec's entropy model codes each frame's tokens from that frame's earlier tokens only, as the thesis's does. Frames
+# 20 ms apart (50 per second) are strongly correlated, so the chapter "Entropy model" gives it the option to see the previous frame's
+# tokens as well (`eib-train --context frame`; `papermill nbs/sweep.ipynb ... -p context frame`), on the same codebooks.
+# Each sweep made with it is shown here beside the sweep without it (the layer sweep, plain RVQ on those codebooks, is the
+# latter's): the rate the codec without context needs for the same distortion and the bits saved, the weighted F1 of both
+# at the same rate, and both curves.
+
+# %%
+_cp = context_pairs()
+if not _cp: display(Markdown("No sweep with inter-frame context is present yet (run one with `-p context frame`)."))
+for _lab, _a, _b in _cp:
+    display(Markdown(f"### {_lab}\n\n{len(_b['rate_points'])} rate points with context, {len(_a['rate_points'])} without; "
+                     f"command: `{reader_command(_b['command'])}`"),
+            fmt_table(context_table(_a, _b).set_index("target_bpf")))
+    for _k, _ch in context_figures(_lab, _a, _b).items(): display(Markdown(f"#### {_lab}: {FIGURE_TITLES.get(_k, _k)}"), interactive(_ch))
+
+# %% [markdown]
 # ## How this page is made
 #
 # The helpers of this page, exported as `eib.results` (the cells above import them from there), with their
@@ -134,11 +153,12 @@ EXPECTED_DATASETS = {
     "RAVDESS": "RAVDESS, measured on the licensed corpus with `papermill nbs/sweep.ipynb ... -p dataset ravdess`",
     "EMODB": "EmoDB, measured on the licensed corpus with `papermill nbs/sweep.ipynb ... -p dataset emodb`"}
 
-def load_all(results_dir="evaluation_results") -> tuple[list[tuple[str, dict]], list[dict]]:
-    """Every valid `rate_sweep_*.json` in `results_dir` (relative: to the repository root) as `[(label, results)]`,
-    and the files that did not validate as `[{dataset, path, error}]`."""
+def load_all(results_dir="evaluation_results", context: str = "none") -> tuple[list[tuple[str, dict]], list[dict]]:
+    """Every valid `rate_sweep_*.json` in `results_dir` (relative: to the repository root) of a codec whose entropy model
+    has inter-frame `context` ("none": the book's codecs; the sweeps with context are set beside them by `context_pairs`)
+    as `[(label, results)]`, and the files that did not validate as `[{dataset, path, error}]`."""
     ix = F.figure_index(results_dir)
-    good = [load_results(e["path"]) for e in ix if e["error"] is None]
+    good = [r for r in (load_results(e["path"]) for e in ix if e["error"] is None) if r["config"].get("context", "none") == context]
     bad = [dict(dataset=e["dataset"], path=e["path"], error=e["error"]) for e in ix if e["error"] is not None]
     return (F.named_results(good) if good else []), bad
 
@@ -169,6 +189,7 @@ with tempfile.TemporaryDirectory() as _t:
     _a = availability(_named, _bad)
     assert "Missing: **RAVDESS**" in _a and "**EMODB**" in _a and "rate_sweep_BROKEN.json" in _a, _a
     test_eq(load_all(Path(_t) / "nothing"), ([], []))
+    test_eq(load_all(_t, context="frame")[0], [])  # a sweep without context is not one with it
     assert "No results file" in availability([])
 
 
@@ -481,6 +502,74 @@ test_eq(_s.capped_targets, "")
 _c = _demo | dict(rate_points=[p | dict(capped=True) for p in _demo["rate_points"]])
 test_eq(rate_control_summary(_c).iloc[0].codings, 0)
 
+# %% [markdown]
+# ### Inter-frame context
+#
+# A sweep whose codec's entropy model also sees the previous frame's tokens (`-p context frame`; see the chapter
+# "Entropy model") is set beside the sweep of the same corpus, encoder, classifier and test subset without it
+# (`context_pairs`). `context_table` reads both at each of its rate points: the rate the codec without context needs for
+# the same distortion (interpolated log-log between its own rate points, so only inside their range) and the bits saved;
+# and the weighted F1 of both at the same rate. `context_figures` draws their rate–distortion and F1 curves in one panel
+# each.
+
+# %%
+#| export
+CLASSIFIER_NAMES = {"linear_probe": "fixed probe", "matched_linear_probe": "matched probe", "emotion2vec_plus_head": "own head"}
+
+def context_pairs(results_dir="evaluation_results") -> list[tuple[str, dict, dict]]:
+    """`[(label, without, with)]`: every sweep whose codec has inter-frame context beside the sweep without it of the same
+    dataset, encoder, classifier and test subset; a sweep with context that has no such twin is left out."""
+    from eib.entropy import CONTEXTS
+    key = lambda o: (o["dataset"], o["encoder"], o["classifier"], o["config"].get("test_ids_fingerprint"))
+    base = {key(r): r for _, r in load_all(results_dir)[0]}
+    return [(f"{r['dataset']}, {_enc_name(r['encoder'])}, {CLASSIFIER_NAMES.get(r['classifier'], r['classifier'])}", base[key(r)], r)
+            for c in CONTEXTS if c != "none" for _, r in load_all(results_dir, c)[0] if key(r) in base]
+
+def _along(x, xs, ys, log_y: bool = True) -> float:
+    "y at x on the curve through (xs, ys), interpolated in log x (and log y); nan outside the curve's x range."
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    o = np.argsort(xs); xs, ys = xs[o], ys[o]
+    if not len(xs) or not xs[0] <= x <= xs[-1]: return float("nan")
+    y = np.interp(np.log(x), np.log(xs), np.log(ys) if log_y else ys)
+    return float(np.exp(y) if log_y else y)
+
+def context_table(without: dict, with_: dict, metric: str = "f1_weighted") -> pd.DataFrame:
+    """Per rate point of the sweep `with_` context: target, achieved BPF, MSE and `metric`; the rate the sweep `without`
+    context needs for that MSE and the share of bits saved; `without`'s `metric` at the same rate (both interpolated
+    between `without`'s rate points; nan outside them)."""
+    a = without["rate_points"]
+    rows = []
+    for p in sorted(with_["rate_points"], key=lambda q: q["achieved_bpf_mean"]):
+        bpf, mse = p["achieved_bpf_mean"], p["mse"]
+        need = _along(mse, [q["mse"] for q in a], [q["achieved_bpf_mean"] for q in a])
+        rows.append(dict(target_bpf=p["target_bpf"], bpf=bpf, mse=mse, bpf_without_at_mse=need, saving=1 - bpf / need,
+                         **{metric: p["metrics"][metric], f"{metric}_without": _along(bpf, [q["achieved_bpf_mean"] for q in a],
+                                                                                     [q["metrics"][metric] for q in a], log_y=False)}))
+    return pd.DataFrame(rows)
+
+def context_figures(label: str, without: dict, with_: dict) -> dict:
+    "The rate–distortion and weighted-F1 figures of one pair of `context_pairs`, both sweeps in each."
+    named = [(f"{label}: no context", without), (f"{label}: previous frame", with_)]
+    top = max((p["achieved_bpf_mean"] for p in with_["rate_points"]), default=None)
+    return dict(rd=F.fig_rd(named, bound_max_bpf=top), f1=F.fig_f1(named, layer_sweep=False))
+
+
+# %%
+#| code-fold: true
+_ctx = copy.deepcopy(_demo); _ctx["config"]["context"] = "frame"
+for _p in _ctx["rate_points"]: _p["achieved_bpf_mean"] *= 0.7  # a demonstration twin: the same distortion in 30% fewer bits
+with tempfile.TemporaryDirectory() as _t:
+    write_results(Path(_t) / "rate_sweep_SYNTH.json", _demo); write_results(Path(_t) / "rate_sweep_SYNTH_context_frame.json", _ctx)
+    test_eq([l for l, _ in load_all(_t)[0]], ["SYNTH"])  # the book's own sweeps: the one without context
+    _pairs = context_pairs(_t)
+    test_eq([(l, a["config"].get("context"), b["config"]["context"]) for l, a, b in _pairs], [("SYNTH, synthetic blobs, fixed probe", None, "frame")])
+_ct = context_table(_demo, _ctx)
+_in = _ct.dropna(subset=["bpf_without_at_mse"])
+test_close(_in.saving.to_numpy(), np.full(len(_in), 0.3), eps=1e-9)  # 30% fewer bits at the same MSE
+test_eq(len(_in), len(_demo["rate_points"]))  # every MSE of the twin lies on the curve without context
+test_close(_along(5.0, [1, 10], [1, 10]), 5.0, eps=1e-12); test_eq(np.isnan(_along(20.0, [1, 10], [1, 10])), True)
+test_eq(sorted(context_figures("SYNTH", _demo, _ctx)), ["f1", "rd"])
+
 
 # %% [markdown]
 # ### Checking a fresh run against the committed one
@@ -702,7 +791,8 @@ COLUMN_TITLES = dict(asked_bpf="asked BPF", target_bpf="target BPF", achieved_bp
                      holds_90pct_from_bpf="≥ 90% of unquantised from (BPF)", lowest_bpf="lowest BPF", highest_bpf="highest BPF",
                      fresh_bpf="achieved BPF now", committed_bpf="achieved BPF committed", fresh_f1="weighted F1 now",
                      committed_f1="weighted F1 committed", committed_lo="committed low", committed_hi="committed high",
-                     f1_inside="F1 inside the interval", bpf_close="rate within 1 BPF")
+                     f1_inside="F1 inside the interval", bpf_close="rate within 1 BPF",
+                     bpf_without_at_mse="BPF without context at that MSE", saving="bits saved", f1_weighted_without="weighted F1 without context, same BPF")
 
 def _title(c): return COLUMN_TITLES.get(c, c.replace("_", " ")) if isinstance(c, str) else c
 
