@@ -14,7 +14,7 @@ import torch
 from .core import EibError, add_job_args, call, check_output, jobs_from_args, run_cli, run_jobs
 from .rvq import RVQConfig, GroupedRVQ, fit_rvq, rvq_report, lloyd_update
 from .ecvq import ecvq_encode, ecvq_encode_utterances, has_context, lambda_grid, train_entropy_model
-from .codec import Codec, save_codec
+from .codec import Codec, load_codec, save_codec
 from .entropy import CONTEXTS
 from .features import load_store
 
@@ -107,14 +107,16 @@ def train_codec(features, preset: str = "cpu", out: str | Path | None = None, se
                 rounds: int | None = None, val_frac: float = 0.1, device: str = "cpu", refine: bool = False,
                 progress: bool = True, entropy_kw: dict | None = None, command: str | None = None,
                 max_frames: int | None = -1, max_val_frames: int | None = -1, budget: float = 1.0, context: str = "none",
-                **rvq_kw) -> Codec:
+                codebooks=None, **rvq_kw) -> Codec:
     """Train RVQ + entropy model on the TRAIN split of `features` (store path, store, or dict of arrays); save to
     `out`. `rvq_kw` overrides the preset's `layers`, `codes` or any `fit_rvq` argument (`iters`, `skip_prob`, ...);
     `entropy_kw` goes to `eib.ecvq.train_entropy_model` (`epochs`, `max_steps`, `config`, ...).
     `max_frames`, `max_val_frames`: the budget (-1: the preset's; None: every frame); `budget` multiplies the preset's
     training frames and entropy-model steps (4: a 4x longer run of the same recipe). `context` (`eib.entropy.CONTEXTS`):
     "frame" trains an entropy model that also sees the previous frame, on whole utterances (`sample_utterances`, as many
-    frames as the budget's) coded in order; the codebooks are fitted exactly as for "none"."""
+    frames as the budget's) coded in order; the codebooks are fitted exactly as for "none". `codebooks` (a checkpoint
+    folder or `Codec`): keep its grouped RVQ and its entropy model's size, and train only the entropy model: a twin of
+    that codec (with `context="frame"`: the same codec with inter-frame context)."""
     p = _check_preset(preset)
     cfg_ctx = ((entropy_kw or {}).get("config") or {}).get("context")
     if cfg_ctx is not None and context not in ("none", cfg_ctx):
@@ -135,12 +137,16 @@ def train_codec(features, preset: str = "cpu", out: str | Path | None = None, se
     xtr, xva = sample_frames(xtr, max_frames, seed), sample_frames(xva, max_val_frames, seed + 1)
     dim = int(meta.get("dim", xtr.shape[1]))
     if xtr.shape[1] != dim: raise EibError(f"store metadata says dim {dim} but frames have {xtr.shape[1]} dims")
-    cfg = RVQConfig.for_dim(dim, layers=rvq_kw.pop("layers", p["layers"]), codes=rvq_kw.pop("codes", p["codes"]))
+    base = None if codebooks is None else load_codec(codebooks) if isinstance(codebooks, (str, Path)) else codebooks
+    if base is not None and base.cfg.dim != dim:
+        raise EibError(f"the codebooks of {codebooks} code {base.cfg.dim}-dim frames, the features have {dim}")
+    cfg = base.cfg if base is not None else RVQConfig.for_dim(dim, layers=rvq_kw.pop("layers", p["layers"]), codes=rvq_kw.pop("codes", p["codes"]))
     if progress: print(f"eib-train: {cfg.groups} groups x {cfg.layers} layers x {cfg.codes} codes on {len(xtr)} of {n_tr} "
                        f"training frames (validation {len(xva)} of {n_va})", file=sys.stderr)
     torch.manual_seed(seed)
     kw = dict(iters=p["rvq_iters"], skip_prob=p["skip_prob"]) | rvq_kw
-    rvq = fit_rvq(xtr, cfg, seed=seed, device=device, progress=progress, **kw)
+    if base is not None: kw = {"kept_from": str(codebooks) if isinstance(codebooks, (str, Path)) else "a Codec", "fingerprint": base.fingerprint}
+    rvq = base.rvq if base is not None else fit_rvq(xtr, cfg, seed=seed, device=device, progress=progress, **kw)
     t_rvq = time.time() - t0
     rep_va = _report_summary(rvq_report(rvq, xva))
     data = desc | {"encoder": meta.get("encoder"), "dim": dim, "grouping": f"{cfg.groups} groups of {cfg.group_dim}",
@@ -152,6 +158,9 @@ def train_codec(features, preset: str = "cpu", out: str | Path | None = None, se
     ekw = dict(preset=preset, lams=lams, seed=seed, device=device, progress=progress) | ({} if rounds is None else {"rounds": rounds}) \
         | ({} if p["entropy_steps"] is None else {"max_steps": scaled(p["entropy_steps"])}) | (entropy_kw or {})
     etr, eva = xtr, xva  # frames drawn apart; with context: whole utterances, as many frames
+    if base is not None and base.model is not None:  # the twin's entropy model has the base's size
+        size = {k: v for k, v in base.model.cfg.to_dict().items() if k in ("d_model", "n_layers", "n_heads", "d_ff", "dropout")}
+        ekw["config"] = size | (ekw.get("config") or {})
     if context != "none":
         ekw["config"] = dict(ekw.get("config") or {}, context=context)
         etr, eva = sample_utterances(tr_ids, frames_of, len(xtr), seed), sample_utterances(va_ids, frames_of, len(xva), seed + 1)
@@ -256,6 +265,8 @@ def train_cli(argv=None) -> int:
     ap.add_argument("--max-frames", type=int, default=-1, help="training frames sampled (default: the preset's; 0: every frame)")
     ap.add_argument("--budget", type=float, default=1.0, help="multiply the preset's sampled frames and entropy-model steps (default 1)")
     ap.add_argument("--refine", action="store_true", help="Lloyd-refine the codebooks on ECVQ tokens once")
+    ap.add_argument("--codebooks", default=None, help="a checkpoint whose codebooks and entropy-model size are kept: only "
+                    "the entropy model is trained (with --context frame: that codec's twin with inter-frame context)")
     ap.add_argument("--context", default="none", choices=list(CONTEXTS), help="what the entropy model sees besides the "
                     "frame's earlier tokens: none, or frame (also the previous frame's tokens; trained on whole utterances)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -274,7 +285,7 @@ def _train(a, argv) -> int:
     ekw = {k: v for k, v in (("epochs", a.epochs), ("max_steps", a.max_steps)) if v is not None}
     kw = dict(features=a.features, preset=a.preset, out=a.out, seed=a.seed, lams=a.lams, rounds=a.rounds,
               device=a.device, refine=a.refine, progress=not a.quiet, entropy_kw=ekw,
-              max_frames=None if a.max_frames == 0 else a.max_frames, budget=a.budget, context=a.context,
+              max_frames=None if a.max_frames == 0 else a.max_frames, budget=a.budget, context=a.context, codebooks=a.codebooks,
               command=" ".join(["eib-train", *(sys.argv[1:] if argv is None else argv)]))
     c = run_jobs(call, [partial(train_codec, **kw)], jobs_from_args(a), name="eib-train")[0]  # executor none: here
     m = c.meta["metrics"]

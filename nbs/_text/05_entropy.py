@@ -309,7 +309,9 @@ test_close(m.bits(tok), -full.log_softmax(-1).gather(-1, tok[..., None])[..., 0]
 # model's frames per second.
 #
 # To use it: `eib-train --context frame` fits the same codebooks as without it and trains the context model on whole
-# utterances, each coded at one λ of the grid with its frames in order (`eib.ecvq.train_entropy_model`); `papermill
+# utterances, each coded at one λ of the grid with its frames in order (`eib.ecvq.train_entropy_model`); with
+# `--codebooks CHECKPOINT` it keeps that codec's codebooks and model size and trains only the entropy model, a twin with
+# context (`checkpoints/synth_cpu_context_frame` is `synth_cpu`'s); `papermill
 # nbs/sweep.ipynb ... -p context frame` sweeps such a codec (files named `..._context_frame`); the λ explorer switches
 # between a codec and its context twin; and the results chapter sets the two sweeps side by side.
 
