@@ -169,6 +169,18 @@ def test_explorer_in_jupyterlab(lab, browser):
         med = {k: sorted(v)[len(v) // 2] for k, v in timing.items() if isinstance(v, list)}
         (ARTIFACTS / "explorer_timing.json").write_text(json.dumps(dict(timing, median=med), indent=1))
         assert not _failed_cell(page), f"a cell failed in JupyterLab:\n{_failed_cell(page)}"
+        # The context toggle: the same target, coded by the twin whose entropy model also sees the previous frame; at that
+        # rate it spends its bits elsewhere, so the λ the rate controller finds moves.
+        lam_none = _text(page, ".eib-explorer .eib-lam")
+        frame = page.locator(".eib-explorer .eib-codec button", has_text=re.compile(r"^frame$")).last
+        assert frame.is_visible(), "the panel has no context toggle"
+        frame.click()
+        lam_frame = _wait(lambda: (lambda v: v if v and v != lam_none and "loading" not in _text(page, STATUS) else None)(
+            _text(page, ".eib-explorer .eib-lam")), 120, "the λ readout to change after switching to context 'frame'", page)
+        panel.screenshot(path=str(shots / "explorer_context.png"))
+        assert _text(page, STATUS).startswith("Target"), _text(page, STATUS)
+        assert not _failed_cell(page), f"a cell failed in JupyterLab:\n{_failed_cell(page)}"
+        print(f"JupyterLab explorer: context none -> frame at the same target: λ {lam_none} -> {lam_frame}")
         print(f"JupyterLab explorer: λ {lam_before} -> {lam_after}, BPF {before} -> {after}; updates seen in the browser: "
               f"λ median {med['lam']:.3f} s, target BPF median {med['target_bpf']:.3f} s (load {timing['load_average']:.1f})")
     except BaseException:

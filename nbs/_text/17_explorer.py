@@ -19,7 +19,8 @@ from eib.core import EibError, FRAME_RATE, fingerprint, repo_root
 
 # %%
 import os
-from fastcore.test import test_eq, test_fail, test_close
+import operator
+from fastcore.test import test, test_eq, test_fail, test_close
 from IPython.display import display
 import ipywidgets as W
 torch.set_num_threads(1)  # the checks below run faster on one thread on a shared two-core machine
@@ -442,16 +443,18 @@ def explorer_probe(store, protocol: str | None = None, cache: bool = True, seed:
 #| export
 _LOADED: dict = {}  # (path, mtime) -> validated results
 
-def find_results(meta: dict, codec_fingerprint: str | None = None, folder=None) -> dict | None:
-    """The sweep results (fixed linear probe) for the dataset and encoder of a store's `meta`, a run of the codec with
-    `codec_fingerprint` first; None when `folder` (default `evaluation_results/`) holds none."""
+def find_results(meta: dict, codec_fingerprint: str | None = None, folder=None, context: str = "none") -> dict | None:
+    """The sweep results (fixed linear probe) for the dataset and encoder of a store's `meta` and a codec whose entropy
+    model has inter-frame `context`, a run of the codec with `codec_fingerprint` first; None when `folder` (default
+    `evaluation_results/`) holds none."""
     from eib.records import results_files, load_results
     ds, enc = str(meta.get("dataset", "")).upper(), meta.get("encoder")
     found = []
     for p in results_files(folder).values():
         try: head = json.loads(Path(p).read_text())
         except (OSError, ValueError): continue  # unreadable: not a candidate (the results chapter reports such files)
-        if head.get("dataset") == ds and head.get("encoder") == enc and head.get("classifier") == "linear_probe":
+        if (head.get("dataset") == ds and head.get("encoder") == enc and head.get("classifier") == "linear_probe"
+                and head.get("config", {}).get("context", "none") == context):
             found.append((head.get("config", {}).get("codec_fingerprint") != codec_fingerprint, str(p)))
     if not found: return None
     path = Path(sorted(found)[0][1])
@@ -474,6 +477,7 @@ test_eq((r["dataset"], r["encoder"], r["classifier"]), ("SYNTH", "compare", "lin
 fc = f1_curve(r)
 assert len(fc) >= 2 and fc.bpf.is_monotonic_increasing and 0 < fc.attrs["unquantised"] <= 1, (len(fc), fc.attrs)
 test_eq(find_results(dict(dataset="synth", encoder="no-such-encoder")), None)
+test_eq(find_results(dict(dataset="ravdess", encoder="whisper_base"), context="frame")["config"]["context"], "frame")  # a sweep with context
 with tempfile.TemporaryDirectory() as d: test_eq(find_results(dict(dataset="synth", encoder="compare"), folder=d), None)
 
 
@@ -532,47 +536,71 @@ class _Threads:
     def __exit__(self, *a):
         if torch.get_num_threads() != self.prev: torch.set_num_threads(self.prev)
 
+def codec_choices(checkpoint) -> dict:
+    """`{context: checkpoint}`: the codec at `checkpoint` ("none") and each twin beside it whose entropy model has
+    inter-frame context (`<checkpoint>_context_<kind>`, as `eib.sweep.default_checkpoint` names it), where one exists;
+    what `Explorer` switches between."""
+    from eib.entropy import CONTEXTS
+    from eib.sweep import context_suffix
+    ck = Path(checkpoint)
+    twins = {k: ck.with_name(ck.name + context_suffix(k)) for k in CONTEXTS if k != "none"}
+    return {"none": ck} | {k: p for k, p in twins.items() if (p / "config.json").exists()}
+
 class Explorer:
     "Re-encode one utterance at a λ or a target rate and report rate, distortion, tokens and class probabilities."
     def __init__(self, codec, store, probe=None, split: str = "test", protocol: str | None = None,
                  threads: int | None = 1, cache: bool = True):
-        from eib.codec import load_codec
+        """`codec`: a checkpoint folder or `Codec`, or a dict `{name: checkpoint or Codec}` to switch between (the first
+        is used first; `codec_choices` makes one of a codec and its twin with inter-frame context)."""
         from eib.features import load_store
         from eib.evaluate import Probe, load_probe, store_split
-        from eib.ecvq import lambda_grid
         if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
             raise EibError(f"threads must be a positive integer or None, got {threads!r}")
         self.threads = threads
-        self.codec = load_codec(codec) if isinstance(codec, (str, Path)) else codec
-        if not hasattr(self.codec, "rvq") or not hasattr(self.codec, "model"):
-            raise EibError(f"codec must be a checkpoint folder or an eib.codec.Codec, got {type(codec).__name__}")
-        if self.codec.model is None:
-            raise EibError("the codec has no entropy model, so it cannot make a stream; train one with eib-train")
-        self.rvq, self.model = self.codec.rvq, self.codec.model
         self.store = load_store(store) if isinstance(store, (str, Path)) else store
-        if self.store.dim != self.rvq.cfg.dim:
-            raise EibError(f"the store has {self.store.dim}-dim features, the codec codes {self.rvq.cfg.dim} dims; "
-                           "use the checkpoint trained on this store's encoder")
+        self.codecs = {str(k): self._load(v) for k, v in (codec.items() if isinstance(codec, dict) else [("codec", codec)])}
+        if not self.codecs: raise EibError("no codec given: pass a checkpoint folder, a Codec or a dict of them")
         self.protocol = protocol or default_protocol(self.store)
         self.split = split
         self.ids, self.frames, self.labels, _ = store_split(self.store, self.protocol, split)
         if probe is None: probe = explorer_probe(self.store, self.protocol, cache=cache)
         elif isinstance(probe, (str, Path)): probe = load_probe(probe)
         if not isinstance(probe, Probe): raise EibError(f"probe must be an eib.evaluate.Probe or a probe file, got {type(probe).__name__}")
-        if probe.dim != self.rvq.cfg.dim: raise EibError(f"the probe reads {probe.dim}-dim frames, the store has {self.rvq.cfg.dim}")
+        if probe.dim != self.store.dim: raise EibError(f"the probe reads {probe.dim}-dim frames, the store has {self.store.dim}")
         self.probe = probe
+        self._orig, self.last, self.w, self._mute = {}, None, None, False
+        self.use(next(iter(self.codecs)))
+        self.reset()
+
+    def _load(self, codec):
+        from eib.codec import load_codec
+        c = load_codec(codec) if isinstance(codec, (str, Path)) else codec
+        if not hasattr(c, "rvq") or not hasattr(c, "model"):
+            raise EibError(f"codec must be a checkpoint folder or an eib.codec.Codec, got {type(codec).__name__}")
+        if c.model is None: raise EibError("the codec has no entropy model, so it cannot make a stream; train one with eib-train")
+        if self.store.dim != c.rvq.cfg.dim:
+            raise EibError(f"the store has {self.store.dim}-dim features, the codec codes {c.rvq.cfg.dim} dims; "
+                           "use the checkpoint trained on this store's encoder")
+        return c
+
+    def use(self, name: str):
+        """Code with the codec called `name` (a key of `codecs`) from now on; its λ grid, rate controllers and R–D curves
+        are its own. `update(codec=name)` switches and re-encodes at the same λ or target."""
+        from eib.ecvq import lambda_grid
+        if name not in self.codecs: raise EibError(f"unknown codec {name!r}; known: {', '.join(self.codecs)}")
+        self.codec_name, self.codec = name, self.codecs[name]
+        self.rvq, self.model = self.codec.rvq, self.codec.model
         sample = np.concatenate(self.frames)[:: max(1, sum(map(len, self.frames)) // 4096)]
         grid = lambda_grid(self.rvq, sample)
         self.lam_grid = grid
         self.lam_min, self.lam_max = float(grid[0] / 10), float(grid[-1] * 10)  # the grid, a decade wider each side
         self.bpf_max = math.ceil(self.rvq.cfg.positions * math.log2(self.rvq.cfg.vocab))  # a plain fixed-length code
-        self.reset()
-        self._rc, self._orig, self._rd, self._results = {}, {}, {}, None
-        self.last, self.w, self._mute = None, None, False
+        self._rc, self._rd, self._results = {}, {}, None
+        return self
 
     def __repr__(self):
         return (f"Explorer({len(self.ids)} {self.split} utterances of {self.store.path}, protocol {self.protocol}, "
-                f"codec {self.rvq.cfg.groups}x{self.rvq.cfg.layers}x{self.rvq.cfg.codes}, {self.probe})")
+                f"codec {self.codec_name!r} {self.rvq.cfg.groups}x{self.rvq.cfg.layers}x{self.rvq.cfg.codes} of {list(self.codecs)}, {self.probe})")
 
     def reset(self):
         "Back to the start: the test clip nearest 3 s, at the middle λ of the grid, no target rate."
@@ -613,13 +641,15 @@ class Explorer:
         return dict(data=data, tokens=res.tokens, recon=res.recon.numpy(), lam=float(lam), dist=float(res.distortion.mean()),
                     status="λ", tol=0.0, passes=1)
 
-    def update(self, lam=None, bpf=None, utt=None) -> dict:
+    def update(self, lam=None, bpf=None, utt=None, codec=None) -> dict:
         """Re-encode and return the readouts. `lam`: code at this λ; `bpf`: solve for this target rate; `utt`: switch
-        utterance (index or id), keeping the current λ or target. Updates the panel when there is one."""
+        utterance (index or id), `codec`: switch codec (a key of `codecs`), each keeping the current λ or target. Updates
+        the panel when there is one."""
         from eib.bitstream import stream_bpf, payload_bpf
         t0 = time.perf_counter()
         if lam is not None and bpf is not None: raise EibError("give either λ or a target BPF, not both")
         u = self.utt if utt is None else self.index(utt)
+        if codec is not None: self.use(codec)
         if lam is not None: lam, target = _lam(lam), None
         elif bpf is not None: lam, target = None, _bpf(bpf)
         else: lam, target = (None, self.target) if self.target is not None else (self.lam, None)
@@ -629,7 +659,7 @@ class Explorer:
         pd_ = self.probe.predict_proba([e["recon"]])[0]
         tok = e["tokens"].numpy().reshape(len(x), c.groups, c.layers)
         cls = self.probe.classes_
-        out = dict(utt=u, id=self.ids[u], label=str(self.labels[u]), frames=len(x), lam=e["lam"], target_bpf=target,
+        out = dict(utt=u, id=self.ids[u], label=str(self.labels[u]), frames=len(x), lam=e["lam"], target_bpf=target, codec=self.codec_name,
                    status=e["status"], status_text="" if target is None else rate_status_text(e["status"], e["tol"]),
                    passes=e["passes"], bpf=stream_bpf(e["data"]), payload_bpf=payload_bpf(e["data"]), bytes=len(e["data"]),
                    mse=e["dist"] / c.dim, skip=float((tok == c.skip).mean()), tokens=tok, classes=list(cls), proba=pd_,
@@ -655,7 +685,7 @@ class Explorer:
 
     def sweep_results(self) -> dict | None:
         "The committed sweep results for this store's dataset and encoder (`find_results`), or None."
-        if self._results is None: self._results = (find_results(self.store.meta, self.codec.fingerprint),)
+        if self._results is None: self._results = (find_results(self.store.meta, self.codec.fingerprint, context=self.model.cfg.context),)
         return self._results[0]
 
 
@@ -663,11 +693,13 @@ class Explorer:
 # ### On the default codec and store
 #
 # `checkpoints/synth_cpu` is the cpu-preset codec trained on the synthetic store. The checks below hold for any
-# sensible codec, so they do not depend on the numbers of the current checkpoint.
+# sensible codec, so they do not depend on the numbers of the current checkpoint. Beside it lies its twin with inter-frame
+# context, `checkpoints/synth_cpu_context_frame` (`eib-train --features data_subset/synth --context frame --codebooks
+# checkpoints/synth_cpu`: the same codebooks and model size, an entropy model that also sees the previous frame's tokens); `codec_choices` finds it, and the explorer switches between the two.
 
 # %%
 from eib.bitstream import compress, decompress, stream_bpf
-ex = Explorer(repo_root() / "checkpoints" / "synth_cpu", repo_root() / "data_subset" / "synth")
+ex = Explorer(codec_choices(repo_root() / "checkpoints" / "synth_cpu"), repo_root() / "data_subset" / "synth")
 ex
 
 # %%
@@ -732,6 +764,24 @@ test_fail(lambda: Explorer(ex.codec, ex.store, probe=42), contains="probe must b
 test_fail(lambda: Explorer(ex.codec, ex.store, threads=0), contains="threads must be")
 
 # %% [markdown]
+# Switching the codec keeps the utterance and the λ (or the target): the codec with inter-frame context codes the same
+# frames with the same codebooks into its own stream, which its decoder reads back, and at the same λ it spends fewer bits.
+
+# %%
+test_eq(list(ex.codecs), ["none", "frame"])
+cur = ex.update(lam=ex.lam_grid[4])
+fr = ex.update(codec="frame")
+test_eq((fr["codec"], fr["lam"], fr["utt"], ex.model.cfg.context), ("frame", cur["lam"], cur["utt"], "frame"))
+test_eq(fr["data"], compress(ex.codecs["frame"], ex.frames[ex.utt], cur["lam"]))  # the context codec's own stream ...
+test_eq(decompress(ex.codecs["frame"], fr["data"])[0].numpy().reshape(fr["tokens"].shape), fr["tokens"])  # ... decoded by it
+test(fr["bpf"], cur["bpf"], operator.lt, "<")
+test_eq(ex.update(codec="none")["data"], cur["data"])  # and back
+test_fail(lambda: ex.update(codec="word"), contains="unknown codec")
+test_fail(lambda: Explorer({}, ex.store), contains="no codec given")
+print(f"{cur['id']} at λ {cur['lam']:.3g}: {cur['bpf']:.1f} BPF (normalised MSE {cur['mse']:.3f}) without context, "
+      f"{fr['bpf']:.1f} BPF ({fr['mse']:.3f}) with the previous frame")
+
+# %% [markdown]
 # The sweep results for this store are the committed synthetic sweep with ComParE features:
 
 # %%
@@ -781,14 +831,18 @@ def _panel(ex: Explorer):
                           continuous_update=False, readout_format=".1f", layout=W.Layout(width="430px")).add_class("eib-bpf-slider")
     opts = [(f"{i}  ·  {lab}  ·  {len(f) / FRAME_RATE:.2f} s", k) for k, (i, lab, f) in enumerate(zip(ex.ids, ex.labels, ex.frames))]
     pick = W.Dropdown(options=opts, value=ex.utt, description="utterance", layout=W.Layout(width="430px")).add_class("eib-utt")
-    for s in (lam_s, bpf_s, pick): s.style.description_width = "80px"
+    ctx = W.ToggleButtons(options=list(ex.codecs), value=ex.codec_name, description="context",
+                          tooltips=[f"the entropy model of codec {k!r}" for k in ex.codecs],
+                          layout=W.Layout(width="430px", display="" if len(ex.codecs) > 1 else "none")).add_class("eib-codec")
+    ctx.style.button_width = "90px"
+    for s in (lam_s, bpf_s, pick, ctx): s.style.description_width = "80px"
     val = lambda cls: W.Label(value="", layout=W.Layout(min_width="110px")).add_class(cls)
     names = dict(bpf="rate (BPF, whole stream)", lam="λ", mse="distortion (normalised MSE)", skip="SKIP fraction",
                  bytes="stream bytes", time="update time")
     w = {k: val(f"eib-{k}") for k in names}
     rows = [W.HBox([W.Label(n, layout=W.Layout(width="210px")), w[k]]) for k, n in names.items()]
     small = lambda s: W.HTML(f"<div style='font-size:11px;line-height:1.3;max-width:430px'>{html.escape(s)}</div>")
-    w.update(lam_slider=lam_s, bpf_slider=bpf_s, utt=pick, status=W.HTML(layout=W.Layout(width="430px")).add_class("eib-status"),
+    w.update(lam_slider=lam_s, bpf_slider=bpf_s, utt=pick, codec=ctx, status=W.HTML(layout=W.Layout(width="430px")).add_class("eib-status"),
              map=W.HTML().add_class("eib-map"), map_caption=W.HTML(), proba=W.HTML().add_class("eib-proba-chart"),
              rd=W.HTML().add_class("eib-rd"), f1=W.HTML().add_class("eib-f1"))
     ex.w, ex._mute = w, False
@@ -796,12 +850,12 @@ def _panel(ex: Explorer):
     def on(kind):
         def f(change):
             if ex._mute: return
-            if kind == "utt": w["status"].value = "<i>loading the utterance…</i>"  # about a second: its R–D curve
+            if kind in ("utt", "codec"): w["status"].value = f"<i>loading the {'utterance' if kind == 'utt' else 'codec'}…</i>"  # its R–D curve
             try: ex.update(**{kind: change["new"]})
             except EibError as e: w["status"].value = f"<span style='color:#b00020'>{html.escape(str(e))}</span>"
         return f
-    lam_s.observe(on("lam"), "value"); bpf_s.observe(on("bpf"), "value"); pick.observe(on("utt"), "value")
-    left = W.VBox([lam_s, bpf_s, pick, w["status"], *rows, small(MSE_NOTE)])
+    lam_s.observe(on("lam"), "value"); bpf_s.observe(on("bpf"), "value"); pick.observe(on("utt"), "value"); ctx.observe(on("codec"), "value")
+    left = W.VBox([lam_s, bpf_s, pick, ctx, w["status"], *rows, small(MSE_NOTE)])
     gap = W.Layout(gap="24px")
     return W.VBox([W.HBox([left, w["proba"]], layout=gap), W.HTML("<b>code/SKIP map</b>"), w["map"], w["map_caption"],
                    W.HBox([w["rd"], w["f1"]], layout=gap)]).add_class("eib-explorer")
@@ -840,6 +894,7 @@ def _show(self: Explorer, out: dict):
         if out["target_bpf"] is None:  # λ set on its slider: the target slider shows the rate reached
             s = w["bpf_slider"]; s.value = float(np.clip(round(out["bpf"] * 2) / 2, s.min, s.max))
         if w["utt"].value != out["utt"]: w["utt"].value = out["utt"]
+        if w["codec"].value != out["codec"]: w["codec"].value = out["codec"]
     finally: self._mute = False
     w["map"].value = map_svg(out["tokens"], self.rvq.cfg.skip)
     w["map_caption"].value = (f"<div style='font-size:11px'>{out['frames']} frames ({out['frames'] / FRAME_RATE:.2f} s) · "
@@ -881,6 +936,10 @@ test_close(w["lam_slider"].value, np.clip(ex.lam, ex.lam_min, ex.lam_max), eps=1
 test_eq(w["bpf_slider"].value, tgt)  # a target stays where it was set
 assert ex.last["status_text"] in html.unescape(w["status"].value), w["status"].value
 test_eq(w["proba"].value.count("eib-true"), 1)
+w["codec"].value = "frame"  # the context toggle: the same target, the context codec's stream
+test_eq((ex.codec_name, ex.last["codec"], ex.last["target_bpf"]), ("frame", "frame", tgt))
+assert abs(float(w["bpf"].value) - tgt) <= 1 or "clamped" in ex.last["status"], (tgt, w["bpf"].value)
+w["codec"].value = "none"; test_eq(ex.last["codec"], "none")
 print(f"slider: {x0:.2f} -> {x1:.2f} BPF; target {tgt} -> {got:.2f} BPF at λ {ex.lam:.4g}; update took {w['time'].value}")
 
 # %% [markdown]
