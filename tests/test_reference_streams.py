@@ -30,3 +30,23 @@ def test_streams_are_the_committed_ones_in_format_2():
         tokens = decompress(codec, ref)[0]  # the version-1 stream still decodes
         assert data[-4:] == struct.pack("<I", stream_checksum(data[:-4], tokens)), name
         assert decompress(codec, data)[0].equal(tokens), name
+
+
+def test_context_streams_are_the_committed_ones():
+    """The synthetic codec's twin with inter-frame context (checkpoints/synth_cpu_context_frame) still writes the streams
+    committed in tests/reference/context, byte for byte, and they decode to the same tokens: frame after frame, each given
+    the frame decoded before it."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("context_streams", HERE / "context" / "make_streams.py")
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    index = json.loads((HERE / "context" / "index.json").read_text())
+    got = dict(mod.cases())
+    assert sorted(got) == sorted(index)
+    codec = load_codec(repo_root() / "checkpoints" / "synth_cpu_context_frame")
+    for name, data in got.items():
+        ref = (HERE / "context" / f"{name}.eib").read_bytes()
+        assert (len(ref), hashlib.sha256(ref).hexdigest()) == (index[name]["bytes"], index[name]["sha256"]), name
+        assert data == ref, name
+        assert stream_info(ref).version == 2, name
+        u = name.split(".")[0]
+        assert decompress(codec, ref)[0].equal(decompress(codec, got[f"{u}.tokens40"])[0]) == name.endswith("40"), name

@@ -868,8 +868,10 @@ def curves_svg(self: Explorer, out: dict) -> tuple[str, str]:
                   point=(out["bpf"], out["mse"]), note="blue: the λ grid · red: now")
     r = self.sweep_results()
     if r is None:
+        ctx = self.model.cfg.context
         return a, note_svg("weighted F1 against rate", f"No sweep results for {self.store.meta.get('dataset')} with "
-                           f"{self.store.meta.get('encoder')} features in evaluation_results/ (run nbs/sweep.ipynb).")
+                           f"{self.store.meta.get('encoder')} features" + ("" if ctx == "none" else f" and context {ctx}") +
+                           " in evaluation_results/ (run nbs/sweep.ipynb" + ("" if ctx == "none" else f" -p context {ctx}") + ").")
     fc = f1_curve(r)
     same = "this codec" if r["config"]["codec_fingerprint"] == self.codec.fingerprint else "another codec"
     b = curve_svg(fc.bpf, fc.f1, f"weighted F1, {r['dataset']} test set", "rate (BPF)", "weighted F1", rule=out["bpf"],
