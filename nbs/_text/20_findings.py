@@ -240,6 +240,35 @@ if named:
 else: md("No results file yet.")
 
 # %% [markdown]
+# ## Beyond the thesis: the previous frame
+#
+# The thesis's entropy model, like this book's, predicts each frame's tokens from that frame's earlier tokens only, though
+# frames 20 ms apart say much the same. Given the previous frame's tokens as well (the chapter "Entropy model";
+# `eib-train --context frame`), the model needs fewer bits for the same tokens, and ECVQ, trading bits against
+# distortion, turns that into less distortion at each rate. Measured by a sweep with that codec (`-p context frame`),
+# next to the book's sweep without it on the same corpus, encoder and test subset: at the distortion of each of its rate
+# points, the rate the codec without context needs (interpolated between its rate points), and the weighted F1 of both at
+# the same rate. The codebooks of the two codecs come from separate fits of one recipe, not one fit;
+# `benchmarks/context_rd.py` compares the two entropy models on one set of codebooks.
+
+# %%
+#| code-fold: true
+from eib.results import context_pairs, context_table
+_cp = context_pairs()
+if not _cp: md("No sweep with inter-frame context is present yet: run one with `papermill nbs/sweep.ipynb ... -p context frame`.")
+for _lab, _a, _b in _cp:
+    _t = context_table(_a, _b)
+    _in = _t.dropna(subset=["bpf_without_at_mse"])
+    _s = f"**{_lab}**: {len(_t)} rate point(s) with context, {_t.bpf.min():.1f} to {_t.bpf.max():.1f} BPF"
+    if len(_in): _s += ("; at their distortion the codec without context needs " +
+                        ", ".join(f"{w:.1f} BPF where it spends {v:.1f}" for v, w in zip(_in.bpf, _in.bpf_without_at_mse)) +
+                        f" ({_in.saving.min():.0%} to {_in.saving.max():.0%} fewer bits with context)")
+    _f = _t.dropna(subset=["f1_weighted_without"])
+    if len(_f): _s += ("; weighted F1 with context against without, at the same rate: " +
+                       ", ".join(f"{x:.2f} against {y:.2f} at {v:.0f} BPF" for x, y, v in zip(_f.f1_weighted, _f.f1_weighted_without, _f.bpf)))
+    md(_s + ".")
+
+# %% [markdown]
 # ## What else differs from the thesis
 #
 # These points come from reading the thesis's code (the design notes); they are claims about that code, and the
