@@ -260,11 +260,13 @@ def rate_control_summary(results) -> pd.DataFrame:
 CLASSIFIER_NAMES = {"linear_probe": "fixed probe", "matched_linear_probe": "matched probe", "emotion2vec_plus_head": "own head"}
 
 def context_pairs(results_dir="evaluation_results") -> list[tuple[str, dict, dict]]:
-    """`[(label, without, with)]`: every sweep whose codec has inter-frame context beside the sweep without it of the same
-    dataset, encoder, classifier and test subset; a sweep with context that has no such twin is left out."""
+    """`[(label, without, with)]`: every sweep in `results_dir` whose codec has inter-frame context beside a sweep without
+    it of the same dataset, encoder, classifier and test subset: the one in `results_dir/context/` (a codec on the same
+    codebooks, swept for this comparison, `eib-train --codebooks`) if there is one, else the book's own. A sweep with
+    context that has neither is left out."""
     from eib.entropy import CONTEXTS
     key = lambda o: (o["dataset"], o["encoder"], o["classifier"], o["config"].get("test_ids_fingerprint"))
-    base = {key(r): r for _, r in load_all(results_dir)[0]}
+    base = {key(r): r for _, r in load_all(results_dir)[0]} | {key(r): r for _, r in load_all(Path(results_dir) / "context")[0]}
     return [(f"{r['dataset']}, {_enc_name(r['encoder'])}, {CLASSIFIER_NAMES.get(r['classifier'], r['classifier'])}", base[key(r)], r)
             for c in CONTEXTS if c != "none" for _, r in load_all(results_dir, c)[0] if key(r) in base]
 

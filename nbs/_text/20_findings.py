@@ -248,8 +248,10 @@ else: md("No results file yet.")
 # distortion, turns that into less distortion at each rate. Measured by a sweep with that codec (`-p context frame`),
 # next to the book's sweep without it on the same corpus, encoder and test subset: at the distortion of each of its rate
 # points, the rate the codec without context needs (interpolated between its rate points), and the weighted F1 of both at
-# the same rate. The codebooks of the two codecs come from separate fits of one recipe, not one fit;
-# `benchmarks/context_rd.py` compares the two entropy models on one set of codebooks.
+# the same rate. The sweep without context is, where it exists, the one in `evaluation_results/context/`: its codec has the
+# same codebooks and was trained by the same recipe, only without context (`eib-train --codebooks`); else the book's own
+# codec, fitted apart and possibly by an earlier recipe. `benchmarks/context_rd.py` compares the two entropy models on one
+# set of codebooks at a single λ for all utterances.
 
 # %%
 #| code-fold: true
@@ -259,7 +261,8 @@ if not _cp: md("No sweep with inter-frame context is present yet: run one with `
 for _lab, _a, _b in _cp:
     _t = context_table(_a, _b)
     _in = _t.dropna(subset=["bpf_without_at_mse"])
-    _s = f"**{_lab}**: {len(_t)} rate point(s) with context, {_t.bpf.min():.1f} to {_t.bpf.max():.1f} BPF"
+    _s = (f"**{_lab}** (codec `{_b['config']['checkpoint']}` against `{_a['config']['checkpoint']}`): {len(_t)} rate point(s) "
+          f"with context, {_t.bpf.min():.1f} to {_t.bpf.max():.1f} BPF")
     if len(_in): _s += ("; at their distortion the codec without context needs " +
                         ", ".join(f"{w:.1f} BPF where it spends {v:.1f}" for v, w in zip(_in.bpf, _in.bpf_without_at_mse)) +
                         f" ({_in.saving.min():.0%} to {_in.saving.max():.0%} fewer bits with context)")

@@ -124,16 +124,18 @@ else: display(Markdown("The figures that draw every dataset at once are left out
 # The codec's entropy model codes each frame's tokens from that frame's earlier tokens only, as the thesis's does. Frames
 # 20 ms apart (50 per second) are strongly correlated, so the chapter "Entropy model" gives it the option to see the previous frame's
 # tokens as well (`eib-train --context frame`; `papermill nbs/sweep.ipynb ... -p context frame`), on the same codebooks.
-# Each sweep made with it is shown here beside the sweep without it (the layer sweep, plain RVQ on those codebooks, is the
-# latter's): the rate the codec without context needs for the same distortion and the bits saved, the weighted F1 of both
-# at the same rate, and both curves.
+# Each sweep made with it is shown here beside a sweep without it: the one in `evaluation_results/context/`, whose codec
+# has the same codebooks and was trained by the same recipe without context (`eib-train --codebooks`), where there is one,
+# else the book's own. Shown: the rate the codec without context needs for the same distortion and the bits saved, the
+# weighted F1 of both at the same rate, and both curves.
 
 # %%
 _cp = context_pairs()
 if not _cp: display(Markdown("No sweep with inter-frame context is present yet (run one with `-p context frame`)."))
 for _lab, _a, _b in _cp:
-    display(Markdown(f"### {_lab}\n\n{len(_b['rate_points'])} rate points with context, {len(_a['rate_points'])} without; "
-                     f"command: `{reader_command(_b['command'])}`"),
+    display(Markdown(f"### {_lab}\n\n{len(_b['rate_points'])} rate points with context (codec `{_b['config']['checkpoint']}`), "
+                     f"{len(_a['rate_points'])} without (codec `{_a['config']['checkpoint']}`). Commands: "
+                     f"`{reader_command(_b['command'])}`; `{reader_command(_a['command'])}`."),
             fmt_table(context_table(_a, _b).set_index("target_bpf")))
     for _k, _ch in context_figures(_lab, _a, _b).items(): display(Markdown(f"#### {_lab}: {FIGURE_TITLES.get(_k, _k)}"), interactive(_ch))
 
@@ -517,11 +519,13 @@ test_eq(rate_control_summary(_c).iloc[0].codings, 0)
 CLASSIFIER_NAMES = {"linear_probe": "fixed probe", "matched_linear_probe": "matched probe", "emotion2vec_plus_head": "own head"}
 
 def context_pairs(results_dir="evaluation_results") -> list[tuple[str, dict, dict]]:
-    """`[(label, without, with)]`: every sweep whose codec has inter-frame context beside the sweep without it of the same
-    dataset, encoder, classifier and test subset; a sweep with context that has no such twin is left out."""
+    """`[(label, without, with)]`: every sweep in `results_dir` whose codec has inter-frame context beside a sweep without
+    it of the same dataset, encoder, classifier and test subset: the one in `results_dir/context/` (a codec on the same
+    codebooks, swept for this comparison, `eib-train --codebooks`) if there is one, else the book's own. A sweep with
+    context that has neither is left out."""
     from eib.entropy import CONTEXTS
     key = lambda o: (o["dataset"], o["encoder"], o["classifier"], o["config"].get("test_ids_fingerprint"))
-    base = {key(r): r for _, r in load_all(results_dir)[0]}
+    base = {key(r): r for _, r in load_all(results_dir)[0]} | {key(r): r for _, r in load_all(Path(results_dir) / "context")[0]}
     return [(f"{r['dataset']}, {_enc_name(r['encoder'])}, {CLASSIFIER_NAMES.get(r['classifier'], r['classifier'])}", base[key(r)], r)
             for c in CONTEXTS if c != "none" for _, r in load_all(results_dir, c)[0] if key(r) in base]
 
@@ -563,6 +567,9 @@ with tempfile.TemporaryDirectory() as _t:
     test_eq([l for l, _ in load_all(_t)[0]], ["SYNTH"])  # the book's own sweeps: the one without context
     _pairs = context_pairs(_t)
     test_eq([(l, a["config"].get("context"), b["config"]["context"]) for l, a, b in _pairs], [("SYNTH, synthetic blobs, fixed probe", None, "frame")])
+    _tw = copy.deepcopy(_demo); _tw["config"]["checkpoint"] = "twin"  # a sweep without context on the same codebooks
+    write_results(Path(_t) / "context" / "rate_sweep_SYNTH.json", _tw)
+    test_eq([a["config"]["checkpoint"] for _, a, _ in context_pairs(_t)], ["twin"])  # preferred to the book's own
 _ct = context_table(_demo, _ctx)
 _in = _ct.dropna(subset=["bpf_without_at_mse"])
 test_close(_in.saving.to_numpy(), np.full(len(_in), 0.3), eps=1e-9)  # 30% fewer bits at the same MSE

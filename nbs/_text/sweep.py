@@ -93,7 +93,8 @@ _cmd = (f"papermill nbs/sweep.ipynb -p dataset {dataset} -p data_root {data_root
         + f" -p layer_points {layer_points}"
         + (f" -p model_dir {model_dir}" if model_dir else "") + (f" -p name {name}" if name else "") + (f" -p codec_seed {codec_seed}" if codec_seed else "")
         + f" -p matched {matched} -p matched_per_emotion {matched_per_emotion}" + (f" -p executor {executor}" if executor != "none" else "")
-        + (f" -p context {context}" if context != "none" else ""))
+        + (f" -p context {context}" if context != "none" else "") + (f" -p checkpoint {checkpoint}" if checkpoint else "")
+        + (f" -p out_dir {out_dir}" if out_dir != "../evaluation_results" else ""))
 _out = Path(out_dir) if Path(out_dir).is_absolute() else repo_root() / "nbs" / out_dir  # relative to nbs/ from any working directory
 _jobs = Jobs(executor, Path(jobs_dir) if Path(jobs_dir).is_absolute() else repo_root() / "nbs" / jobs_dir, partition=partition,
              time_min=time_min, cpus=cpus, gpus=gpus, parallel=parallel, retries=retries)
