@@ -304,7 +304,7 @@ test_close(m.bits(tok), -full.log_softmax(-1).gather(-1, tok[..., None])[..., 0]
 # the benchmark, with a training loop of its own, measured 24.7–29.7% there, and 19.7–24.3% on the synthetic set's
 # features (RAVDESS's numbers above are that version's too). The goal of a quarter fewer bits holds on RAVDESS and EmoDB,
 # not on the synthetic speech. Swept per utterance with real streams on RAVDESS, against a codec on the same codebooks
-# without context, the context codec needed 29–45% fewer bits at 30–100 BPF for the same distortion, and the matched
+# without context, the context codec needed 33–45% fewer bits at 30–100 BPF for the same distortion, and the matched
 # probe scored higher on its decoded features from 30 to 75 BPF (see Findings, which reads the results files).
 #
 # The price is speed. A stream of one utterance is coded frame after frame, one frame per batch, so every position pays
