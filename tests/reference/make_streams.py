@@ -45,10 +45,15 @@ def cases():
     for u, s in zip(UTTS, compress_tokens(codec, [t.astype(np.int64) for t in r.tokens])): yield f"{u}.tokens40", s
 
 
-if __name__ == "__main__":
+def write(streams, out: Path = OUT):
+    "Write each `(name, bytes)` of `streams` to `out/<name>.eib`, and their sizes and SHA-256 to `out/index.json`."
     index = {}
-    for name, data in cases():
-        (OUT / f"{name}.eib").write_bytes(data)
+    for name, data in streams:
+        (out / f"{name}.eib").write_bytes(data)
         index[name] = dict(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
         print(name, len(data), file=sys.stderr)
-    (OUT / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+    (out / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    write(cases())

@@ -6,7 +6,7 @@ the rate controller at 40 BPF and from the controller's tokens: each frame of a 
 one frame per chunk. Made on 2026-12-07 in format version 2; a later change to that coding must keep these bytes:
     .venv/bin/python tests/reference/context/make_streams.py
 """
-import hashlib, json, sys
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,6 @@ def cases():
 
 
 if __name__ == "__main__":
-    index = {}
-    for name, data in cases():
-        (OUT / f"{name}.eib").write_bytes(data)
-        index[name] = dict(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-        print(name, len(data), file=sys.stderr)
-    (OUT / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+    sys.path.insert(0, str(OUT.parent))
+    from make_streams import write  # the reference streams' writer: the .eib files and index.json
+    write(cases(), OUT)
