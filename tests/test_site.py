@@ -116,7 +116,8 @@ def test_every_page_in_browser(site, browser):
 
 def test_results_pages_follow_the_results_files(site):
     """Results and Findings name every dataset whose results file is present and every expected one that is missing,
-    and Results shows every figure each dataset supports (plus the compared ones with two datasets or more)."""
+    and Results shows every figure each dataset supports (plus the compared ones with two datasets or more, and both
+    figures of each sweep with inter-frame context beside its twin)."""
     import eib.figures as F
     from eib.records import results_files
     from eib.results import load_all, missing_datasets
@@ -136,9 +137,10 @@ def test_results_pages_follow_the_results_files(site):
         for d in missing_datasets(named):
             assert f"<strong>{d}</strong> (" in h and "Missing:" in h, f"{p}: {d} not named as missing"
     from eib.book import result_page
-    from eib.results import COMPARED_FIGURES
+    from eib.results import COMPARED_FIGURES, context_pairs, context_figures
     compared = len(F.all_figures(named).keys() & set(COMPARED_FIGURES)) if len(named) > 1 else 0
-    assert html.count('class="eib-chart"') == compared, "the results page should show every compared figure"
+    context = sum(len(context_figures(*pair)) for pair in context_pairs())  # each sweep with inter-frame context and its twin
+    assert html.count('class="eib-chart"') == compared + context, "the results page should show every compared and context figure"
     for lab, r in named:
         sub = site / Path(result_page(lab)).with_suffix(".html")
         assert sub.exists(), f"no page for {lab}"
