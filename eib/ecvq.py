@@ -298,7 +298,7 @@ def train_entropy_model(rvq, train_frames, val_frames, preset: str = "cpu", lams
         ut, uv = ([u for u in (np.asarray(u, dtype=np.float32) for u in us) if u.ndim == 2 and len(u)] for us in (train_frames, val_frames))
         if not ut or not uv: raise EibError("train_entropy_model needs at least one training and one validation utterance with frames")
         xt, xv = np.concatenate(ut), np.concatenate(uv)
-    else: xt, xv = (np.asarray(a, dtype=np.float32) for a in (train_frames, val_frames))
+    else: (xt, xv), ut, uv = (np.asarray(a, dtype=np.float32) for a in (train_frames, val_frames)), None, None
     if len(xt) < 1 or len(xv) < 1: raise EibError("train_entropy_model needs at least one training and one validation frame")
     lams = np.asarray(lambda_grid(rvq, xt) if lams is None else lams, dtype=np.float64)
     if lams.ndim != 1 or len(lams) < 1 or not np.isfinite(lams).all() or (lams < 0).any():
@@ -317,6 +317,7 @@ def train_entropy_model(rvq, train_frames, val_frames, preset: str = "cpu", lams
     else:
         lt = grid[torch.randint(len(lams), (len(xt),), generator=gen)]
         lv = grid[torch.arange(len(xv)) % len(lams)]
+        lu = lvu = None
     lr = lr or (1e-3 if cfg.d_model <= 128 else 5e-4)
     prior = UnigramModel.with_skip(c.positions, c.vocab)
     sub = slice(None, None, max(1, len(xt) // 20000))  # per-position symbol counts: 20 000 frames are plenty
@@ -332,7 +333,7 @@ def train_entropy_model(rvq, train_frames, val_frames, preset: str = "cpu", lams
     for r in range(rounds):
         t0 = time.time()
         src = prior if r == 0 else model.cpu()
-        tr, va = enc(src, xt, lt, *((ut, lu) if whole else (None, None))), enc(src, xv, lv, *((uv, lvu) if whole else (None, None)))
+        tr, va = enc(src, xt, lt, ut, lu), enc(src, xv, lv, uv, lvu)
         t_enc = round(time.time() - t0, 2)
         model.to(device)
         model, h = fit_entropy_model(model, tr, va, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
