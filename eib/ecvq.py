@@ -13,7 +13,7 @@ from .core import EibError
 from .entropy import EntropyConfig, EntropyModel, CodingModel, UnigramModel, freqs_to_bits, previous_frames
 
 # %% auto #0
-__all__ = ['WORK_MIB', 'LAMBDA_SPAN', 'ECVQResult', 'auto_batch', 'work_batch', 'ecvq_encode', 'has_context',
+__all__ = ['WORK_MIB', 'WORK_MAX', 'LAMBDA_SPAN', 'ECVQResult', 'auto_batch', 'work_batch', 'ecvq_encode', 'has_context',
            'ecvq_encode_utterances', 'distortion_scale', 'lambda_grid', 'token_pairs', 'fit_entropy_model',
            'train_entropy_model']
 
@@ -93,9 +93,12 @@ def auto_batch(model, budget_mib: float = 384.0) -> int:
     return max(1, int(budget_mib * 2 ** 20 // per))
 
 WORK_MIB = 24.0  # ecvq_encode's default batch: key/value caches that stay in a CPU's cache (attention re-reads them at every position)
+WORK_MAX = 2048  # ... and for a coding model that keeps no caches: larger batches share each position's fixed cost
 
 def work_batch(model) -> int:
-    "`ecvq_encode`'s default frames per batch: caches of about `WORK_MIB`, at least 64 frames (within `auto_batch`'s budget)."
+    """`ecvq_encode`'s default frames per batch: caches of about `WORK_MIB`, at least 64 frames (within `auto_batch`'s
+    budget); `WORK_MAX` for a `CodingModel` with no per-frame caches (one block, read from its table)."""
+    if isinstance(model, CodingModel) and model.cached_blocks == 0: return WORK_MAX
     return max(min(64, auto_batch(model)), auto_batch(model, WORK_MIB))
 
 def _resume(resume, N: int, L: int):
@@ -125,7 +128,7 @@ def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool =
     N, G, M, K, d = len(z), c.groups, c.layers, c.codes, c.group_dim
     lam = _lams(lam, N)
     prov = _provider(rvq, model, exact)
-    bs = int(batch_size or work_batch(model))
+    bs = int(batch_size or work_batch(getattr(prov, "model", model)))  # the model that codes (a CodingModel when exact)
     if bs < 1: raise EibError(f"batch_size must be positive, got {batch_size}")
     cb = rvq.codebooks.detach().float().cpu()  # (G, M, K, d)
     cbz = torch.cat([cb, cb.new_zeros(G, M, 1, d)], 2)  # SKIP adds zero

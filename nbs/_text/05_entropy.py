@@ -629,6 +629,11 @@ class CodingModel:
     def _ffn(self, x, B):
         return x.add_(_lin(_lin(_ln(x, *B["ln2"]), *B["fc1"]).relu_(), *B["fc2"])).clamp_(-_LIM, _LIM)
 
+    @property
+    def cached_blocks(self) -> int:
+        "Blocks that keep keys and values per frame while coding (the first block reads its table instead, where it exists)."
+        return len(self.blocks) - (self.kv0 is not None)
+
     def start(self, n: int, prev=None) -> dict:
         """Empty caches for `n` frames: the input tokens `tin` (n, L), and per block keys transposed (n, H, dh, L) and values
         (n, H, L, dh); float32 holds them exactly (grid values below 2^8 with 12 fractional bits) in half the memory that
@@ -636,7 +641,7 @@ class CodingModel:
         keeps the previous frames' tokens `prev` (n, L) (None: BOS, no previous frame) as `ctx`."""
         c = self.cfg
         z = lambda *s: torch.zeros(n, c.n_heads, *s, dtype=torch.float32)
-        own = [i > 0 or self.kv0 is None for i in range(len(self.blocks))]
+        own = [i >= len(self.blocks) - self.cached_blocks for i in range(len(self.blocks))]
         st = dict(p=0, tin=torch.zeros(n, c.positions, dtype=torch.long),
                   k=[z(c.head_dim, c.positions) if o else None for o in own], v=[z(c.positions, c.head_dim) if o else None for o in own])
         ctx = check_context(prev, c, n)

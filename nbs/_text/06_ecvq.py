@@ -117,9 +117,12 @@ def auto_batch(model, budget_mib: float = 384.0) -> int:
     return max(1, int(budget_mib * 2 ** 20 // per))
 
 WORK_MIB = 24.0  # ecvq_encode's default batch: key/value caches that stay in a CPU's cache (attention re-reads them at every position)
+WORK_MAX = 2048  # ... and for a coding model that keeps no caches: larger batches share each position's fixed cost
 
 def work_batch(model) -> int:
-    "`ecvq_encode`'s default frames per batch: caches of about `WORK_MIB`, at least 64 frames (within `auto_batch`'s budget)."
+    """`ecvq_encode`'s default frames per batch: caches of about `WORK_MIB`, at least 64 frames (within `auto_batch`'s
+    budget); `WORK_MAX` for a `CodingModel` with no per-frame caches (one block, read from its table)."""
+    if isinstance(model, CodingModel) and model.cached_blocks == 0: return WORK_MAX
     return max(min(64, auto_batch(model)), auto_batch(model, WORK_MIB))
 
 def _resume(resume, N: int, L: int):
@@ -149,7 +152,7 @@ def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool =
     N, G, M, K, d = len(z), c.groups, c.layers, c.codes, c.group_dim
     lam = _lams(lam, N)
     prov = _provider(rvq, model, exact)
-    bs = int(batch_size or work_batch(model))
+    bs = int(batch_size or work_batch(getattr(prov, "model", model)))  # the model that codes (a CodingModel when exact)
     if bs < 1: raise EibError(f"batch_size must be positive, got {batch_size}")
     cb = rvq.codebooks.detach().float().cpu()  # (G, M, K, d)
     cbz = torch.cat([cb, cb.new_zeros(G, M, 1, d)], 2)  # SKIP adds zero
@@ -194,6 +197,15 @@ def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool =
     res = ECVQResult(tokens, bits, rvq.denormalise(zr), ((z - zr) ** 2).sum(1))
     res.skip_id, res.start = c.skip, start
     return res
+
+
+# %%
+# a coding model whose one block reads its table keeps no per-frame caches: it codes `WORK_MAX` frames at a time (the
+# same frequencies at any batch); the float model, and a coding model with a second block, keep caches of about `WORK_MIB`
+wc = EntropyConfig(vocab=9, positions=4, groups=2, layers=2, d_model=16, n_layers=1, n_heads=2, d_ff=32)
+m1, m2 = EntropyModel(wc), EntropyModel(EntropyConfig(**{**wc.to_dict(), "n_layers": 2}))
+test_eq((CodingModel(m1).cached_blocks, CodingModel(m2).cached_blocks), (0, 1))
+test_eq((work_batch(CodingModel(m1)), work_batch(m1), work_batch(CodingModel(m2))), (WORK_MAX, auto_batch(m1, WORK_MIB), auto_batch(m2, WORK_MIB)))
 
 
 # %% [markdown]
