@@ -142,33 +142,43 @@ def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool =
         context = torch.as_tensor(np.asarray(context)).long()
         if context.shape != (N, c.positions): raise EibError(f"context must be previous-frame tokens ({N}, {c.positions}), got {tuple(context.shape)}")
     costs = bool(getattr(on_step, "wants_costs", False))
+    # a coding model with no per-frame caches lets each frame join the batch at its own first position (frames in order of it)
+    joins = resume is not None and isinstance(getattr(prov, "model", None), CodingModel) and prov.model.cached_blocks == 0
     for s in tqdm(range(0, N, bs), desc="ecvq", disable=not progress):
         r = z[s:s + bs].reshape(-1, G, d).clone()
         n, lb, rows = len(r), lam[s:s + bs, None], slice(s, s + bs)
         st, inp = prov.start(n, None if context is None else context[rows]), torch.full((n,), c.bos, dtype=torch.long)
-        p0 = 0 if resume is None else int(first[rows].min())
-        if p0:  # the known first positions: tokens, residuals and the model's state, without a search
-            tokens[rows, :p0] = kn = known[rows, :p0]
-            for p in range(p0): r[:, p // M] -= cbz[p // M, p % M][kn[:, p]]
-            prov.prefill(st, torch.cat([inp[:, None], kn[:, :-1]], 1))
-            inp = kn[:, -1]
-        if start is not None: start[rows] = p0
+        fr = None if resume is None else first[rows]
+        own = joins and bool((fr[1:] >= fr[:-1]).all())  # each frame coded from its own first position
+        p0 = 0 if fr is None else int(fr.min())
+        p1 = int(fr.max()) if own else p0  # positions given for some frame of the batch
+        if p1:  # the known first positions: tokens, residuals and the model's state, without a search
+            tokens[rows, :p1] = kn = known[rows, :p1]
+            kk = torch.where(torch.arange(p1) < fr[:, None], kn, K) if own else kn  # a frame's own given tokens (SKIP adds zero)
+            for p in range(p1): r[:, p // M] -= cbz[p // M, p % M][kk[:, p]]
+            tin = torch.cat([inp[:, None], kn], 1)  # the input token of every position 0..p1 (BOS first)
+            if own: prov.model.prefill(st, tin[:, :p1], at=p0)
+            else: prov.prefill(st, tin[:, :p1])
+            inp = tin[torch.arange(n), fr.clamp(max=p1)] if own else tin[:, p1]  # each frame's input at its first position
+        if start is not None: start[rows] = fr if own else p0
         ar = torch.arange(n)
         dist = torch.empty(n, K + 1, dtype=torch.float64)  # reused at every position: hooks must not keep it
+        na = n
         for p in range(p0, c.positions):
+            if own: na = int((fr <= p).sum())  # the frames whose first position has come (a prefix: they are in order)
             g, m = divmod(p, M)
-            b, f = prov.step(st, inp)
-            rg = r[:, g]
+            b, f = prov.step(st, inp[:na])
+            rg = r[:na, g]
             r2 = (rg * rg).sum(-1, keepdim=True)
-            dist[:, :K] = (rg @ cbm2[g, m]).add_(r2).add_(cb2[g, m])  # |r|² - 2 r·c + |c|² in float32, then float64
-            dist[:, K] = r2[:, 0]  # SKIP leaves the residual as it is
-            k = (dist + lb * b).argmin(-1)
-            r[:, g] -= cbz[g, m][k]
-            tokens[s:s + n, p] = k
-            bits[s:s + n] += b[ar, k]
-            if costs: on_step(rows, p, f, k, dist, b)
-            elif on_step is not None: on_step(rows, p, f, k)
-            inp = k
+            dist[:na, :K] = (rg @ cbm2[g, m]).add_(r2).add_(cb2[g, m])  # |r|² - 2 r·c + |c|² in float32, then float64
+            dist[:na, K] = r2[:, 0]  # SKIP leaves the residual as it is
+            k = (dist[:na] + lb[:na] * b).argmin(-1)
+            r[:na, g] -= cbz[g, m][k]
+            tokens[s:s + na, p] = k
+            bits[s:s + na] += b[ar[:na], k]
+            if costs: on_step(slice(s, s + na), p, f, k, dist[:na], b)
+            elif on_step is not None: on_step(slice(s, s + na), p, f, k)
+            inp[:na] = k
     zr = rvq.decode_normalised(tokens)
     res = ECVQResult(tokens, bits, rvq.denormalise(zr), ((z - zr) ** 2).sum(1))
     res.skip_id, res.start = c.skip, start

@@ -491,15 +491,19 @@ class CodingModel:
         return st
 
     def step(self, state: dict, tok_in) -> torch.Tensor:
-        "Feed the previous token of `n` frames (BOS first); returns int64 frequencies (n, vocab) for the next position."
+        """Feed the previous token of `n` frames (BOS first); returns int64 frequencies (n, vocab) for the next position.
+        A model with no per-frame caches (`cached_blocks` 0) may step only the first `n` of the frames it started (the
+        others join at a later position: `prefill(..., at=)`)."""
         c, p = self.cfg, state["p"]
         if p >= c.positions: raise EibError(f"all {c.positions} positions of the frame were already stepped")
         tok_in = torch.as_tensor(tok_in).long().cpu()
         n = len(tok_in)
+        if n != len(state["tin"]) and (self.cached_blocks or n > len(state["tin"])):
+            raise EibError(f"step got {n} frames of the {len(state['tin'])} started (fewer only for a model with no per-frame caches)")
         x = self.tok[tok_in] + self.pos[p]
         if self.ctx is not None: x += self.ctx[p][state["ctx"][:, p]]
         x.clamp_(-_LIM, _LIM)
-        state["tin"][:, p] = tok_in
+        state["tin"][:n, p] = tok_in
         o, tab = torch.empty(n, c.d_model, dtype=torch.float64), exp_table().numpy()
         for i, (B, kc, vc) in enumerate(zip(self.blocks, state["k"], state["v"])):
             q, k, v = self._qkv_rows(x, B, tok_in if i == 0 else None, p).view(n, 3, c.n_heads, c.head_dim).unbind(1)
@@ -538,14 +542,20 @@ class CodingModel:
         _attend_frames(q.contiguous().numpy(), k.contiguous().numpy(), v.contiguous().numpy(), exp_table().numpy(), o.numpy())
         return self._ffn(x.add_(_lin(o, *B["proj"])).clamp_(-_LIM, _LIM), B)
 
-    def prefill(self, state: dict, tok_in) -> dict:
+    def prefill(self, state: dict, tok_in, at: int | None = None) -> dict:
         """Teacher forcing in one pass: the state that `step` reaches after the input tokens (n, P) (BOS first) of a fresh
-        `start(n)`: keys and values of positions 0..P-1 (the last block's attention and feed-forward layer are not needed)."""
+        `start(n)`: keys and values of positions 0..P-1 (the last block's attention and feed-forward layer are not needed).
+        `at` (a model with no per-frame caches only, whose state is its input tokens): the next `step` codes position
+        `at` <= P instead, for the first frames; each other frame keeps its given inputs until `step` reaches it."""
         t = torch.as_tensor(tok_in).long().cpu()
         if state["p"] != 0 or t.ndim != 2 or t.shape[1] > self.positions:
             raise EibError(f"prefill needs a fresh state and input tokens (n, P <= {self.positions}), got {tuple(t.shape)}")
         P = t.shape[1]
         state["tin"][:, :P] = t
+        if at is not None:
+            if self.cached_blocks or not 0 <= at <= P: raise EibError(f"prefill(at={at}) needs a model with no per-frame caches and 0 <= at <= {P}")
+            state["p"] = int(at)
+            return state
         x = self._embed(t, state.get("ctx")) if len(self.blocks) > 1 or self.kv0 is None else None
         for i, (B, kc, vc) in enumerate(zip(self.blocks, state["k"], state["v"])):
             if kc is None and len(self.blocks) == 1: break  # the first block's table is all it needs

@@ -649,15 +649,19 @@ class CodingModel:
         return st
 
     def step(self, state: dict, tok_in) -> torch.Tensor:
-        "Feed the previous token of `n` frames (BOS first); returns int64 frequencies (n, vocab) for the next position."
+        """Feed the previous token of `n` frames (BOS first); returns int64 frequencies (n, vocab) for the next position.
+        A model with no per-frame caches (`cached_blocks` 0) may step only the first `n` of the frames it started (the
+        others join at a later position: `prefill(..., at=)`)."""
         c, p = self.cfg, state["p"]
         if p >= c.positions: raise EibError(f"all {c.positions} positions of the frame were already stepped")
         tok_in = torch.as_tensor(tok_in).long().cpu()
         n = len(tok_in)
+        if n != len(state["tin"]) and (self.cached_blocks or n > len(state["tin"])):
+            raise EibError(f"step got {n} frames of the {len(state['tin'])} started (fewer only for a model with no per-frame caches)")
         x = self.tok[tok_in] + self.pos[p]
         if self.ctx is not None: x += self.ctx[p][state["ctx"][:, p]]
         x.clamp_(-_LIM, _LIM)
-        state["tin"][:, p] = tok_in
+        state["tin"][:n, p] = tok_in
         o, tab = torch.empty(n, c.d_model, dtype=torch.float64), exp_table().numpy()
         for i, (B, kc, vc) in enumerate(zip(self.blocks, state["k"], state["v"])):
             q, k, v = self._qkv_rows(x, B, tok_in if i == 0 else None, p).view(n, 3, c.n_heads, c.head_dim).unbind(1)
@@ -696,14 +700,20 @@ class CodingModel:
         _attend_frames(q.contiguous().numpy(), k.contiguous().numpy(), v.contiguous().numpy(), exp_table().numpy(), o.numpy())
         return self._ffn(x.add_(_lin(o, *B["proj"])).clamp_(-_LIM, _LIM), B)
 
-    def prefill(self, state: dict, tok_in) -> dict:
+    def prefill(self, state: dict, tok_in, at: int | None = None) -> dict:
         """Teacher forcing in one pass: the state that `step` reaches after the input tokens (n, P) (BOS first) of a fresh
-        `start(n)`: keys and values of positions 0..P-1 (the last block's attention and feed-forward layer are not needed)."""
+        `start(n)`: keys and values of positions 0..P-1 (the last block's attention and feed-forward layer are not needed).
+        `at` (a model with no per-frame caches only, whose state is its input tokens): the next `step` codes position
+        `at` <= P instead, for the first frames; each other frame keeps its given inputs until `step` reaches it."""
         t = torch.as_tensor(tok_in).long().cpu()
         if state["p"] != 0 or t.ndim != 2 or t.shape[1] > self.positions:
             raise EibError(f"prefill needs a fresh state and input tokens (n, P <= {self.positions}), got {tuple(t.shape)}")
         P = t.shape[1]
         state["tin"][:, :P] = t
+        if at is not None:
+            if self.cached_blocks or not 0 <= at <= P: raise EibError(f"prefill(at={at}) needs a model with no per-frame caches and 0 <= at <= {P}")
+            state["p"] = int(at)
+            return state
         x = self._embed(t, state.get("ctx")) if len(self.blocks) > 1 or self.kv0 is None else None
         for i, (B, kc, vc) in enumerate(zip(self.blocks, state["k"], state["v"])):
             if kc is None and len(self.blocks) == 1: break  # the first block's table is all it needs
@@ -792,6 +802,15 @@ keep, QKV_TABLE_MIB = QKV_TABLE_MIB, 0
 try: plain = CodingModel(m)
 finally: QKV_TABLE_MIB = keep
 test_eq(plain.qkv0, None); test_eq(stepped(plain, tok), ref); test_eq(plain.freqs(tok), ref)
+# a model with no per-frame caches (one block, read from its table) steps the first frames alone while the others wait for
+# their first position (`prefill(at=)`): the same frequencies; a model with caches refuses both
+c1 = CodingModel(EntropyModel(EntropyConfig(**{**m.cfg.to_dict(), "n_layers": 1})).eval())
+test_eq((c1.cached_blocks, cm.cached_blocks, plain.cached_blocks), (0, 1, 2))
+ref1, inputs = c1.freqs(tok), torch.cat([torch.full((64, 1), c1.cfg.bos), tok[:, :-1]], 1)  # the input token of every position
+st = c1.prefill(c1.start(64), inputs[:, :3], at=1)  # frames 0..9 join at position 1, the others at 2
+test_eq(c1.step(st, inputs[:10, 1]), ref1[:10, 1]); test_eq(c1.step(st, inputs[:, 2]), ref1[:, 2])
+test_fail(lambda: cm.prefill(cm.start(64), inputs[:, :3], at=1), contains="no per-frame caches")
+test_fail(lambda: cm.step(cm.start(64), inputs[:10, 0]), contains="fewer only")
 
 # %%
 # `prefill` reaches in one teacher-forced pass the state that stepping reaches, also through two blocks
