@@ -54,7 +54,9 @@ torch.set_num_threads(1)  # the tests' tiny models run faster on one thread on a
 # on: the tokens before it are still the choice, so `ecvq_encode` resumes there (`resume=`), the model's state for
 # those positions filled in one teacher-forced pass. The intervals come from `ecvq_encode`'s own candidate tables
 # (distortions and bits, handed to its `on_step` hook, a compiled loop), so they are computed from exactly the costs it
-# compared. Frames that resume alike share batches (sorted by their first position).
+# compared. Frames that resume alike share batches (sorted by their first position); with a coding model that keeps no
+# # per-frame caches (one block, read from its table: every cpu-preset codec) a batch holds up to `eib.ecvq.WORK_MAX` frames
+# # and each frame joins it at its own first position (`ecvq_encode`'s `resume`), so no position before it is searched again.
 
 # %%
 #| export
