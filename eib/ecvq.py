@@ -37,23 +37,27 @@ class ECVQResult:
 
 class _FloatBits:
     "Bits from the float `EntropyModel` (fast path)."
+    joins = False  # every frame of a resumed batch starts at the batch's smallest first position
     def __init__(self, model): self.model = model.eval(); self.device = model.pos.weight.device
     def start(self, n, prev=None): return self.model.start(n, prev)
     def step(self, st, tok):
         return (-self.model.step(st, tok.to(self.device)).double().log_softmax(-1) / math.log(2)).cpu(), None
-    def prefill(self, st, tok_in):  # teacher forcing, position by position
+    def prefill(self, st, tok_in, at=None):  # teacher forcing, position by position (`at`: never, it does not join)
         for p in range(tok_in.shape[1]): self.model.step(st, tok_in[:, p].to(self.device))
 
 
 class _ExactBits:
     "Bits from integer frequencies (`CodingModel`, `UnigramModel`)."
-    def __init__(self, model): self.model = model
+    def __init__(self, model):
+        self.model = model
+        self.joins = _cache_free(model)  # a resumed frame may join its batch at its own first position (`prefill(at=)`)
     def start(self, n, prev=None): return self.model.start(n) if prev is None else self.model.start(n, prev)
     def step(self, st, tok):
         f = self.model.step(st, tok)
         return freqs_to_bits(f), f
-    def prefill(self, st, tok_in):
-        if hasattr(self.model, "prefill"): self.model.prefill(st, tok_in)  # one teacher-forced pass
+    def prefill(self, st, tok_in, at=None):
+        if at is not None: self.model.prefill(st, tok_in, at=at)  # `joins` only
+        elif hasattr(self.model, "prefill"): self.model.prefill(st, tok_in)  # one teacher-forced pass
         else:
             for p in range(tok_in.shape[1]): self.model.step(st, tok_in[:, p])
 
@@ -95,10 +99,14 @@ def auto_batch(model, budget_mib: float = 384.0) -> int:
 WORK_MIB = 24.0  # ecvq_encode's default batch: key/value caches that stay in a CPU's cache (attention re-reads them at every position)
 WORK_MAX = 2048  # ... and for a coding model that keeps no caches: larger batches share each position's fixed cost
 
+def _cache_free(model) -> bool:
+    "Whether `model` is a `CodingModel` that keeps no per-frame caches (one block, read from its table)."
+    return isinstance(model, CodingModel) and model.cached_blocks == 0
+
 def work_batch(model) -> int:
     """`ecvq_encode`'s default frames per batch: caches of about `WORK_MIB`, at least 64 frames (within `auto_batch`'s
     budget); `WORK_MAX` for a `CodingModel` with no per-frame caches (one block, read from its table)."""
-    if isinstance(model, CodingModel) and model.cached_blocks == 0: return WORK_MAX
+    if _cache_free(model): return WORK_MAX
     return max(min(64, auto_batch(model)), auto_batch(model, WORK_MIB))
 
 def _resume(resume, N: int, L: int):
@@ -142,25 +150,25 @@ def ecvq_encode(rvq, model, x, lam, batch_size: int | None = None, exact: bool =
         context = torch.as_tensor(np.asarray(context)).long()
         if context.shape != (N, c.positions): raise EibError(f"context must be previous-frame tokens ({N}, {c.positions}), got {tuple(context.shape)}")
     costs = bool(getattr(on_step, "wants_costs", False))
-    # a coding model with no per-frame caches lets each frame join the batch at its own first position (frames in order of it)
-    joins = resume is not None and isinstance(getattr(prov, "model", None), CodingModel) and prov.model.cached_blocks == 0
     for s in tqdm(range(0, N, bs), desc="ecvq", disable=not progress):
         r = z[s:s + bs].reshape(-1, G, d).clone()
         n, lb, rows = len(r), lam[s:s + bs, None], slice(s, s + bs)
         st, inp = prov.start(n, None if context is None else context[rows]), torch.full((n,), c.bos, dtype=torch.long)
         fr = None if resume is None else first[rows]
-        own = joins and bool((fr[1:] >= fr[:-1]).all())  # each frame coded from its own first position
+        # where the model keeps no per-frame caches and the batch's frames come in order of their first positions, each
+        # frame joins at its own (`own`); else all at the batch's smallest
+        own = fr is not None and prov.joins and bool((fr[1:] >= fr[:-1]).all())
         p0 = 0 if fr is None else int(fr.min())
-        p1 = int(fr.max()) if own else p0  # positions given for some frame of the batch
+        jn = None if fr is None else fr if own else torch.full_like(fr, p0)  # the position each frame joins at
+        p1 = 0 if fr is None else int(jn.max())  # positions given for some frame of the batch
         if p1:  # the known first positions: tokens, residuals and the model's state, without a search
             tokens[rows, :p1] = kn = known[rows, :p1]
-            kk = torch.where(torch.arange(p1) < fr[:, None], kn, K) if own else kn  # a frame's own given tokens (SKIP adds zero)
+            kk = torch.where(torch.arange(p1) < jn[:, None], kn, K)  # each frame's own given tokens (SKIP adds zero)
             for p in range(p1): r[:, p // M] -= cbz[p // M, p % M][kk[:, p]]
             tin = torch.cat([inp[:, None], kn], 1)  # the input token of every position 0..p1 (BOS first)
-            if own: prov.model.prefill(st, tin[:, :p1], at=p0)
-            else: prov.prefill(st, tin[:, :p1])
-            inp = tin[torch.arange(n), fr.clamp(max=p1)] if own else tin[:, p1]  # each frame's input at its first position
-        if start is not None: start[rows] = fr if own else p0
+            prov.prefill(st, tin[:, :p1], at=p0 if own else None)
+            inp = tin[torch.arange(n), jn]  # each frame's input at the position it joins
+        if start is not None: start[rows] = jn
         ar = torch.arange(n)
         dist = torch.empty(n, K + 1, dtype=torch.float64)  # reused at every position: hooks must not keep it
         na = n

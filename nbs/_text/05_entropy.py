@@ -714,9 +714,9 @@ class CodingModel:
             if self.cached_blocks or not 0 <= at <= P: raise EibError(f"prefill(at={at}) needs a model with no per-frame caches and 0 <= at <= {P}")
             state["p"] = int(at)
             return state
-        x = self._embed(t, state.get("ctx")) if len(self.blocks) > 1 or self.kv0 is None else None
+        x = self._embed(t, state.get("ctx")) if self.cached_blocks else None
         for i, (B, kc, vc) in enumerate(zip(self.blocks, state["k"], state["v"])):
-            if kc is None and len(self.blocks) == 1: break  # the first block's table is all it needs
+            if not self.cached_blocks: break  # the first block's table is all it needs
             q, k, v = self._qkv(x, B, t if i == 0 else None)
             if kc is not None: kc[..., :P], vc[:, :, :P] = k.transpose(-1, -2), v
             if i + 1 < len(self.blocks): x = self._block(x, q, k, v, B)
